@@ -1,0 +1,212 @@
+"""Configurations: the tokenizer and DiT dataclasses, their named presets and the ablation variants."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .scales import MASK_KINDS, ScaleLayout
+
+DOWNSAMPLERS = ("conv", "interp")
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    """Build a config dataclass from a JSON dict, naming unknown keys instead of failing obscurely."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} does not know the keys {unknown}")
+    return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                              Tokenizer
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class HieraTokConfig:
+    """Everything that defines a tokenizer (architecture) and how it is trained on reconstruction."""
+
+    image_size: int = 32                 # input side in pixels
+    patch_size: int = 2                  # p: one latent token per p x p patch; image_size / p = finest scale
+    in_channels: int = 3
+    latent_channels: int = 4             # C of the KL latent (B, C, 16, 16)
+    enc_dim: int = 128
+    enc_depth: int = 4
+    enc_heads: int = 4
+    dec_dim: int = 192
+    dec_depth: int = 4
+    dec_heads: int = 6
+    mlp_ratio: float = 4.0
+    scales: tuple[int, ...] = (1, 2, 4, 8, 16)   # coarse -> fine; (16,) is the single-scale baseline
+    downsample: str = "conv"             # "conv": learnable; "interp": area interpolation (the paper's ablation)
+    attention: str = "scale_causal"      # decoder mask: scale_causal | full | scale_independent
+    grad_checkpointing: bool = False     # recompute blocks in backward (for the paper-scale preset on GPUs)
+    # --- training-side settings, kept with the model so a checkpoint says how it was made ---
+    multiscale_supervision: bool = True  # False: only the finest scale's image is supervised
+    scale_loss_weights: tuple[float, ...] | None = None  # per scale, coarse -> fine; None = all 1
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    lpips_weight: float = 0.5            # on the finest scale, when the LPIPS backbone is available
+    kl_weight: float = 1e-4              # on the per-element mean KL
+    name: str = "hieratok"               # a label for reports ("hieratok", "singlescale", ...)
+
+    def __post_init__(self):
+        self.scales = tuple(int(s) for s in self.scales)
+        if self.scale_loss_weights is not None:
+            self.scale_loss_weights = tuple(float(w) for w in self.scale_loss_weights)
+        layout = ScaleLayout(self.scales)  # validates ordering
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if layout.finest != self.grid_size:
+            raise ValueError(
+                f"the finest scale ({layout.finest}) must equal image_size / patch_size ({self.grid_size})")
+        for coarse, fine in zip(self.scales, self.scales[1:]):
+            if fine % coarse:
+                raise ValueError(f"each scale must divide the next finer one; {coarse} does not divide {fine}")
+        if self.downsample not in DOWNSAMPLERS:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLERS}, got {self.downsample!r}")
+        if self.attention not in MASK_KINDS:
+            raise ValueError(f"attention must be one of {MASK_KINDS}, got {self.attention!r}")
+        for dim, heads, what in ((self.enc_dim, self.enc_heads, "enc"), (self.dec_dim, self.dec_heads, "dec")):
+            if dim % heads:
+                raise ValueError(f"{what}_dim {dim} is not divisible by {what}_heads {heads}")
+        if self.scale_loss_weights is not None and len(self.scale_loss_weights) != len(self.scales):
+            raise ValueError("scale_loss_weights needs one weight per scale")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def layout(self) -> ScaleLayout:
+        return ScaleLayout(self.scales)
+
+    @property
+    def is_multiscale(self) -> bool:
+        return len(self.scales) > 1
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.grid_size, self.grid_size)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Input values per latent value (e.g. 32*32*3 / (16*16*4) = 3)."""
+        c, h, w = self.latent_shape
+        return self.in_channels * self.image_size ** 2 / (c * h * w)
+
+    def replace(self, **changes) -> "HieraTokConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HieraTokConfig":
+        return _from_dict(cls, d)
+
+
+TOKENIZER_PRESETS: dict[str, HieraTokConfig] = {
+    # Sized to train on 2 CPU cores in bf16: 32 px CIFAR-10, patch 2 -> a 16 x 16 latent grid.
+    "cifar10": HieraTokConfig(),
+    # Paper scale (arXiv 2509.23736): 256 px, patch 16, encoder 6 x 768, decoder 24 x 1024. The paper does not
+    # give C; 16 is a common choice for ViT tokenizers at f16.
+    "imagenet256": HieraTokConfig(
+        image_size=256, patch_size=16, latent_channels=16,
+        enc_dim=768, enc_depth=6, enc_heads=12, dec_dim=1024, dec_depth=24, dec_heads=16,
+        grad_checkpointing=True, lpips_weight=1.0, kl_weight=1e-6),
+}
+
+# Variants of any preset: the baseline and the ablations from the paper and its reviews.
+VARIANTS = ("hieratok", "singlescale", "singlescale-flopmatched", "interp", "full-attn",
+            "independent-attn", "no-mss")
+
+
+def tokenizer_config(preset: str = "cifar10", variant: str = "hieratok", **overrides) -> HieraTokConfig:
+    """A preset's config turned into one of `VARIANTS`, then with field overrides applied.
+
+    hieratok                 the method: conv downsampling, scale-causal decoder, multi-scale supervision
+    singlescale              the baseline: only the finest 16 x 16 latent, no downsampler (256 decoder tokens)
+    singlescale-flopmatched  single-scale with a decoder grown until its forward FLOPs match HieraTok's (<= 5%)
+    interp                   area interpolation instead of learnable downsampling
+    full-attn                every decoder token sees every scale
+    independent-attn         each scale sees only itself
+    no-mss                   multi-scale tokens but only the finest image supervised (the reviewers' ablation)
+    """
+    if preset not in TOKENIZER_PRESETS:
+        raise ValueError(f"unknown tokenizer preset {preset!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
+    base = TOKENIZER_PRESETS[preset].replace(**overrides)
+    if variant == "hieratok":
+        cfg = base
+    elif variant == "singlescale":
+        cfg = base.replace(scales=(base.grid_size,), name="singlescale")
+    elif variant == "singlescale-flopmatched":
+        from .cost import flop_matched_singlescale  # cost imports the model; keep config import-light
+        cfg = flop_matched_singlescale(base)
+    elif variant == "interp":
+        cfg = base.replace(downsample="interp", name="hieratok-interp")
+    elif variant == "full-attn":
+        cfg = base.replace(attention="full", name="hieratok-full-attn")
+    elif variant == "independent-attn":
+        cfg = base.replace(attention="scale_independent", name="hieratok-independent-attn")
+    elif variant == "no-mss":
+        cfg = base.replace(multiscale_supervision=False, name="hieratok-no-mss")
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                DiT
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class DiTConfig:
+    """A class-conditional DiT (adaLN-Zero) trained with rectified flow on the normalised finest latent."""
+
+    latent_channels: int = 4
+    latent_size: int = 16
+    patch_size: int = 2                  # on the latent: 2 -> 64 tokens for a 16 x 16 latent
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 10                # class index num_classes is the null class for guidance
+    class_dropout: float = 0.1           # label dropout probability in training (classifier-free guidance)
+    time_sampling: str = "logit_normal"  # "uniform" or "logit_normal" (SD3) for t in training
+
+    def __post_init__(self):
+        if self.latent_size % self.patch_size:
+            raise ValueError(f"latent_size {self.latent_size} not divisible by patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.latent_size // self.patch_size) ** 2
+
+    def replace(self, **changes) -> "DiTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+        return _from_dict(cls, d)
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "cifar10": DiTConfig(),
+    # DiT-XL/2-like on a 16 x 16 x 16 latent (paper scale uses a DiT on the tokenizer's latent).
+    "imagenet256": DiTConfig(latent_channels=16, latent_size=16, patch_size=1, dim=1152, depth=28, heads=16,
+                             num_classes=1000),
+}
+
+
+def dit_config(preset: str = "cifar10", **overrides) -> DiTConfig:
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown DiT preset {preset!r}; choose one of {sorted(DIT_PRESETS)}")
+    return DIT_PRESETS[preset].replace(**overrides)

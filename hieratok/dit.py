@@ -1,0 +1,176 @@
+"""Class-conditional DiT (adaLN-Zero) on the tokenizer's normalised finest latent, trained with rectified flow.
+
+Flow convention: x_t = (1 - t) * noise + t * data, t in [0, 1]; the network predicts the velocity
+v = data - noise; sampling integrates dx/dt = v from t = 0 (noise) to t = 1 (data) with Euler or Heun steps.
+Classifier-free guidance: class index `num_classes` is the null class; v = v_null + w * (v_cond - v_null).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .config import DiTConfig
+from .hub import HubCheckpointMixin
+from .layers import Attention, Mlp, init_weights, sincos_2d, timestep_embedding
+
+SAMPLERS = ("euler", "heun")
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                            Embedding Layers
+# ------------------------------------------------------------------------------------------------------------
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> (B, dim) through sinusoidal features (t scaled by 1000, as in DiT) and an MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        return self.mlp(timestep_embedding(t * 1000.0, self.freq_dim))
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Core Model
+# ------------------------------------------------------------------------------------------------------------
+class DiTBlock(nn.Module):
+    """Transformer block whose LayerNorms are modulated by the conditioning, gates initialised to zero."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=1)
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))[0]
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size ** 2 * out_channels)
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module, HubCheckpointMixin,
+          library_name="hieratok", repo_url="https://arxiv.org/abs/2212.09748", tags=["diffusion-transformer"]):
+    """Class-conditional DiT predicting the rectified-flow velocity of a (B, C, S, S) latent."""
+
+    config_class = DiTConfig
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        p, self.grid = cfg.patch_size, cfg.latent_size // cfg.patch_size
+        self.x_embed = nn.Conv2d(cfg.latent_channels, cfg.dim, p, stride=p)
+        self.register_buffer("pos_embed", sincos_2d(cfg.dim, self.grid)[None], persistent=False)
+        self.t_embed = TimestepEmbedder(cfg.dim)
+        self.y_embed = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # + 1: the null class
+        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg.dim, p, cfg.latent_channels)
+        self._init()
+
+    def _init(self):
+        init_weights(self)
+        w = self.x_embed.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embed.bias)
+        nn.init.normal_(self.y_embed.weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: every residual branch starts switched off
+            nn.init.zeros_(blk.adaLN[-1].weight)
+            nn.init.zeros_(blk.adaLN[-1].bias)
+        for m in (self.final.adaLN[-1], self.final.linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, x_BChw: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        x = self.x_embed(x_BChw).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        c = self.t_embed(t_B) + self.y_embed(y_B)
+        for blk in self.blocks:
+            x = blk(x, c)
+        x = self.final(x, c)  # (B, N, p*p*C)
+        B, p, C, g = x.shape[0], cfg.patch_size, cfg.latent_channels, self.grid
+        return x.view(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, g * p, g * p)
+
+    def forward_cfg(self, x, t, y, guidance: float) -> torch.Tensor:
+        """Guided velocity v_null + w * (v_cond - v_null); w = 1 is exactly the conditional prediction."""
+        if guidance == 1.0:
+            return self(x, t, y)
+        v_cond, v_null = self(torch.cat([x, x]), torch.cat([t, t]),
+                              torch.cat([y, torch.full_like(y, self.null_class)])).chunk(2)
+        return v_null + guidance * (v_cond - v_null)
+
+    # ---- training objective ---------------------------------------------------------------------------------
+    def sample_t(self, batch: int, generator=None, device=None) -> torch.Tensor:
+        if self.config.time_sampling == "logit_normal":  # SD3: more steps in the middle of the path
+            return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+        return torch.rand(batch, generator=generator, device=device)
+
+    def loss(self, x1: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rectified-flow velocity loss on a batch of normalised latents x1 with labels y (label dropout here)."""
+        B, dev = x1.shape[0], x1.device
+        if self.training and self.config.class_dropout > 0:
+            drop = torch.rand(B, generator=generator, device=dev) < self.config.class_dropout
+            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        t = self.sample_t(B, generator, dev)
+        x0 = torch.randn(x1.shape, generator=generator, device=dev, dtype=x1.dtype)
+        tt = t.view(B, 1, 1, 1).to(x1.dtype)
+        xt = (1 - tt) * x0 + tt * x1
+        return (self(xt, t, y) - (x1 - x0)).pow(2).mean()
+
+    # ---- sampling ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor, *, steps: int = 50, guidance: float = 1.0, sampler: str = "heun",
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Integrate the flow from noise to normalised latents (B, C, S, S) for the given class labels.
+
+        `progress(step, steps)` is called after each step (the app drives its progress bar with it).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.pos_embed.device)
+        if labels.ndim != 1 or ((labels < 0) | (labels > self.null_class)).any():
+            raise ValueError(f"labels must be a 1-D tensor of class indices in 0..{self.null_class}")
+        cfg = self.config
+        shape = (labels.shape[0], cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=labels.device)
+        ts = torch.linspace(0.0, 1.0, steps + 1, device=labels.device)
+        for i in range(steps):
+            t0, t1 = ts[i], ts[i + 1]
+            v0 = self.forward_cfg(x, t0.expand(shape[0]), labels, guidance)
+            if sampler == "heun" and i < steps - 1:
+                x_pred = x + (t1 - t0) * v0
+                v1 = self.forward_cfg(x_pred, t1.expand(shape[0]), labels, guidance)
+                x = x + (t1 - t0) * 0.5 * (v0 + v1)
+            else:  # Euler (Heun's last step is Euler too, as in EDM)
+                x = x + (t1 - t0) * v0
+            if progress is not None:
+                progress(i + 1, steps)
+        return x

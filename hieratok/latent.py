@@ -1,0 +1,84 @@
+"""Working with latents: interpolation, per-channel statistics, and generation from the DiT."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from .dit import DiT
+from .tokenizer import DecodeOutput, HieraTok
+
+INTERPOLATIONS = ("linear", "spherical")
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, method: str = "spherical") -> torch.Tensor:
+    """Latents along the path z0 -> z1 at `steps` evenly spaced points: (steps, *z0.shape).
+
+    spherical: slerp on each latent flattened to a vector (norms are interpolated linearly), which keeps the
+    midpoints at a typical norm instead of shrinking them as linear interpolation of two independent codes does.
+    """
+    if z0.shape != z1.shape:
+        raise ValueError(f"latents must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    if method not in INTERPOLATIONS:
+        raise ValueError(f"method must be one of {INTERPOLATIONS}, got {method!r}")
+    t = torch.linspace(0, 1, steps, device=z0.device, dtype=torch.float64)
+    a, b = z0.double().flatten(), z1.double().flatten()
+    if method == "linear":
+        out = (1 - t)[:, None] * a + t[:, None] * b
+    else:
+        na, nb = a.norm(), b.norm()
+        cos = torch.dot(a, b) / (na * nb).clamp_min(1e-12)
+        omega = torch.arccos(cos.clamp(-1.0, 1.0))
+        if omega.abs() < 1e-6:  # (nearly) the same direction: slerp degenerates to lerp
+            out = (1 - t)[:, None] * a + t[:, None] * b
+        else:
+            ua, ub = a / na, b / nb
+            so = torch.sin(omega)
+            direction = (torch.sin((1 - t) * omega) / so)[:, None] * ua + (torch.sin(t * omega) / so)[:, None] * ub
+            out = direction * ((1 - t) * na + t * nb)[:, None]
+    return out.to(z0.dtype).view(steps, *z0.shape)
+
+
+@torch.no_grad()
+def compute_latent_stats(tokenizer: HieraTok, images: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and std of the posterior-mean latent over batches of images in [-1, 1].
+
+    Returns (mean (C,), std (C,), number of images). Accumulates in float64 so large datasets stay exact.
+    """
+    C = tokenizer.config.latent_channels
+    total = torch.zeros(C, dtype=torch.float64)
+    total_sq = torch.zeros(C, dtype=torch.float64)
+    count = elems = 0
+    for x in images:
+        z = tokenizer.encode(x.to(tokenizer.latent_mean.device)).double().cpu()
+        total += z.sum(dim=(0, 2, 3))
+        total_sq += z.pow(2).sum(dim=(0, 2, 3))
+        count += z.shape[0]
+        elems += z.shape[0] * z.shape[2] * z.shape[3]
+    if count == 0:
+        raise ValueError("no images to compute latent statistics from")
+    mean = total / elems
+    std = (total_sq / elems - mean.pow(2)).clamp_min(0).sqrt()
+    return mean.float(), std.float(), count
+
+
+@torch.no_grad()
+def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance: float = 2.0,
+             sampler: str = "heun", seed: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, DecodeOutput]:
+    """Class-conditional samples: (latents z (B, C, S, S), per-scale decode of those latents).
+
+    The DiT models the normalised finest latent; coarse scales are re-derived by the tokenizer's downsampler.
+    """
+    if (dit.config.latent_channels, dit.config.latent_size) != tokenizer.config.latent_shape[:2]:
+        raise ValueError(f"DiT latent ({dit.config.latent_channels}, {dit.config.latent_size}) does not match the "
+                         f"tokenizer latent {tokenizer.config.latent_shape}")
+    device = tokenizer.latent_mean.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+    z_norm = dit.sample(labels, steps=steps, guidance=guidance, sampler=sampler, generator=generator,
+                        progress=progress)
+    z = tokenizer.denormalize_latent(z_norm)
+    return z, tokenizer.decode(z)

@@ -1,0 +1,267 @@
+"""HieraTok: a ViT tokenizer with a KL latent, learnable multi-scale downsampling and a scale-causal decoder.
+
+    image (B, 3, H, W) --ViT encoder--> moments --KL--> z (B, C, 16, 16)
+    z --downsampler--> [z_1, z_2, z_4, z_8, z_16]  (coarse -> fine, z_16 = z)
+      --concat--> 341 tokens --ViT decoder (scale-causal mask)--> one RGB image per scale (s * p pixels a side)
+
+Images are float tensors in [-1, 1]. The single-scale baseline is the same class with `scales=(16,)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import HieraTokConfig
+from .hub import HubCheckpointMixin
+from .layers import Transformer, init_weights, sincos_2d
+from .scales import ScaleLayout
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                              KL bottleneck
+# ------------------------------------------------------------------------------------------------------------
+class DiagonalGaussian:
+    """The encoder's posterior N(mean, exp(logvar)) over the latent map."""
+
+    def __init__(self, moments_B2Chw: torch.Tensor):
+        self.mean, logvar = moments_B2Chw.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """(B,) KL to N(0, I), averaged over latent elements (so its weight does not depend on the latent size)."""
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).mean(1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                         Multi-scale downsampling
+# ------------------------------------------------------------------------------------------------------------
+class ConvDownStep(nn.Module):
+    """Learnable r-times downsampling of a latent map.
+
+    A strided r x r convolution initialised to area averaging, followed by a residual 1 x 1 conv MLP whose output
+    layer starts at zero: training starts from the interpolation ablation and learns away from it.
+    """
+
+    def __init__(self, channels: int, ratio: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=ratio, stride=ratio)
+        hidden = max(64, 4 * channels)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.GELU(), nn.Conv2d(hidden, channels, 1))
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            for c in range(channels):
+                self.conv.weight[c, c].fill_(1.0 / ratio ** 2)
+            self.conv.bias.zero_()
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.zero_()
+
+    def forward(self, x_BChw):
+        y = self.conv(x_BChw)
+        return y + self.mlp(y)
+
+
+class MultiScaleDownsampler(nn.Module):
+    """z (B, C, S, S) -> [z_s for s in scales], coarse -> fine, with z itself as the finest map."""
+
+    def __init__(self, channels: int, layout: ScaleLayout, mode: str = "conv"):
+        super().__init__()
+        self.layout, self.mode = layout, mode
+        # steps[i] maps scale i+1 to scale i (fine -> coarse chain)
+        ratios = [fine // coarse for coarse, fine in zip(layout.scales, layout.scales[1:])]
+        self.steps = nn.ModuleList(ConvDownStep(channels, r) for r in ratios) if mode == "conv" else None
+
+    def forward(self, z_BChw: torch.Tensor) -> list[torch.Tensor]:
+        if z_BChw.shape[-1] != self.layout.finest:
+            raise ValueError(f"latent side {z_BChw.shape[-1]} does not match the finest scale {self.layout.finest}")
+        if self.mode == "interp":
+            return [F.adaptive_avg_pool2d(z_BChw, s) for s in self.layout.scales[:-1]] + [z_BChw]
+        maps = [z_BChw]
+        for step in reversed(self.steps):
+            maps.append(step(maps[-1]))
+        return maps[::-1]
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                          Encoder and decoder
+# ------------------------------------------------------------------------------------------------------------
+class Encoder(nn.Module):
+    """ViT over p x p patches -> posterior moments (B, 2C, S, S)."""
+
+    def __init__(self, cfg: HieraTokConfig):
+        super().__init__()
+        self.grid = cfg.grid_size
+        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.enc_dim, cfg.patch_size, stride=cfg.patch_size)
+        self.register_buffer("pos_embed", sincos_2d(cfg.enc_dim, self.grid)[None], persistent=False)
+        self.transformer = Transformer(cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio,
+                                       cfg.grad_checkpointing)
+        self.to_moments = nn.Linear(cfg.enc_dim, 2 * cfg.latent_channels)
+
+    def forward(self, x_B3HW: torch.Tensor) -> torch.Tensor:
+        x_BLC = self.patch_embed(x_B3HW).flatten(2).transpose(1, 2) + self.pos_embed
+        x_BLC, _ = self.transformer(x_BLC)
+        return self.to_moments(x_BLC).transpose(1, 2).unflatten(2, (self.grid, self.grid))
+
+
+class Decoder(nn.Module):
+    """Per-scale latent maps -> concatenated tokens -> transformer (masked) -> one RGB image per scale."""
+
+    def __init__(self, cfg: HieraTokConfig):
+        super().__init__()
+        self.layout, self.patch_size, self.out_channels = cfg.layout, cfg.patch_size, cfg.in_channels
+        self.proj_in = nn.Linear(cfg.latent_channels, cfg.dec_dim)
+        # per-scale 2D position embedding (learned, initialised to each scale's sin/cos grid) + a level embedding
+        self.pos_embed = nn.Parameter(torch.cat([sincos_2d(cfg.dec_dim, s) for s in self.layout.scales])[None])
+        self.level_embed = nn.Embedding(self.layout.num_scales, cfg.dec_dim)
+        nn.init.normal_(self.level_embed.weight, std=0.02)
+        self.transformer = Transformer(cfg.dec_dim, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio,
+                                       cfg.grad_checkpointing)
+        self.head = nn.Linear(cfg.dec_dim, cfg.patch_size ** 2 * cfg.in_channels)  # shared by all scales
+        self.attention = cfg.attention
+        self.register_buffer("mask", self.layout.mask(cfg.attention), persistent=False)
+        self.register_buffer("level_ids", self.layout.level_ids, persistent=False)
+
+    def forward(self, maps_BChw: list[torch.Tensor], return_attn: bool = False):
+        layout = self.layout.prefix(len(maps_BChw))
+        L = layout.num_tokens
+        x_BLC = self.proj_in(layout.flatten(maps_BChw))
+        x_BLC = x_BLC + self.pos_embed[:, :L] + self.level_embed(self.level_ids[:L])
+        # full attention (or a single scale): no mask, so SDPA can take its unmasked fast path
+        mask_LL = None if self.attention == "full" or layout.num_scales == 1 else self.mask[:L, :L]
+        x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn)
+        patches_BLD = self.head(x_BLC)
+        images = [self._unpatchify(chunk, s) for chunk, s in zip(layout.split(patches_BLD), layout.scales)]
+        return images, attns
+
+    def _unpatchify(self, x_BLD: torch.Tensor, side: int) -> torch.Tensor:
+        B, p, c = x_BLD.shape[0], self.patch_size, self.out_channels
+        x = x_BLD.view(B, side, side, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, c, s, p, s, p)
+        return x.reshape(B, c, side * p, side * p)
+
+
+@dataclass
+class DecodeOutput:
+    """Per-scale decoder output, coarse -> fine; `images[-1]` is the reconstruction."""
+
+    images: list[torch.Tensor]            # (B, 3, s*p, s*p) for each decoded scale s
+    scales: tuple[int, ...]
+    attentions: list[torch.Tensor] | None = None  # per layer (B, heads, L, L), when requested
+
+    @property
+    def reconstruction(self) -> torch.Tensor:
+        return self.images[-1]
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Core model
+# ------------------------------------------------------------------------------------------------------------
+class HieraTok(nn.Module, HubCheckpointMixin,
+               library_name="hieratok", repo_url="https://arxiv.org/abs/2509.23736", tags=["image-tokenizer"]):
+    """Multi-scale ViT image tokenizer (HieraTok, arXiv 2509.23736); `scales=(16,)` gives the single-scale baseline."""
+
+    config_class = HieraTokConfig
+
+    def __init__(self, config: HieraTokConfig):
+        super().__init__()
+        self.config = config
+        self.layout = config.layout
+        # 1. encoder -> KL posterior over z (B, C, S, S)
+        self.encoder = Encoder(config)
+        # 2. multi-scale downsampler (absent for the single-scale baseline)
+        self.downsampler = (MultiScaleDownsampler(config.latent_channels, self.layout, config.downsample)
+                            if config.is_multiscale else None)
+        # 3. decoder over the coarse -> fine token sequence
+        self.decoder = Decoder(config)
+        # 4. per-channel latent statistics for the generator (count = 0 until computed on a dataset)
+        self.register_buffer("latent_mean", torch.zeros(config.latent_channels))
+        self.register_buffer("latent_std", torch.ones(config.latent_channels))
+        self.register_buffer("latent_stats_count", torch.zeros((), dtype=torch.long))
+        self.apply_init()
+
+    def apply_init(self):
+        init_weights(self.encoder)
+        init_weights(self.decoder)
+        nn.init.normal_(self.decoder.level_embed.weight, std=0.02)
+
+    # ---- encoding -----------------------------------------------------------------------------------------
+    def _check_images(self, x: torch.Tensor):
+        size = self.config.image_size
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels or x.shape[-2:] != (size, size):
+            raise ValueError(f"expected images of shape (B, {self.config.in_channels}, {size}, {size}) in [-1, 1], "
+                             f"got {tuple(x.shape)}")
+
+    def posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """Images (B, 3, H, W) in [-1, 1] -> the KL posterior over z."""
+        self._check_images(x)
+        return DiagonalGaussian(self.encoder(x))
+
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
+        """Images (B, 3, H, W) in [-1, 1] -> z (B, C, 16, 16): the posterior mean, or a sample."""
+        post = self.posterior(x)
+        return post.sample(generator) if sample else post.mode()
+
+    def latent_pyramid(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """z -> per-scale latent maps, coarse -> fine (the last is z)."""
+        return self.downsampler(z) if self.downsampler is not None else [z]
+
+    # ---- decoding -----------------------------------------------------------------------------------------
+    def decode(self, z: torch.Tensor, num_scales: int | None = None, return_attention: bool = False) -> DecodeOutput:
+        """z (B, C, 16, 16) -> images at every scale (or the `num_scales` coarsest ones).
+
+        With scale-causal attention, decoding a coarse prefix gives exactly the images the full decode gives at
+        those scales. `return_attention` takes the explicit attention path and returns each layer's weights.
+        """
+        maps = self.latent_pyramid(z)
+        if num_scales is not None:
+            maps = maps[: self.layout.prefix(num_scales).num_scales]
+        return self.decode_maps(maps, return_attention)
+
+    def decode_maps(self, maps: list[torch.Tensor], return_attention: bool = False) -> DecodeOutput:
+        """Decode explicit per-scale maps (coarse -> fine, any prefix of the layout)."""
+        images, attns = self.decoder(maps, return_attention)
+        return DecodeOutput(images, self.layout.scales[: len(maps)], attns)
+
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
+        """Training forward: (per-scale DecodeOutput, posterior)."""
+        post = self.posterior(x)
+        z = post.sample(generator) if sample else post.mode()
+        return self.decode(z), post
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> their reconstruction (finest scale, posterior mean)."""
+        return self.decode(self.encode(x)).reconstruction
+
+    # ---- latent statistics for the generator ----------------------------------------------------------------
+    @property
+    def has_latent_stats(self) -> bool:
+        return int(self.latent_stats_count) > 0
+
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor, count: int):
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std.clamp_min(1e-6))
+        self.latent_stats_count.fill_(int(count))
+
+    def _require_stats(self):
+        if not self.has_latent_stats:
+            raise RuntimeError("this tokenizer has no latent statistics yet; train/dit.py computes them "
+                               "(hieratok.compute_latent_stats)")
+
+    def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
+        self._require_stats()
+        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def denormalize_latent(self, z_norm: torch.Tensor) -> torch.Tensor:
+        self._require_stats()
+        return z_norm * self.latent_std[:, None, None] + self.latent_mean[:, None, None]

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+import torch
+
+from hieratok import CheckpointError, DiT, HieraTok, dit_config, tokenizer_config
+
+SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1, dec_heads=3)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = HieraTok(tokenizer_config("cifar10", **SMALL)).eval()
+    model.set_latent_stats(torch.randn(4), torch.rand(4) + 0.5, count=123)
+    model.save_pretrained(tmp_path / "tok")
+    return model, tmp_path / "tok"
+
+
+def test_save_load_round_trip_gives_identical_outputs(saved):
+    model, path = saved
+    assert {p.name for p in path.iterdir()} >= {"config.json", "model.safetensors"}
+    loaded = HieraTok.from_pretrained(path)
+    assert loaded.config == model.config
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for a, b in zip(model.decode(model.encode(x)).images, loaded.decode(loaded.encode(x)).images):
+        assert torch.equal(a, b)
+    assert loaded.has_latent_stats and torch.equal(loaded.latent_mean, model.latent_mean)
+    assert int(loaded.latent_stats_count) == 123
+
+
+def test_half_precision_storage_upcasts_on_load(tmp_path):
+    dit = DiT(dit_config("cifar10", dim=64, depth=1, heads=2))
+    dit.save_pretrained(tmp_path / "dit", dtype=torch.float16)
+    loaded = DiT.from_pretrained(tmp_path / "dit")
+    assert loaded.x_embed.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.x_embed.weight, dit.x_embed.weight, rtol=1e-3, atol=1e-3)
+
+
+def test_truncated_weights_name_the_file(saved):
+    _, path = saved
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
+        HieraTok.from_pretrained(path)
+
+
+def test_mismatched_config_names_both_files(saved):
+    _, path = saved
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["dec_dim"] = 96
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"does not match .*config\.json.*shape mismatches"):
+        HieraTok.from_pretrained(path)
+
+
+def test_config_with_different_scales_reports_missing_or_unexpected_keys(saved):
+    _, path = saved
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["scales"] = [16]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unexpected keys .*downsampler"):
+        HieraTok.from_pretrained(path)
+
+
+def test_unknown_config_key_and_missing_files(saved, tmp_path):
+    _, path = saved
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "mystery": 1}))
+    with pytest.raises(CheckpointError, match="mystery"):
+        HieraTok.from_pretrained(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a readable JSON"):
+        HieraTok.from_pretrained(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        HieraTok.from_pretrained(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
+        HieraTok.from_pretrained(tmp_path / "nowhere")
+
+
+def test_dit_checkpoint_is_not_a_tokenizer(tmp_path):
+    DiT(dit_config("cifar10", dim=64, depth=1, heads=2)).save_pretrained(tmp_path / "dit")
+    with pytest.raises(CheckpointError):
+        HieraTok.from_pretrained(tmp_path / "dit")

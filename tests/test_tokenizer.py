@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+from hieratok import VARIANTS, HieraTok, interpolate, tokenizer_config
+
+SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
+
+
+def small_model(**kw):
+    return HieraTok(tokenizer_config("cifar10", **{**SMALL, **kw})).eval()
+
+
+def images(b=2, size=32):
+    return torch.rand(b, 3, size, size) * 2 - 1
+
+
+def test_shapes_per_scale():
+    model = small_model()
+    z = model.encode(images())
+    assert z.shape == (2, 4, 16, 16)
+    out = model.decode(z)
+    assert out.scales == (1, 2, 4, 8, 16)
+    assert [tuple(im.shape) for im in out.images] == [(2, 3, 2 * s, 2 * s) for s in out.scales]
+    assert torch.equal(out.reconstruction, out.images[-1])
+
+
+def perturb_finer(model, z, level):
+    maps = model.latent_pyramid(z)
+    return maps, [m if i <= level else m + torch.randn_like(m) for i, m in enumerate(maps)]
+
+
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_scale_causal_prefix_is_unaffected_by_finer_tokens(return_attention):
+    model = small_model()
+    z = model.encode(images())
+    for level in range(4):
+        maps, changed = perturb_finer(model, z, level)
+        a = model.decode_maps(maps, return_attention).images
+        b = model.decode_maps(changed, return_attention).images
+        for i in range(level + 1):
+            assert torch.equal(a[i], b[i]), f"scale {i} changed when scales > {level} changed"
+        assert not torch.allclose(a[level + 1], b[level + 1])
+
+
+def test_full_attention_lets_finer_tokens_change_coarse_outputs():
+    model = small_model(attention="full")
+    z = model.encode(images())
+    maps, changed = perturb_finer(model, z, 0)
+    a, b = model.decode_maps(maps).images, model.decode_maps(changed).images
+    assert not torch.allclose(a[0], b[0])
+
+
+def test_scale_independent_outputs_depend_only_on_own_scale():
+    model = small_model(attention="scale_independent")
+    maps = model.latent_pyramid(model.encode(images()))
+    changed = [m + torch.randn_like(m) if i != 2 else m for i, m in enumerate(maps)]
+    assert torch.equal(model.decode_maps(maps).images[2], model.decode_maps(changed).images[2])
+
+
+def test_prefix_decode_matches_full_decode():
+    model = small_model()
+    z = model.encode(images())
+    full = model.decode(z).images
+    for n in range(1, 5):
+        prefix = model.decode(z, num_scales=n)
+        assert prefix.scales == (1, 2, 4, 8, 16)[:n]
+        for a, b in zip(prefix.images, full):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_manual_attention_path_matches_sdpa_and_returns_valid_maps():
+    model = small_model()
+    z = model.encode(images())
+    fast = model.decode(z)
+    manual = model.decode(z, return_attention=True)
+    for a, b in zip(fast.images, manual.images):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    mask = model.layout.mask("scale_causal")
+    assert len(manual.attentions) == 2
+    for attn in manual.attentions:
+        assert attn.shape == (2, 3, 341, 341)
+        assert (attn[..., ~mask] == 0).all()
+        torch.testing.assert_close(attn.sum(-1), torch.ones(2, 3, 341))
+
+
+def test_conv_downsampler_starts_as_area_interpolation_and_is_learnable():
+    conv = small_model()
+    interp = small_model(downsample="interp")
+    z = torch.randn(2, 4, 16, 16)
+    for a, b in zip(conv.latent_pyramid(z), interp.latent_pyramid(z)):
+        torch.testing.assert_close(a, b)
+    assert sum(p.numel() for p in conv.downsampler.parameters()) > 0
+    assert interp.downsampler.steps is None
+
+
+def test_posterior_sample_vs_mean_and_kl():
+    model = small_model()
+    post = model.posterior(images())
+    g = torch.Generator().manual_seed(1)
+    s = post.sample(g)
+    assert s.shape == post.mean.shape and not torch.equal(s, post.mean)
+    assert (post.kl() >= 0).all() and post.kl().shape == (2,)
+
+
+def test_wrong_image_shape_is_a_clear_error():
+    model = small_model()
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\)"):
+        model.encode(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_forward_backward(variant):
+    cfg = tokenizer_config("cifar10", variant, **SMALL)
+    model = HieraTok(cfg).train()
+    out, post = model(images())
+    n_scales = len(cfg.scales)
+    assert len(out.images) == n_scales and out.images[-1].shape == (2, 3, 32, 32)
+    loss = sum(im.square().mean() for im in out.images) + post.kl().mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_imagenet256_preset_forward_backward_at_reduced_depth():
+    cfg = tokenizer_config("imagenet256", enc_depth=1, dec_depth=1)
+    assert (cfg.image_size, cfg.patch_size, cfg.enc_dim, cfg.dec_dim) == (256, 16, 768, 1024)
+    model = HieraTok(cfg).train()
+    out, post = model(torch.rand(1, 3, 256, 256) * 2 - 1)
+    assert [im.shape[-1] for im in out.images] == [16, 32, 64, 128, 256]
+    (out.reconstruction.mean() + post.kl().mean()).backward()
+    assert model.decoder.head.weight.grad is not None
+
+
+def test_singlescale_baseline_has_256_tokens_and_no_downsampler():
+    model = small_model(scales=(16,))
+    assert model.downsampler is None and model.layout.num_tokens == 256
+    assert len(model.decode(model.encode(images())).images) == 1
+
+
+def test_interpolation_endpoints_and_norms():
+    z0, z1 = torch.randn(4, 16, 16), torch.randn(4, 16, 16)
+    for method in ("linear", "spherical"):
+        path = interpolate(z0, z1, 5, method)
+        assert path.shape == (5, 4, 16, 16)
+        torch.testing.assert_close(path[0], z0)
+        torch.testing.assert_close(path[-1], z1)
+    mid_lin = interpolate(z0, z1, 3, "linear")[1].norm()
+    mid_sph = interpolate(z0, z1, 3, "spherical")[1].norm()
+    assert mid_sph > mid_lin  # slerp keeps the midpoint at a typical norm
+    torch.testing.assert_close(mid_sph, (z0.norm() + z1.norm()) / 2)
+    with pytest.raises(ValueError):
+        interpolate(z0, z1[:2], 3)
