@@ -14,6 +14,7 @@ import torch.nn as nn
 from .config import DiTConfig
 from .hub import HubCheckpointMixin
 from .layers import Attention, Mlp, init_weights, sincos_2d, timestep_embedding
+from .rng import Shard, sharded
 
 SAMPLERS = ("euler", "heun")
 
@@ -125,22 +126,27 @@ class DiT(nn.Module, HubCheckpointMixin,
         return v_null + guidance * (v_cond - v_null)
 
     # ---- training objective ---------------------------------------------------------------------------------
-    def sample_t(self, batch: int, generator=None, device=None) -> torch.Tensor:
+    def sample_t(self, batch: int, generator=None, device=None, shard: Shard | None = None) -> torch.Tensor:
         if self.config.time_sampling == "logit_normal":  # SD3: more steps in the middle of the path
-            return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
-        return torch.rand(batch, generator=generator, device=device)
+            return torch.sigmoid(sharded(torch.randn, (batch,), generator, shard, device=device))
+        return sharded(torch.rand, (batch,), generator, shard, device=device)
 
-    def loss(self, x1: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rectified-flow velocity loss on a batch of normalised latents x1 with labels y (label dropout here)."""
+    def loss(self, x1: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+             net: Callable | None = None, shard: Shard | None = None) -> torch.Tensor:
+        """Rectified-flow velocity loss on a batch of normalised latents x1 with labels y (label dropout here).
+
+        `net` is the callable that runs the forward pass, e.g. this model wrapped for DDP (default: self);
+        `shard=(rank, world)` makes the random draws independent of the data-parallel split (`hieratok.rng`).
+        """
         B, dev = x1.shape[0], x1.device
         if self.training and self.config.class_dropout > 0:
-            drop = torch.rand(B, generator=generator, device=dev) < self.config.class_dropout
+            drop = sharded(torch.rand, (B,), generator, shard, device=dev) < self.config.class_dropout
             y = torch.where(drop, torch.full_like(y, self.null_class), y)
-        t = self.sample_t(B, generator, dev)
-        x0 = torch.randn(x1.shape, generator=generator, device=dev, dtype=x1.dtype)
+        t = self.sample_t(B, generator, dev, shard)
+        x0 = sharded(torch.randn, x1.shape, generator, shard, device=dev, dtype=x1.dtype)
         tt = t.view(B, 1, 1, 1).to(x1.dtype)
         xt = (1 - tt) * x0 + tt * x1
-        return (self(xt, t, y) - (x1 - x0)).pow(2).mean()
+        return ((net or self)(xt, t, y).float() - (x1 - x0)).pow(2).mean()
 
     # ---- sampling ---------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .config import HieraTokConfig
 from .hub import HubCheckpointMixin
 from .layers import Transformer, init_weights, sincos_2d
+from .rng import Shard, sharded
 from .scales import ScaleLayout
 
 
@@ -31,8 +32,9 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: torch.Generator | None = None, shard: Shard | None = None) -> torch.Tensor:
+        """mean + std * noise; `shard=(rank, world)` draws this rank's slice of the global batch's noise."""
+        noise = sharded(torch.randn, self.mean.shape, generator, shard, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
@@ -232,10 +234,11 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         images, attns = self.decoder(maps, return_attention)
         return DecodeOutput(images, self.layout.scales[: len(maps)], attns)
 
-    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
-        """Training forward: (per-scale DecodeOutput, posterior)."""
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+                shard: Shard | None = None):
+        """Training forward: (per-scale DecodeOutput, posterior). `shard`: see `hieratok.rng`."""
         post = self.posterior(x)
-        z = post.sample(generator) if sample else post.mode()
+        z = post.sample(generator, shard) if sample else post.mode()
         return self.decode(z), post
 
     @torch.no_grad()

@@ -1,0 +1,99 @@
+"""A small ResNet image classifier: the feature space of FD-cls and the judge of class-conditional samples.
+
+Inception-v3 weights (for real FID) cannot be downloaded offline, so evaluation measures Fréchet distances in the
+penultimate features of this classifier, trained by `train/classifier.py` on the same dataset ("FD-cls").
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .config import _from_dict
+from .hub import HubCheckpointMixin
+
+
+@dataclass
+class ClassifierConfig:
+    num_classes: int = 10
+    image_size: int = 32
+    width: int = 32            # channels of the first stage; stages use width x (1, 2, 4, 8)
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.class_names = tuple(self.class_names)
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    @property
+    def feature_dim(self) -> int:
+        return 8 * self.width
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d)
+
+
+def conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Residual(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(ch, ch), conv_bn(ch, ch))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Classifier(nn.Module, HubCheckpointMixin, library_name="hieratok", tags=["image-classification"]):
+    """ResNet-9 layout (the DAWNBench CIFAR-10 design), width configurable; images in [-1, 1]."""
+
+    config_class = ClassifierConfig
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.features = nn.Sequential(
+            conv_bn(3, w),
+            conv_bn(w, 2 * w), nn.MaxPool2d(2), Residual(2 * w),
+            conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
+            conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(8 * w, config.num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 8 * width) penultimate features."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class FeatureExtractor(nn.Module):
+    """[0, 1] images -> classifier features, in the form torchmetrics' Fréchet distance expects."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.num_features = classifier.config.feature_dim
+
+    @torch.no_grad()
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        size = self.classifier.config.image_size
+        if x01.shape[-1] != size:
+            x01 = nn.functional.interpolate(x01, size=(size, size), mode="bilinear", antialias=True)
+        return self.classifier.embed(x01.float() * 2 - 1).double()

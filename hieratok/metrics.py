@@ -1,0 +1,97 @@
+"""Metrics: PSNR / SSIM per scale, the latent-density Gini coefficient and entropy, Fréchet distances."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] model images -> [0, 1], clamped."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) PSNR in dB of [-1, 1] images, computed on [0, 1] (data range 1)."""
+    return peak_signal_noise_ratio(to_unit(pred), to_unit(target), data_range=1.0, reduction="none",
+                                   dim=(1, 2, 3))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) SSIM of [-1, 1] images on [0, 1]. The Gaussian window shrinks for tiny images (torchmetrics needs the
+    image to be larger than the kernel), so SSIM at 2 x 2 and 4 x 4 uses a 1 x 1 / 3 x 3 window."""
+    side = pred.shape[-1]
+    kernel = min(11, side - 1 if side % 2 == 0 else side)
+    kernel = max(1, kernel if kernel % 2 else kernel - 1)
+    sigma = 1.5 * kernel / 11
+    return structural_similarity_index_measure(to_unit(pred), to_unit(target), data_range=1.0, reduction="none",
+                                               kernel_size=kernel, sigma=max(sigma, 0.1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                      Latent-density Gini and entropy
+# ------------------------------------------------------------------------------------------------------------
+DENSITY_BINS = 24
+DENSITY_RANGE = 3.0
+
+
+def latent_density(latents: torch.Tensor, bins: int = DENSITY_BINS) -> np.ndarray:
+    """The estimator behind `latent_gini` / `latent_entropy`: a histogram density of latents in 2D.
+
+    1. Flatten each latent (N, C, h, w) to a vector and standardise every dimension over the set.
+    2. Project onto the set's first two principal components (deterministic, unlike t-SNE/UMAP) and divide each
+       component by its standard deviation (whitening: the estimate ignores overall scale).
+    3. Count points in a bins x bins grid over [-3, 3]^2 (points outside are clipped into the border bins).
+    Returns the bin probabilities, (bins * bins,), summing to 1.
+    """
+    x = latents.double().flatten(1)
+    if x.shape[0] < 3:
+        raise ValueError("the latent density needs at least 3 latents")
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
+    _, _, v = torch.pca_lowrank(x, q=2, center=False, niter=6)
+    pts = x @ v[:, :2]
+    pts = (pts / pts.std(0).clamp_min(1e-8)).clamp(-DENSITY_RANGE, DENSITY_RANGE * (1 - 1e-9))
+    idx = ((pts + DENSITY_RANGE) / (2 * DENSITY_RANGE) * bins).long().clamp(0, bins - 1)
+    counts = torch.bincount(idx[:, 0] * bins + idx[:, 1], minlength=bins * bins).double()
+    return (counts / counts.sum()).numpy()
+
+
+def gini(p: np.ndarray) -> float:
+    """Gini coefficient of non-negative masses: 0 = perfectly even, -> 1 = all mass in one bin."""
+    p = np.sort(np.asarray(p, dtype=np.float64))
+    n = p.size
+    if p.sum() <= 0:
+        raise ValueError("gini needs a positive total mass")
+    ranks = np.arange(1, n + 1)
+    return float((2 * (ranks * p).sum()) / (n * p.sum()) - (n + 1) / n)
+
+
+def normalized_entropy(p: np.ndarray) -> float:
+    """Shannon entropy of a distribution divided by log(number of bins): 1 = uniform, 0 = a single bin."""
+    p = np.asarray(p, dtype=np.float64)
+    nz = p[p > 0] / p.sum()
+    return float(-(nz * np.log(nz)).sum() / np.log(p.size))
+
+
+def latent_gini_entropy(latents: torch.Tensor) -> dict[str, float]:
+    p = latent_density(latents)
+    return {"gini": gini(p), "entropy": normalized_entropy(p)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                            Fréchet distances
+# ------------------------------------------------------------------------------------------------------------
+def frechet_distance_metric(feature_model: torch.nn.Module | None = None, inception_weights: str | None = None):
+    """A torchmetrics `FrechetInceptionDistance` accumulator over images in [0, 1] (float).
+
+    With `inception_weights` (torch-fidelity's pt_inception-2015-12-05 file) it is the real Inception FID.
+    Otherwise `feature_model` maps [0, 1] images to (B, D) features — our CIFAR-10 classifier's penultimate
+    layer — and the number is an FD in that space ("FD-cls"), never to be called FID.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    if inception_weights is not None:
+        return FrechetInceptionDistance(feature=2048, normalize=True,
+                                        feature_extractor_weights_path=inception_weights)
+    if feature_model is None:
+        raise ValueError("need either Inception weights or a feature model for a Fréchet distance")
+    return FrechetInceptionDistance(feature=feature_model, normalize=True)

@@ -1,0 +1,269 @@
+"""Tiny runs of every trainer on a synthetic ImageFolder: what they write, that they learn, resume, and fail well."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hieratok import DiT, HieraTok
+from hieratok.classifier import Classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TOK = ["--set", "enc_dim=32", "enc_depth=1", "enc_heads=2", "dec_dim=48", "dec_depth=1", "dec_heads=3"]
+FAST = ["--mixed-precision", "no", "--log-every", "1", "--sample-every", "0", "--ckpt-every", "1000"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """3 classes x 12 images of 32 x 32: each class a colour, each image a shifted square."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
+    for c, colour in enumerate(colours):
+        d = root / f"class{c}"
+        d.mkdir()
+        for i in range(12):
+            img = np.full((32, 32, 3), 30, np.uint8)
+            y, x = rng.integers(2, 18, size=2)
+            img[y:y + 12, x:x + 12] = colour
+            img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+def read_metrics(out: Path) -> list[dict]:
+    with open(out / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def stage1(argv):
+    from train import stage1 as script
+    script.main([str(a) for a in argv])
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_stage1_tiny_run_writes_everything(image_folder, tmp_path, capsys):
+    out = tmp_path / "s1"
+    stage1(["--data", image_folder, "--output-dir", out, "--steps", 4, "--batch-size", 8, *TINY_TOK,
+            "--mixed-precision", "bf16", "--log-every", 2, "--sample-every", 2, "--ckpt-every", 2])
+    assert "LPIPS unavailable" in capsys.readouterr().out  # the missing backbone is said, once, and training goes on
+    model = HieraTok.from_pretrained(out / "final")
+    assert model.config.enc_dim == 32 and model.layout.num_tokens == 341
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {"l1_1", "mse_16", "kl", "loss", "images_per_s", "lr"} <= set(rows[0])
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["lpips"] is False and "VGG-16" in config["lpips_note"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["images_seen"] == 32 and summary["skipped"] == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # none left half-written
+
+
+@pytest.mark.parametrize("variant", ["hieratok", "singlescale"])
+def test_stage1_overfits_a_fixed_batch(image_folder, tmp_path, variant):
+    out = tmp_path / variant
+    stage1(["--data", image_folder, "--output-dir", out, "--variant", variant, "--steps", 60, "--batch-size", 8,
+            "--max-images", 8, "--lr", 3e-3, "--warmup", 5, *TINY_TOK, *FAST])
+    losses = [r["loss"] for r in read_metrics(out)]
+    assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+
+def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
+    common = ["--data", image_folder, "--steps", 6, "--batch-size", 8, "--ckpt-every", 2, *TINY_TOK,
+              "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0]
+    stage1(["--output-dir", tmp_path / "straight", *common])
+
+    from train.common import Run
+    original = Run.step
+
+    def killed_at_step_5(self, loss, *args, **kwargs):
+        if args[-1] == 5:  # run.step(loss, optimizer, scheduler, model, step)
+            raise KeyboardInterrupt  # the process dies mid-run, after the checkpoint of step 4
+        return original(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        stage1(["--output-dir", tmp_path / "resumed", *common])
+    assert not (tmp_path / "resumed" / "final").exists()
+    monkeypatch.setattr(Run, "step", original)
+    stage1(["--output-dir", tmp_path / "resumed", *common])  # --resume latest is the default
+
+    a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "resumed" / "final")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["step"] == 6 and summary["images_seen"] == 48
+
+
+def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    for c in image_folder.iterdir():
+        (data / c.name).mkdir(parents=True)
+        for f in sorted(c.iterdir())[:4]:
+            (data / c.name / f.name).write_bytes(f.read_bytes())
+    (data / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (data / "class1" / "truncated.png").write_bytes((image_folder / "class1" / "000.png").read_bytes()[:60])
+    out = tmp_path / "s1"
+    stage1(["--data", data, "--output-dir", out, "--steps", 4, "--batch-size", 7, *TINY_TOK, *FAST])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] >= 2  # 14 images, 28 drawn: each unreadable file is met twice
+    assert summary["images_seen"] == 28 - summary["skipped"]
+    assert "unreadable" in capsys.readouterr().out
+
+
+def test_nan_loss_stops_with_last_good_checkpoint_intact(image_folder, tmp_path, monkeypatch):
+    from hieratok.losses import ReconstructionLoss
+    from train.common import NonFiniteLoss
+    original = ReconstructionLoss.forward
+    calls = {"n": 0}
+
+    def nan_on_fourth_call(self, *a, **kw):
+        terms = original(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", nan_on_fourth_call)
+    out = tmp_path / "s1"
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 3.*step-00000002"):
+        stage1(["--data", image_folder, "--output-dir", out, "--steps", 6, "--batch-size", 8, *TINY_TOK,
+                *FAST[:-2], "--ckpt-every", 2])
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-00000002"]
+    assert not (out / "final").exists()
+
+
+def test_missing_or_empty_dataset_is_a_clear_error(image_folder, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        stage1(["--data", tmp_path / "nowhere", "--output-dir", tmp_path / "o", "--steps", 1])
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no images"):
+        stage1(["--data", tmp_path / "empty", "--output-dir", tmp_path / "o", "--steps", 1])
+    with pytest.raises(FileNotFoundError, match="lpips-weights"):
+        stage1(["--data", image_folder, "--output-dir", tmp_path / "o", "--lpips-weights", tmp_path / "no.pth"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_tokenizer(image_folder, tmp_path_factory):
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    out = tmp_path_factory.mktemp("tok")
+    stage1(["--data", image_folder, "--output-dir", out, "--steps", 30, "--batch-size", 12, "--lr", 3e-3,
+            *TINY_TOK, *FAST])
+    return out / "final"
+
+
+def test_stage2_trains_decoder_only_and_learns(image_folder, tiny_tokenizer, tmp_path):
+    from train import stage2
+    out = tmp_path / "s2"
+    stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir", out,
+                                  "--steps", 55, "--batch-size", 8, "--max-images", 8, "--lr", 1e-3,
+                                  "--warmup", 3, "--gan-start", 50, *FAST]])
+    before, after = HieraTok.from_pretrained(tiny_tokenizer), HieraTok.from_pretrained(out / "final")
+    for (name, p0), p1 in zip(before.named_parameters(), after.parameters()):
+        frozen = name.startswith(("encoder.", "downsampler."))
+        assert torch.equal(p0, p1) == frozen, name
+    rows = read_metrics(out)
+    assert "gan_weight" in rows[-1] and "gan_weight" not in rows[0] and "d_loss" in rows[0]
+    rec = [r["l1_16"] + r["mse_16"] for r in rows]
+    assert np.mean(rec[40:50]) < 0.85 * rec[0]  # the decoder fits the fixed batch better before the GAN starts
+
+
+def test_dit_caches_latents_stores_stats_and_learns(image_folder, tiny_tokenizer, tmp_path):
+    from train import dit as script
+    out = tmp_path / "dit"
+    args = ["--tokenizer", tiny_tokenizer, "--data", image_folder, "--output-dir", out, "--steps", 80,
+            "--batch-size", 18, "--lr", 2e-3, "--warmup", 5, "--set", "dim=64", "depth=2", "heads=2", *FAST[:-4],
+            "--sample-every", 80, "--sample-steps", 2, "--ckpt-every", 1000]
+    script.main([str(a) for a in args])
+    assert (out / "latents.safetensors").exists() and (out / "samples" / "step-00000080.png").exists()
+    tok = HieraTok.from_pretrained(out / "tokenizer")
+    assert tok.has_latent_stats and int(tok.latent_stats_count) == 72  # 36 images and their mirrors
+    dit = DiT.from_pretrained(out / "final")
+    assert dit.config.num_classes == 3 and dit.config.latent_channels == 4
+    losses = [r["loss"] for r in read_metrics(out)]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+
+def test_classifier_learns_the_synthetic_classes(image_folder, tmp_path):
+    from train import classifier as script
+    out = tmp_path / "cls"
+    script.main([str(a) for a in ["--data", image_folder, "--output-dir", out, "--steps", 40, "--batch-size", 12,
+                                  "--set", "width=8", *FAST]])
+    model = Classifier.from_pretrained(out / "final")
+    assert model.config.class_names == ("class0", "class1", "class2")
+    rows = read_metrics(out)
+    assert np.mean([r["loss"] for r in rows[-5:]]) < 0.6 * np.mean([r["loss"] for r in rows[:5]])
+
+
+def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
+    from accelerate.state import AcceleratorState
+    from train import classifier, dit, evaluate
+    classifier.main([str(a) for a in ["--data", image_folder, "--output-dir", tmp_path / "cls", "--steps", 5,
+                                      "--batch-size", 12, "--set", "width=8", *FAST]])
+    AcceleratorState._reset_state(True)
+    dit.main([str(a) for a in ["--tokenizer", tiny_tokenizer, "--data", image_folder, "--output-dir",
+                               tmp_path / "dit", "--steps", 3, "--batch-size", 12, "--set", "dim=64", "depth=1",
+                               "heads=2", *FAST]])
+    evaluate.main([str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
+                                    "--tokenizer", f"tok={tiny_tokenizer}", "--dit", f"tok={tmp_path}/dit/final",
+                                    "--dit-tokenizer", f"tok={tmp_path}/dit/tokenizer", "--num-samples", 12,
+                                    "--sample-steps", 2, "--batch-size", 12, "--output", tmp_path / "eval"]])
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 <= report["classifier"]["accuracy"]["mean"] <= 1
+    tok = report["tokenizers"]["tok"]
+    assert list(tok["scales"]) == ["1x1", "2x2", "4x4", "8x8", "16x16"]
+    for s in tok["scales"].values():
+        assert s["psnr"]["mean"] > 0 and -1 <= s["ssim"]["mean"] <= 1
+        assert 0 <= s["latent_density"]["gini"] <= 1 and 0 <= s["latent_density"]["entropy"] <= 1
+    assert tok["rfd"] > 0 and tok["lpips"] is None and "unavailable" in report["notes"]["lpips"]
+    assert report["notes"]["fd_name"] == "FD-cls"
+    gen = report["generators"]["tok"]
+    assert gen["gfd"] > 0 and 0 <= gen["class_accuracy"]["mean"] <= 1
+    md = (tmp_path / "eval.md").read_text()
+    assert "rFD-cls" in md and "gFD-cls" in md and "PSNR 16x16" in md
+    assert "| rFID" not in md and "| gFID" not in md  # without Inception weights, nothing is called FID
+
+
+def test_two_processes_stay_in_sync_and_track_one_process(image_folder, tmp_path):
+    args = ["train/stage1.py", "--data", image_folder, "--steps", 5, "--batch-size", 8, "--lr", 1e-3, *TINY_TOK,
+            *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    single = tmp_path / "one"
+    subprocess.run([sys.executable, *map(str, args), "--output-dir", str(single)], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    double = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", *map(str, args), "--output-dir", str(double)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((double / "summary.json").read_text())
+    assert summary["num_processes"] == 2
+    hashes = summary["rank_weight_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    l1 = [r["loss"] for r in read_metrics(single)]
+    l2 = [r["loss"] for r in read_metrics(double)]
+    np.testing.assert_allclose(l2, l1, rtol=2e-3)

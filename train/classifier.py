@@ -1,0 +1,70 @@
+"""Train the image classifier whose features define FD-cls and which judges class-conditional samples.
+
+    accelerate launch train/classifier.py --data ../shared/data/cifar10/train --output-dir runs/classifier
+
+Augmentation: random crops (4-pixel reflect padding) and horizontal flips, both drawn from the per-step
+generator so that resume stays bit-identical. The exported model is the live one (its BatchNorm statistics
+belong to its own weights), not an EMA.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from hieratok.classifier import Classifier, ClassifierConfig  # noqa: E402
+from hieratok.rng import sharded  # noqa: E402
+from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, shard=None) -> torch.Tensor:
+    """Per-sample random crop of a reflect-padded batch back to its size (offsets drawn as in hieratok.rng)."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = (sharded(torch.rand, (B,), generator, shard, device=x.device).mul(2 * pad + 1).long() for _ in "yx")
+    rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None].expand(B, x.shape[1], H, W + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, None, :].expand(B, x.shape[1], H, W)
+    return out.gather(3, cols)
+
+
+def parse_args(argv=None):
+    ap = base_parser(__doc__, steps=6_000, batch_size=128, lr=2e-3)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.set_defaults(weight_decay=5e-4, sample_every=0)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = Run(args, "classifier")
+    dataset = run.dataset(args.image_size)
+    cfg = ClassifierConfig(num_classes=len(dataset.classes), image_size=args.image_size,
+                           class_names=tuple(dataset.classes)).replace(**parse_overrides(args.set))
+    model = Classifier(cfg).train()
+    optimizer = adamw(list(model.parameters()), args, betas=(0.9, 0.99))
+    scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps,
+                              final_ratio=0.0)
+    model, optimizer = run.prepare(model, optimizer)
+    run.track(model, optimizer, scheduler, ema=False)
+    start = run.resume()
+    run.start({"model": cfg.to_dict(), "dataset": {"path": args.data, "images": len(dataset)}})
+
+    for step, x, y, gen in run.batches(dataset, start):
+        x = random_crop(x, 4, gen, run.shard)
+        with run.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
+        run.step(loss, optimizer, scheduler, model, step)
+        run.log(step, {"loss": loss.item(), "train_acc": (logits.argmax(1) == y).float().mean().item()}, scheduler)
+        run.maybe_checkpoint(step)
+
+    run.finish(lambda path: run.unwrap(model).save_pretrained(path), model)
+
+
+if __name__ == "__main__":
+    main()

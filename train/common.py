@@ -1,0 +1,404 @@
+"""What every trainer shares: arguments, the accelerate set-up, schedule, EMA, checkpoints, logging, NaN guard.
+
+A trainer reads top to bottom:
+
+    run = Run(args, "stage1")                       # accelerator, output dir, trackers, run config
+    model, opt = run.prepare(model, opt)            # DDP etc. through accelerate
+    ema = run.track(model, opt, scheduler)          # EMA + everything a checkpoint must restore
+    start = run.resume()                            # latest checkpoint by default
+    for step, x, y, gen in run.batches(dataset, start):
+        ... loss ...
+        run.step(loss, opt, scheduler, model)       # NaN guard, backward, clip, optimizer, EMA
+        run.log(step, logs); run.maybe_checkpoint(step)
+    run.finish(export_fn)                           # a from_pretrained-loadable directory
+
+Resume is bit-identical on CPU: every random draw in a step comes from a generator seeded by (seed, step), the
+data order is a pure function of (seed, step) (see `data.StreamBatches`), and a checkpoint holds model, EMA,
+optimizer, scheduler, step and RNG states. Checkpoints are written to a temporary folder and renamed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import gather_object, set_seed
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/x.py` from a clone, no install
+
+from train.data import DataError, StreamBatches, build_dataset, make_loader  # noqa: E402
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                Arguments
+# ------------------------------------------------------------------------------------------------------------
+def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", default="cifar10", help="model preset (cifar10 | imagenet256)")
+    ap.add_argument("--data", required=True,
+                    help="an ImageFolder root (root/<class>/<images>) or cifar10:ROOT for torchvision's CIFAR-10")
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--resume", default="latest",
+                    help="'latest' (newest checkpoint in --output-dir, if any), 'none', or a checkpoint folder")
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps in total")
+    ap.add_argument("--batch-size", type=int, default=batch_size, help="global batch (split over processes)")
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 5%% of --steps)")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--ema-decay", type=float, default=0.999)
+    ap.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"],
+                    help="autocast dtype (bf16 is 1.6-2x faster on CPUs with AMX/AVX-512-bf16)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-images", type=int, default=None, help="train on a fixed random subset (tiny runs)")
+    ap.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--sample-every", type=int, default=500, help="save an image grid every N steps (0: never)")
+    ap.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
+    ap.add_argument("--keep-ckpts", type=int, default=2, help="checkpoints kept on disk")
+    ap.add_argument("--log-with", default="csv", choices=["csv", "tensorboard", "wandb", "none"])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override config fields, e.g. --set latent_channels=8 kl_weight=1e-5")
+    return ap
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings -> a dict, values parsed as JSON where possible (numbers, lists, true/false)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                 Helpers
+# ------------------------------------------------------------------------------------------------------------
+def warmup_cosine(optimizer, warmup: int, total: int, final_ratio: float = 0.1) -> LambdaLR:
+    """Linear warm-up to the base LR, then cosine decay to `final_ratio` of it."""
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return LambdaLR(optimizer, factor)
+
+
+def ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so that
+    short runs are not dominated by their initial weights (0.999 ** 1000 = 0.37 without the ramp)."""
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+    return update
+
+
+def adamw(params, args, betas=(0.9, 0.95)):
+    decay = [p for p in params if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.ndim < 2]  # biases, norms, embeddings' gains
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=betas)
+
+
+class CSVTracker(GeneralTracker):
+    """accelerate tracker writing one row per log call to `<dir>/metrics.csv` (appends across resumes)."""
+
+    name = "csv"
+    requires_logging_directory = True
+    main_process_only = True
+
+    def __init__(self, run_name: str, logging_dir: str):
+        super().__init__()
+        self.path = Path(logging_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns: list[str] | None = None
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f), None)
+            self.columns = header or None
+
+    @property
+    def tracker(self):
+        return self.path
+
+    def store_init_configuration(self, values: dict):
+        (self.path.parent / "hparams.json").write_text(json.dumps(values, indent=2, default=str))
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        row = {"step": step, **values}
+        new_columns = [c for c in row if c not in (self.columns or [])]
+        if new_columns:  # a key appeared (e.g. the GAN terms after warm-up): rewrite with the wider header
+            rows = []
+            if self.columns is not None:
+                with open(self.path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+            self.columns = (self.columns or []) + new_columns
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+
+
+class TrainState:
+    """The scalars a checkpoint must restore besides modules: step and counters."""
+
+    def __init__(self):
+        self.step, self.images_seen, self.skipped, self.wall_s = 0, 0, 0, 0.0
+
+    def state_dict(self):
+        return {"step": self.step, "images_seen": self.images_seen, "skipped": self.skipped, "wall_s": self.wall_s}
+
+    def load_state_dict(self, d):
+        self.step, self.images_seen, self.skipped = int(d["step"]), int(d["images_seen"]), int(d["skipped"])
+        self.wall_s = float(d.get("wall_s", 0.0))
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                   Run
+# ------------------------------------------------------------------------------------------------------------
+class Run:
+    def __init__(self, args, name: str):
+        self.args, self.name = args, name
+        self.out = Path(args.output_dir)
+        trackers = {"csv": [CSVTracker(name, str(self.out))], "none": None}.get(args.log_with, args.log_with)
+        # several processes but no GPU (torchrun / `accelerate launch --multi_gpu` on CPUs): DDP over gloo
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
+                                       log_with=trackers, project_dir=str(self.out), cpu=multi_cpu)
+        self.state = TrainState()
+        self.ema_model: AveragedModel | None = None
+        self.run_config: dict = {"script": name, "args": vars(args),
+                                 "num_processes": self.accelerator.num_processes,
+                                 "device": str(self.accelerator.device)}
+        set_seed(args.seed)
+        self._last_log_time, self._last_log_images = time.time(), 0
+        self._bar = None
+
+    # ---- set-up -----------------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    def print(self, *msg):
+        self.accelerator.print(*msg)
+
+    def dataset(self, image_size: int, split: str = "train"):
+        try:
+            return build_dataset(self.args.data, image_size, split=split, max_images=self.args.max_images,
+                                 seed=self.args.seed)
+        except DataError as e:
+            raise SystemExit(f"error: {e}") from None
+
+    def prepare(self, *objs):
+        return self.accelerator.prepare(*objs)
+
+    def unwrap(self, model):
+        return self.accelerator.unwrap_model(model)
+
+    def track(self, model, *stateful, ema: bool = True):
+        """Create the EMA of `model` and register everything a checkpoint must hold besides prepared objects."""
+        if ema:
+            # parameters only: buffers here are constants (masks, position tables, latent statistics)
+            self.ema_model = AveragedModel(self.unwrap(model), multi_avg_fn=ema_with_warmup(self.args.ema_decay),
+                                           use_buffers=False)
+            self.accelerator.register_for_checkpointing(self.ema_model)
+        for obj in stateful:
+            self.accelerator.register_for_checkpointing(obj)
+        self.accelerator.register_for_checkpointing(self.state)
+        return self.ema_model.module if ema else None
+
+    def start(self, config: dict):
+        """Write the run's config and start the trackers."""
+        self.run_config.update(config)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run_config.json").write_text(json.dumps(self.run_config, indent=2, default=str))
+        self.accelerator.init_trackers(self.name, config=_flat(self.run_config))
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def _ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        d = self._ckpt_dir()
+        return sorted(p for p in d.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if d.exists() else []
+
+    def resume(self) -> int:
+        """Load the requested checkpoint; returns the step to start from."""
+        what = self.args.resume
+        if what == "none":
+            return 0
+        path = Path(what) if what != "latest" else (self.checkpoints()[-1] if self.checkpoints() else None)
+        if path is None:
+            return 0
+        if not path.is_dir():
+            raise SystemExit(f"error: --resume {what}: no such checkpoint folder")
+        self.accelerator.load_state(str(path))
+        self.print(f"resumed from {path} at step {self.state.step}")
+        return self.state.step
+
+    def save_checkpoint(self):
+        final = self._ckpt_dir() / f"step-{self.state.step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.is_main:  # atomic: a checkpoint folder exists only once complete
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.checkpoints()[: -self.args.keep_ckpts]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def maybe_checkpoint(self, step: int):
+        if self.args.ckpt_every and (step + 1) % self.args.ckpt_every == 0 and step + 1 < self.args.steps:
+            self.save_checkpoint()
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def batches(self, dataset, start_step: int, flip: bool = True):
+        """Yield (step, images, labels, generator) for steps start_step .. steps-1 on this process's device."""
+        acc = self.accelerator
+        stream = StreamBatches(len(dataset), self.args.batch_size, start_step, self.args.steps, self.args.seed,
+                               acc.process_index, acc.num_processes, flip)
+        loader = make_loader(dataset, stream, self.args.num_workers)
+        self._bar = tqdm(total=self.args.steps, initial=start_step, disable=not self.is_main, dynamic_ncols=True,
+                         desc=self.name)
+        self._last_log_time, self._last_log_images = time.time(), self.state.images_seen
+        self._step_end = time.time()
+        for step, (x, y, skipped) in zip(range(start_step, self.args.steps), loader):
+            skipped_all = int(acc.reduce(torch.tensor(skipped, device=self.device), "sum"))
+            if skipped_all:
+                self.state.skipped += skipped_all
+                self.print(f"step {step}: skipped {skipped_all} unreadable image(s) ({self.state.skipped} so far)")
+            if x is None:  # every sample of this rank's share was unreadable: skip the step on all ranks alike
+                raise SystemExit(f"error: a whole batch at step {step} was unreadable; check the dataset")
+            # the same on every process: draws are sliced per rank (hieratok.rng), so N processes use the noise
+            # one process would use at the same global batch
+            gen = torch.Generator(device=self.device).manual_seed(self.args.seed * 1_000_003 + step)
+            # counters first: a checkpoint written in the loop body records the step as done
+            self.state.step = step + 1
+            self.state.images_seen += self.args.batch_size - skipped_all
+            yield step, x.to(self.device, non_blocking=True), y.to(self.device), gen
+            now = time.time()
+            self.state.wall_s += now - self._step_end
+            self._step_end = now
+            self._bar.update(1)
+        self._bar.close()
+
+    def check_finite(self, loss: torch.Tensor, step: int):
+        if not torch.isfinite(loss.detach()).all():
+            last = self.checkpoints()
+            raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; stopping without saving. "
+                                f"Last good checkpoint: {last[-1] if last else 'none'} (resume from it with a lower "
+                                f"--lr or --grad-clip)")
+
+    def step(self, loss: torch.Tensor, optimizer, scheduler, model, step: int, update_ema: bool = True):
+        """NaN guard, backward, gradient clipping, optimizer and scheduler step, EMA update. Returns grad norm."""
+        self.check_finite(loss, step)
+        optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        grad_norm = self.accelerator.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], self.args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if update_ema and self.ema_model is not None:
+            self.ema_model.update_parameters(self.unwrap(model))
+        return float(grad_norm)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, number of processes), for the sharded random draws of `hieratok.rng`."""
+        return self.accelerator.process_index, self.accelerator.num_processes
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def log(self, step: int, logs: dict, scheduler=None):
+        if (step + 1) % self.args.log_every and step + 1 != self.args.steps:
+            return
+        if self.accelerator.num_processes > 1:  # log the mean over processes, not rank 0's share
+            keys = sorted(logs)
+            vals = self.accelerator.reduce(torch.tensor([float(logs[k]) for k in keys], device=self.device), "mean")
+            logs = dict(zip(keys, vals.tolist()))
+        now = time.time()
+        ips = (self.state.images_seen - self._last_log_images) / max(1e-9, now - self._last_log_time)
+        self._last_log_time, self._last_log_images = now, self.state.images_seen
+        logs = {**logs, "images_per_s": ips, "images_seen": self.state.images_seen}
+        if scheduler is not None:
+            logs["lr"] = scheduler.get_last_lr()[0]
+        self.accelerator.log(logs, step=step + 1)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", img_s=f"{ips:.1f}")
+
+    def should_sample(self, step: int) -> bool:
+        every = self.args.sample_every
+        return bool(every) and ((step + 1) % every == 0 or step + 1 == self.args.steps) and self.is_main
+
+    def finish(self, export, model):
+        """Export the result as a from_pretrained directory (`export(path)` writes it) and write summary.json,
+        including a SHA-256 of every process's weights (all equal when the processes stayed in sync)."""
+        digest = hashlib.sha256()
+        for p in self.unwrap(model).parameters():
+            digest.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        rank_hashes = gather_object([digest.hexdigest()])
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            path = self.out / "final"
+            tmp = self.out / "final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            export(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+            summary = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1),
+                       "num_processes": self.accelerator.num_processes, "rank_weight_sha256": rank_hashes}
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.print(f"done: {summary}; exported {path}")
+        self.accelerator.end_training()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Flatten nested config dicts for trackers that want scalars."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out

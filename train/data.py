@@ -1,0 +1,171 @@
+"""Data for every trainer: any ImageFolder or torchvision's CIFAR-10, a deterministic resumable batch order,
+per-sample flips derived from (seed, position), and unreadable files skipped and counted instead of crashing."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+
+class DataError(ValueError):
+    """A dataset path that cannot be used; raised before training starts."""
+
+
+def image_transform(image_size: int):
+    """Resize the short side, center-crop, and map to [-1, 1]."""
+    return transforms.Compose([
+        transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5] * 3, [0.5] * 3),
+    ])
+
+
+class FolderImages(Dataset):
+    """ImageFolder layout (root/<class>/<image>); item (index, flip) -> (image, label) or None if unreadable."""
+
+    def __init__(self, root: str, image_size: int):
+        if not os.path.isdir(root):
+            raise DataError(f"dataset path {root!r} does not exist or is not a folder")
+        try:
+            self.classes, class_to_idx = find_classes(root)
+        except FileNotFoundError as e:
+            raise DataError(f"dataset path {root!r} has no class folders (expected root/<class>/<images>): {e}")
+        self.samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if not self.samples:
+            raise DataError(f"dataset path {root!r} has class folders but no images ({', '.join(IMG_EXTENSIONS)})")
+        self.targets = [label for _, label in self.samples]
+        self.transform = image_transform(image_size)
+        self.root = root
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, index: int) -> Image.Image:
+        with open(self.samples[index][0], "rb") as f:
+            img = Image.open(f)
+            img.load()
+        return img.convert("RGB")
+
+    def __getitem__(self, item):
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        try:
+            img = self.load(index)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            return None  # counted by `collate`; the file name is reported by `find_unreadable`
+        x = self.transform(img)
+        return (x.flip(-1) if flip else x), self.targets[index]
+
+
+class TorchvisionCIFAR10(FolderImages):
+    """`--data cifar10:ROOT`: torchvision's CIFAR-10 (downloaded into ROOT where the internet is reachable)."""
+
+    def __init__(self, root: str, image_size: int, train: bool = True):
+        from torchvision.datasets import CIFAR10
+        try:
+            self.base = CIFAR10(root, train=train, download=True)
+        except Exception as e:  # offline and not already there
+            raise DataError(f"cifar10:{root}: could not load or download CIFAR-10 ({type(e).__name__}: {e}); "
+                            f"pass an ImageFolder path with --data instead") from e
+        self.classes, self.targets = self.base.classes, list(self.base.targets)
+        self.samples = [(f"{root}#{i}", t) for i, t in enumerate(self.targets)]
+        self.transform, self.root = image_transform(image_size), root
+
+    def load(self, index: int) -> Image.Image:
+        return self.base[index][0].convert("RGB")
+
+
+def build_dataset(spec: str, image_size: int, split: str = "train", max_images: int | None = None,
+                  seed: int = 0) -> FolderImages:
+    """`PATH` (an ImageFolder root) or `cifar10:ROOT`; `max_images` keeps a fixed random subset (tiny runs)."""
+    if spec.startswith("cifar10:"):
+        ds = TorchvisionCIFAR10(spec.split(":", 1)[1], image_size, train=(split == "train"))
+    else:
+        ds = FolderImages(spec, image_size)
+    if max_images is not None and max_images < len(ds):
+        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        ds.samples = [ds.samples[i] for i in keep]
+        ds.targets = [ds.targets[i] for i in keep]
+        if isinstance(ds, TorchvisionCIFAR10):
+            ds.base = torch.utils.data.Subset(ds.base, keep.tolist())
+    return ds
+
+
+def find_unreadable(ds: FolderImages, indices) -> list[str]:
+    return [ds.samples[i][0] for i in indices if ds[i] is None]
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                   Deterministic, resumable batch order
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class StreamBatches:
+    """Batches of (index, flip) for one rank, as a pure function of (seed, step).
+
+    The data stream is the concatenation of per-epoch permutations seeded by (seed, epoch); global step t takes
+    positions [t * B, (t + 1) * B) of it and rank r takes its contiguous share of those. Flips are drawn per
+    position. So a run resumed at step t sees exactly the batches an uninterrupted run would, and N processes see
+    together exactly what one process sees at the same global batch.
+    """
+
+    num_samples: int
+    global_batch: int
+    start_step: int
+    total_steps: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    flip: bool = True
+
+    def __post_init__(self):
+        if self.global_batch % self.world_size:
+            raise ValueError(f"global batch {self.global_batch} is not divisible by {self.world_size} processes")
+        self._perm_epoch, self._perm = None, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm_epoch != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.num_samples, generator=g), epoch
+        return self._perm
+
+    def batch(self, step: int) -> list[tuple[int, bool]]:
+        local = self.global_batch // self.world_size
+        start = step * self.global_batch + self.rank * local
+        out = []
+        for pos in range(start, start + local):
+            epoch, offset = divmod(pos, self.num_samples)
+            flip = self.flip and bool(torch.rand((), generator=torch.Generator().manual_seed(
+                self.seed * 7_919 + pos)) < 0.5)
+            out.append((int(self._permutation(epoch)[offset]), flip))
+        return out
+
+    def __iter__(self):
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch(step)
+
+    def __len__(self):
+        return max(0, self.total_steps - self.start_step)
+
+
+def collate(items):
+    """Stack readable samples; the third element counts the unreadable ones that were skipped."""
+    good = [it for it in items if it is not None]
+    if not good:
+        return None, None, len(items)
+    xs, ys = zip(*good)
+    return torch.stack(xs), torch.tensor(ys), len(items) - len(good)
+
+
+def make_loader(ds: FolderImages, batches: StreamBatches, num_workers: int = 0) -> DataLoader:
+    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def eval_loader(ds: FolderImages, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """In-order, unflipped batches over the whole dataset (evaluation, latent caching)."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)

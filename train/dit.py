@@ -1,0 +1,146 @@
+"""Train the class-conditional DiT on a frozen tokenizer's latents (rectified flow, CFG label dropout, EMA).
+
+    accelerate launch train/dit.py --tokenizer runs/hieratok-s2/final --data ../shared/data/cifar10/train \
+        --output-dir runs/dit-hieratok
+
+1. Encode the dataset once with the frozen tokenizer (posterior means of each image and of its mirror image),
+   cached in `<output-dir>/latents.safetensors` (or `--latent-cache`).
+2. Per-channel latent mean/std over that set; saved into a copy of the tokenizer at `<output-dir>/tokenizer`
+   (a from_pretrained directory), which is the tokenizer to pair with this DiT.
+3. Train the DiT on normalised latents; sample grids (one row per class) every `--sample-every` steps.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from hieratok import DiT, HieraTok, dit_config  # noqa: E402
+from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+from train.data import eval_loader  # noqa: E402
+
+
+class LatentDataset(Dataset):
+    """Cached latents; item (index, flip) -> (normalised latent of the image or its mirror, label)."""
+
+    def __init__(self, z, z_flip, labels, mean, std):
+        self.z = (z - mean[:, None, None]) / std[:, None, None]
+        self.z_flip = (z_flip - mean[:, None, None]) / std[:, None, None]
+        self.labels = labels.tolist()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, item):
+        index, flip = item
+        return (self.z_flip if flip else self.z)[index], self.labels[index]
+
+
+@torch.no_grad()
+def encode_dataset(tokenizer: HieraTok, dataset, batch_size: int, device, show: bool):
+    zs, zfs, ys, skipped = [], [], [], 0
+    for x, y, n_bad in tqdm(eval_loader(dataset, batch_size), desc="encoding", disable=not show):
+        skipped += n_bad
+        if x is None:
+            continue
+        x = x.to(device)
+        zs.append(tokenizer.encode(x).float().cpu().contiguous())
+        zfs.append(tokenizer.encode(x.flip(-1)).float().cpu().contiguous())
+        ys.append(y)
+    return torch.cat(zs), torch.cat(zfs), torch.cat(ys), skipped
+
+
+def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_size: int):
+    """Latents from the cache when it was made from the same tokenizer weights and dataset; else encode."""
+    tag = {"tokenizer": str(Path(run.args.tokenizer).resolve()), "data": run.args.data, "images": str(len(dataset)),
+           "weights_sum": f"{sum(float(p.double().sum()) for p in tokenizer.parameters()):.10e}"}
+    if cache.exists():
+        from safetensors import safe_open
+        with safe_open(str(cache), "pt") as f:
+            if f.metadata() == tag:
+                run.print(f"latents from cache {cache}")
+                t = load_file(str(cache))
+                return t["z"], t["z_flip"], t["labels"]
+        run.print(f"latent cache {cache} was made from other weights or data; re-encoding")
+    if run.is_main:
+        z, z_flip, labels, skipped = encode_dataset(tokenizer, dataset, batch_size, run.device, True)
+        if skipped:
+            run.print(f"skipped {skipped} unreadable image(s) while encoding")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file({"z": z, "z_flip": z_flip, "labels": labels}, str(tmp), metadata=tag)
+        tmp.replace(cache)
+    run.accelerator.wait_for_everyone()
+    t = load_file(str(cache))
+    return t["z"], t["z_flip"], t["labels"]
+
+
+def parse_args(argv=None):
+    ap = base_parser(__doc__, steps=20_000, batch_size=128, lr=3e-4)
+    ap.add_argument("--tokenizer", required=True, help="a tokenizer from_pretrained directory (frozen)")
+    ap.add_argument("--latent-cache", default=None, help="default: <output-dir>/latents.safetensors")
+    ap.add_argument("--encode-batch-size", type=int, default=256)
+    ap.add_argument("--sample-steps", type=int, default=30)
+    ap.add_argument("--sample-guidance", type=float, default=2.0)
+    ap.set_defaults(ema_decay=0.9995, weight_decay=0.0)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = Run(args, "dit")
+    tokenizer = HieraTok.from_pretrained(args.tokenizer).to(run.device).eval().requires_grad_(False)
+    dataset = run.dataset(tokenizer.config.image_size)
+    cache = Path(args.latent_cache) if args.latent_cache else run.out / "latents.safetensors"
+    z, z_flip, labels = load_or_encode(run, tokenizer, dataset, cache, args.encode_batch_size)
+
+    # per-channel statistics over both orientations, stored with a copy of the tokenizer
+    both = torch.cat([z, z_flip])
+    mean, std = both.mean(dim=(0, 2, 3)), both.std(dim=(0, 2, 3))
+    tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=len(both))
+    if run.is_main:
+        tokenizer.save_pretrained(run.out / "tokenizer")
+    latents = LatentDataset(z, z_flip, labels, mean, std)
+
+    cfg = dit_config(args.preset, latent_channels=tokenizer.config.latent_channels,
+                     latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
+                     **parse_overrides(args.set))
+    model = DiT(cfg).train()
+    optimizer = adamw(list(model.parameters()), args)
+    scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
+    model, optimizer = run.prepare(model, optimizer)
+    ema = run.track(model, optimizer, scheduler)
+    start = run.resume()
+    run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "latent_mean": mean.tolist(),
+               "latent_std": std.tolist(), "dataset": {"path": args.data, "images": len(latents),
+                                                       "classes": dataset.classes}})
+
+    for step, x1, y, gen in run.batches(latents, start):
+        with run.autocast():
+            # forward through the DDP wrapper; random draws independent of the process split
+            loss = run.unwrap(model).loss(x1, y, generator=gen, net=model, shard=run.shard)
+        run.step(loss, optimizer, scheduler, model, step)
+        run.log(step, {"loss": loss.item()}, scheduler)
+        if run.should_sample(step):
+            per_class = 8
+            classes = torch.arange(cfg.num_classes, device=run.device).repeat_interleave(per_class)
+            g = torch.Generator(device=run.device).manual_seed(args.seed)
+            z_norm = ema.sample(classes, steps=args.sample_steps, guidance=args.sample_guidance, generator=g)
+            images = tokenizer.decode(tokenizer.denormalize_latent(z_norm)).reconstruction
+            (run.out / "samples").mkdir(parents=True, exist_ok=True)
+            save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, run.out / "samples" / f"step-{step + 1:08d}.png",
+                       nrow=per_class)
+        run.maybe_checkpoint(step)
+
+    run.finish(lambda path: ema.save_pretrained(path), model)
+
+
+if __name__ == "__main__":
+    main()

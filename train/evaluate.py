@@ -1,0 +1,272 @@
+"""Evaluate tokenizers, DiTs and the classifier; write JSON plus a Markdown table.
+
+    python train/evaluate.py --data ../shared/data/cifar10/test --classifier assets/classifier-cifar10 \
+        --tokenizer hieratok=assets/hieratok-cifar10 --tokenizer singlescale=assets/singlescale-cifar10 \
+        --dit hieratok=assets/dit-hieratok-cifar10 --dit singlescale=assets/dit-singlescale-cifar10 \
+        --output assets/eval
+
+Tokenizer: PSNR and SSIM at every scale (against the input area-downsampled to that scale), LPIPS on the finest
+scale when its VGG backbone is available, rFD (Fréchet distance between reconstructions and inputs), and the Gini
+coefficient / normalised entropy of the latent density (estimator: `hieratok.metrics.latent_density`) for the
+finest latent and each coarser scale.
+Generator: gFD (samples vs the evaluation images) and the classifier's accuracy on class-conditional samples.
+Fréchet distances are real Inception FID only when `--inception-weights` is given (torch-fidelity's
+pt_inception-2015-12-05 file); otherwise they are computed in the classifier's penultimate features and are
+reported as FD-cls, never as FID.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from hieratok import DiT, HieraTok, generate  # noqa: E402
+from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
+from hieratok.losses import downsample_image, load_lpips  # noqa: E402
+from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit  # noqa: E402
+from train.data import DataError, build_dataset, eval_loader  # noqa: E402
+
+
+def named_paths(items: list[str], what: str) -> dict[str, str]:
+    """`name=path` (or a bare path, named by its folder) -> {name: path}."""
+    out = {}
+    for item in items:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        out[name or Path(path).name] = path
+    if len(out) != len(items):
+        raise SystemExit(f"error: two {what} entries share a name: {items}")
+    return out
+
+
+def mean_ci(values: torch.Tensor) -> dict[str, float]:
+    """Mean and a 95% normal-approximation confidence half-width over per-image values."""
+    v = values.double()
+    half = 1.96 * v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return {"mean": v.mean().item(), "ci95": half}
+
+
+class Evaluator:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.dataset = build_dataset(args.data, args.image_size, split="test", max_images=args.max_images,
+                                         seed=args.seed)
+        except DataError as e:
+            raise SystemExit(f"error: {e}") from None
+        self.classifier = Classifier.from_pretrained(args.classifier).to(self.device) if args.classifier else None
+        self.lpips, self.lpips_note = load_lpips(args.lpips_weights)
+        if self.lpips is not None:
+            self.lpips = self.lpips.to(self.device)
+        if args.inception_weights:
+            self.fd_name, self.fd_note = "FID", f"Inception-v3 FID (weights {args.inception_weights})"
+        elif self.classifier is not None:
+            self.fd_name = "FD-cls"
+            self.fd_note = (f"Fréchet distance in the penultimate features ({self.classifier.config.feature_dim}-d) "
+                            f"of the classifier {args.classifier}; not FID (no Inception weights available)")
+        else:
+            self.fd_name, self.fd_note = None, "no Fréchet distance: neither --inception-weights nor --classifier"
+        self._real_fd = None
+
+    def batches(self):
+        return eval_loader(self.dataset, self.args.batch_size)
+
+    def fd_metric(self):
+        if self.fd_name is None:
+            return None
+        feat = FeatureExtractor(self.classifier) if self.classifier is not None else None
+        return frechet_distance_metric(feat, self.args.inception_weights).to(self.device)
+
+    # ---- classifier -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def classifier_accuracy(self) -> dict:
+        correct = []
+        for x, y, _ in tqdm(self.batches(), desc="classifier"):
+            if x is not None:
+                correct.append((self.classifier(x.to(self.device)).argmax(1).cpu() == y).float())
+        c = torch.cat(correct)
+        return {"accuracy": mean_ci(c), "images": len(c)}
+
+    # ---- tokenizer ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def tokenizer(self, path: str) -> dict:
+        tok = HieraTok.from_pretrained(path).to(self.device)
+        scales = tok.layout.scales
+        per_scale = {s: {"psnr": [], "ssim": []} for s in scales}
+        lp, latents, fd = [], {s: [] for s in scales}, self.fd_metric()
+        for x, _, _ in tqdm(self.batches(), desc=f"tokenizer {Path(path).name}"):
+            if x is None:
+                continue
+            x = x.to(self.device)
+            z = tok.encode(x)
+            for s, m in zip(scales, tok.latent_pyramid(z)):
+                latents[s].append(m.float().cpu())
+            out = tok.decode(z)
+            for s, im in zip(scales, out.images):
+                target = downsample_image(x, im.shape[-1])
+                per_scale[s]["psnr"].append(psnr(im, target).cpu())
+                per_scale[s]["ssim"].append(ssim(im, target).cpu())
+            if self.lpips is not None:
+                lp.append(self.lpips(out.reconstruction.clamp(-1, 1), x).flatten().cpu())
+            if fd is not None:
+                fd.update(to_unit(x), real=True)
+                fd.update(to_unit(out.reconstruction), real=False)
+        result = {"path": path, "config": tok.config.to_dict(), "decoder_tokens": tok.layout.num_tokens,
+                  "params": sum(p.numel() for p in tok.parameters()), "scales": {}}
+        for s in scales:
+            result["scales"][f"{s}x{s}"] = {
+                "pixels": s * tok.config.patch_size,
+                "psnr": mean_ci(torch.cat(per_scale[s]["psnr"])), "ssim": mean_ci(torch.cat(per_scale[s]["ssim"])),
+                "latent_density": latent_gini_entropy(torch.cat(latents[s]))}
+        result["lpips"] = mean_ci(torch.cat(lp)) if lp else None
+        result["rfd"] = float(fd.compute()) if fd is not None else None
+        return result
+
+    # ---- generator ------------------------------------------------------------------------------------------
+    def real_fd_features(self):
+        """An FD accumulator holding the evaluation images as the real set (computed once, cloned per DiT)."""
+        if self._real_fd is None:
+            fd = self.fd_metric()
+            for x, _, _ in tqdm(self.batches(), desc="real features"):
+                if x is not None:
+                    fd.update(to_unit(x.to(self.device)), real=True)
+            self._real_fd = fd
+        return self._real_fd.clone()
+
+    @torch.no_grad()
+    def dit(self, dit_path: str, tokenizer_path: str) -> dict:
+        a = self.args
+        dit = DiT.from_pretrained(dit_path).to(self.device)
+        tok = HieraTok.from_pretrained(tokenizer_path).to(self.device)
+        n_classes = dit.config.num_classes
+        labels = torch.arange(a.num_samples) % n_classes
+        fd = self.real_fd_features() if self.fd_name else None
+        correct, t0 = [], time.time()
+        for i in tqdm(range(0, a.num_samples, a.batch_size), desc=f"dit {Path(dit_path).name}"):
+            y = labels[i:i + a.batch_size]
+            _, out = generate(dit, tok, y, steps=a.sample_steps, guidance=a.guidance, seed=a.seed + i)
+            images = out.reconstruction.float().clamp(-1, 1)
+            if fd is not None:
+                fd.update(to_unit(images), real=False)
+            if self.classifier is not None:
+                correct.append((self.classifier(images).argmax(1).cpu() == y).float())
+        return {"dit": dit_path, "tokenizer": tokenizer_path, "samples": a.num_samples, "guidance": a.guidance,
+                "sampler_steps": a.sample_steps, "sampler": "heun",
+                "gfd": float(fd.compute()) if fd is not None else None,
+                "class_accuracy": mean_ci(torch.cat(correct)) if correct else None,
+                "seconds": round(time.time() - t0, 1)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                 Report
+# ------------------------------------------------------------------------------------------------------------
+def fmt(m, digits=2):
+    if m is None:
+        return "n/a"
+    if isinstance(m, dict):
+        return f"{m['mean']:.{digits}f} ± {m['ci95']:.{digits}f}"
+    return f"{m:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Evaluation on {report['data']} ({report['images']} images)", ""]
+    notes = report["notes"]
+    fd_name = notes["fd_name"] or "FD"
+    lines += [f"- Fréchet distance: {notes['fd']}", f"- LPIPS: {notes['lpips']}", ""]
+    if report.get("classifier"):
+        c = report["classifier"]
+        lines += [f"Classifier test accuracy: {fmt(c['accuracy'], 4)} ({c['images']} images)", ""]
+    toks = report.get("tokenizers", {})
+    if toks:
+        names = list(toks)
+        lines += ["## Tokenizers (± 95% CI over images)", "", "| metric | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        all_scales = sorted({s for t in toks.values() for s in t["scales"]}, key=lambda k: int(k.split("x")[0]))
+        for metric in ("psnr", "ssim"):
+            for s in all_scales:
+                row = [fmt(toks[n]["scales"][s][metric], 2 if metric == "psnr" else 4) if s in toks[n]["scales"]
+                       else "—" for n in names]
+                lines.append(f"| {metric.upper()} {s} | " + " | ".join(row) + " |")
+        lines.append("| LPIPS (finest) | " + " | ".join(fmt(toks[n]["lpips"], 4) for n in names) + " |")
+        lines.append(f"| r{fd_name} | " + " | ".join(fmt(toks[n]["rfd"]) for n in names) + " |")
+        for key in ("gini", "entropy"):
+            for s in all_scales:
+                vals = [toks[n]["scales"].get(s, {}).get("latent_density") for n in names]
+                if any(vals):
+                    lines.append(f"| latent {key} {s} | " + " | ".join(
+                        f"{v[key]:.4f}" if v else "—" for v in vals) + " |")
+        lines.append("| decoder tokens | " + " | ".join(str(toks[n]["decoder_tokens"]) for n in names) + " |")
+        lines.append("")
+    gens = report.get("generators", {})
+    if gens:
+        names = list(gens)
+        lines += ["## Generators", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines.append(f"| g{fd_name} | " + " | ".join(fmt(gens[n]["gfd"]) for n in names) + " |")
+        lines.append("| class accuracy | " + " | ".join(fmt(gens[n]["class_accuracy"], 4) for n in names) + " |")
+        g0 = next(iter(gens.values()))
+        lines += ["", f"{g0['samples']} samples per model, guidance {g0['guidance']}, "
+                      f"{g0['sampler_steps']} Heun steps.", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="evaluation images: an ImageFolder root or cifar10:ROOT (test)")
+    ap.add_argument("--tokenizer", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--dit", action="append", default=[], metavar="NAME=PATH",
+                    help="a DiT directory; paired with the tokenizer of the same NAME (or --dit-tokenizer)")
+    ap.add_argument("--dit-tokenizer", action="append", default=[], metavar="NAME=PATH",
+                    help="tokenizer (with latent statistics) for the DiT NAME, if not the --tokenizer NAME")
+    ap.add_argument("--classifier", default=None, help="classifier directory (FD-cls, sample class accuracy)")
+    ap.add_argument("--lpips-weights", default=None, help="torchvision's vgg16-397923af.pth")
+    ap.add_argument("--inception-weights", default=None, help="torch-fidelity's pt_inception-2015-12-05 weights")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--num-samples", type=int, default=10_000)
+    ap.add_argument("--sample-steps", type=int, default=30)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tokenizers, dits = named_paths(args.tokenizer, "--tokenizer"), named_paths(args.dit, "--dit")
+    dit_toks = {**tokenizers, **named_paths(args.dit_tokenizer, "--dit-tokenizer")}
+    for name in dits:
+        if name not in dit_toks:
+            raise SystemExit(f"error: no tokenizer for DiT {name!r}: pass --tokenizer {name}=PATH or "
+                             f"--dit-tokenizer {name}=PATH")
+    if dits and args.classifier is None and args.inception_weights is None:
+        print("warning: no --classifier and no --inception-weights: generator metrics limited")
+    ev = Evaluator(args)
+    if ev.lpips is None:
+        print(f"warning: {ev.lpips_note}")
+    report = {"data": args.data, "images": len(ev.dataset), "command": " ".join(sys.argv),
+              "notes": {"fd": ev.fd_note, "fd_name": ev.fd_name, "lpips": ev.lpips_note,
+                        "latent_density": "Gini / normalised entropy of a 24x24 histogram over the first two "
+                                          "principal components (whitened, [-3, 3]^2) of the standardised "
+                                          "flattened latents; see hieratok.metrics.latent_density"}}
+    if ev.classifier is not None:
+        report["classifier"] = ev.classifier_accuracy()
+    report["tokenizers"] = {n: ev.tokenizer(p) for n, p in tokenizers.items()}
+    report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Stage 1: train a HieraTok tokenizer (or a baseline / ablation variant) on reconstruction.
+
+    accelerate launch train/stage1.py --data ../shared/data/cifar10/train --output-dir runs/hieratok-s1
+    python train/stage1.py --variant singlescale --data PATH --output-dir runs/single-s1
+
+Loss = sum_s w_s (L1 + MSE)(x_hat_s, downsample_s(x)) + lambda LPIPS(finest) + beta KL (weights in the config).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+
+from hieratok import VARIANTS, HieraTok, tokenizer_config  # noqa: E402
+from hieratok.losses import ReconstructionLoss, load_lpips  # noqa: E402
+from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = base_parser(__doc__, steps=20_000, batch_size=64, lr=4e-4)
+    ap.add_argument("--variant", default="hieratok", choices=VARIANTS)
+    ap.add_argument("--lpips-weights", default=None,
+                    help="torchvision's vgg16-397923af.pth for the LPIPS backbone (default: torch hub cache)")
+    ap.add_argument("--init-from", default=None, help="start from a from_pretrained directory's weights")
+    return ap.parse_args(argv)
+
+
+def save_scale_grid(path: Path, x: torch.Tensor, out, n: int = 8):
+    """Rows: input, then each scale's reconstruction upsampled (nearest) to the input size."""
+    size = x.shape[-1]
+    rows = [x[:n]] + [torch.nn.functional.interpolate(im[:n].float(), size=size, mode="nearest")
+                      for im in out.images]
+    save_image(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, path, nrow=n)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = Run(args, "stage1")
+    cfg = tokenizer_config(args.preset, args.variant, **parse_overrides(args.set))
+    dataset = run.dataset(cfg.image_size)
+
+    lpips_module, lpips_note = load_lpips(args.lpips_weights) if cfg.lpips_weight > 0 else (None, "LPIPS weight 0")
+    if lpips_module is None:
+        run.print(f"warning: {lpips_note}; training without the LPIPS term (recorded in run_config.json)")
+    else:
+        lpips_module = lpips_module.to(run.device)
+
+    model = HieraTok.from_pretrained(args.init_from) if args.init_from else HieraTok(cfg)
+    model.train()
+    loss_fn = ReconstructionLoss(cfg, lpips_module)
+    optimizer = adamw(list(model.parameters()), args)
+    scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
+    model, optimizer = run.prepare(model, optimizer)
+    ema = run.track(model, optimizer, scheduler)
+    start = run.resume()
+    run.start({"model": cfg.to_dict(), "lpips": lpips_module is not None, "lpips_note": lpips_note,
+               "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes}})
+
+    for step, x, _, gen in run.batches(dataset, start):
+        with run.autocast():
+            out, post = model(x, generator=gen, shard=run.shard)
+            terms = loss_fn(x, out, post)
+        run.step(terms.total, optimizer, scheduler, model, step)
+        run.log(step, terms.logs, scheduler)
+        if run.should_sample(step):
+            with torch.no_grad(), run.autocast():
+                ema_out = ema.decode(ema.encode(x[:8]))
+            (run.out / "samples").mkdir(parents=True, exist_ok=True)
+            save_scale_grid(run.out / "samples" / f"step-{step + 1:08d}.png", x, ema_out)
+        run.maybe_checkpoint(step)
+
+    run.finish(lambda path: ema.save_pretrained(path), model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Stage 2: GAN fine-tuning of a stage-1 tokenizer's decoder.
+
+    accelerate launch train/stage2.py --init-from runs/hieratok-s1/final --data PATH --output-dir runs/hieratok-s2
+
+The encoder and the downsampler are frozen, so the latents (and any DiT trained on them) stay valid. The decoder
+decodes the posterior mean (what the DiT learns to generate) and is trained on the stage-1 reconstruction terms plus a hinge GAN loss from a PatchGAN discriminator on the finest
+image, weighted adaptively (VQGAN: ||grad rec|| / ||grad GAN|| at the decoder's last layer) and switched on after
+`--gan-start` steps, so the discriminator first learns against a fixed generator.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from hieratok import HieraTok  # noqa: E402
+from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss,  # noqa: E402
+                             hinge_g_loss, load_lpips)
+from train.common import Run, adamw, base_parser, warmup_cosine  # noqa: E402
+from train.stage1 import save_scale_grid  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = base_parser(__doc__, steps=2_000, batch_size=64, lr=1e-4)
+    ap.add_argument("--init-from", required=True, help="a stage-1 from_pretrained directory (e.g. runs/x/final)")
+    ap.add_argument("--lpips-weights", default=None)
+    ap.add_argument("--disc-lr", type=float, default=1e-4)
+    ap.add_argument("--disc-width", type=int, default=64)
+    ap.add_argument("--disc-layers", type=int, default=None, help="PatchGAN depth (default: 2 below 64 px, else 3)")
+    ap.add_argument("--gan-weight", type=float, default=0.5, help="multiplies the adaptive GAN weight")
+    ap.add_argument("--gan-start", type=int, default=100, help="steps of discriminator-only warm-up")
+    ap.set_defaults(set=[])
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.set:
+        raise SystemExit("--set is not available in stage 2: the architecture comes from --init-from")
+    run = Run(args, "stage2")
+    model = HieraTok.from_pretrained(args.init_from)
+    cfg = model.config
+    dataset = run.dataset(cfg.image_size)
+    lpips_module, lpips_note = load_lpips(args.lpips_weights) if cfg.lpips_weight > 0 else (None, "LPIPS weight 0")
+    if lpips_module is None:
+        run.print(f"warning: {lpips_note}; training without the LPIPS term (recorded in run_config.json)")
+    else:
+        lpips_module = lpips_module.to(run.device)
+
+    # freeze what defines the latent: the encoder, and the downsampler that derives the coarse scales from it
+    model.encoder.requires_grad_(False)
+    if model.downsampler is not None:
+        model.downsampler.requires_grad_(False)
+    model.train()
+    n_layers = args.disc_layers or (2 if cfg.image_size < 64 else 3)
+    disc = PatchGANDiscriminator(cfg.in_channels, args.disc_width, n_layers)
+    loss_fn = ReconstructionLoss(cfg, lpips_module)
+    g_opt = adamw([p for p in model.parameters() if p.requires_grad], args, betas=(0.5, 0.9))
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+    warmup = args.warmup if args.warmup is not None else args.steps // 20
+    g_sched, d_sched = warmup_cosine(g_opt, warmup, args.steps), warmup_cosine(d_opt, warmup, args.steps)
+    model, disc, g_opt, d_opt = run.prepare(model, disc, g_opt, d_opt)
+    ema = run.track(model, g_opt, d_opt, g_sched, d_sched)
+    start = run.resume()
+    run.start({"model": cfg.to_dict(), "init_from": args.init_from, "lpips": lpips_module is not None,
+               "lpips_note": lpips_note, "discriminator": {"width": args.disc_width, "layers": n_layers},
+               "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes}})
+    last_layer = run.unwrap(model).decoder.head.weight
+
+    for step, x, _, gen in run.batches(dataset, start):
+        gan_on = step >= args.gan_start
+        # 1. generator (decoder): reconstruction + adaptive hinge GAN term
+        with run.autocast():
+            # the posterior mean, as the DiT is trained on posterior means: the decoder is tuned on exactly the
+            # latents it will be asked to decode. Through the (DDP) wrapper; the frozen encoder builds no graph.
+            out, _ = model(x, sample=False)
+            terms = loss_fn(x, out, None)     # no KL: the encoder is frozen
+            logits_fake = disc(out.reconstruction)
+            g_loss = hinge_g_loss(logits_fake)
+        loss, logs = terms.total, dict(terms.logs)
+        if gan_on:
+            weight = adaptive_gan_weight(terms.total, g_loss, last_layer) * args.gan_weight
+            loss = loss + weight * g_loss
+            logs.update(gan_weight=float(weight), g_loss=g_loss.item())
+        run.step(loss, g_opt, g_sched, model, step)
+        # 2. discriminator: real images vs the (detached) reconstructions
+        with run.autocast():
+            d_loss = hinge_d_loss(disc(x), disc(out.reconstruction.detach()))
+        run.step(d_loss, d_opt, d_sched, disc, step, update_ema=False)
+        logs.update(d_loss=d_loss.item(), loss=loss.item())
+        run.log(step, logs, g_sched)
+        if run.should_sample(step):
+            with torch.no_grad(), run.autocast():
+                ema_out = ema.decode(ema.encode(x[:8]))
+            (run.out / "samples").mkdir(parents=True, exist_ok=True)
+            save_scale_grid(run.out / "samples" / f"step-{step + 1:08d}.png", x, ema_out)
+        run.maybe_checkpoint(step)
+
+    run.finish(lambda path: ema.save_pretrained(path), model)
+
+
+if __name__ == "__main__":
+    main()
