@@ -5,4 +5,5 @@ from .dit import DiT
 from .hub import CheckpointError
 from .scales import MASK_KINDS, ScaleLayout
 from .tokenizer import DecodeOutput, DiagonalGaussian, HieraTok
-from .latent import INTERPOLATIONS, compute_latent_stats, generate, interpolate
+from .latent import INTERPOLATIONS, compute_latent_stats, generate, interpolate, place_by_neighbours
+from .image import ImageError, load_image, to_pil

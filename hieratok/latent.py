@@ -82,3 +82,16 @@ def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance
                         progress=progress)
     z = tokenizer.denormalize_latent(z_norm)
     return z, tokenizer.decode(z)
+
+
+def place_by_neighbours(query: torch.Tensor, reference: torch.Tensor, coords: torch.Tensor, k: int = 10):
+    """Place a new latent in a precomputed 2D map: the distance-weighted mean of the map coordinates of its `k`
+    nearest reference latents (Euclidean, on flattened latents). Returns ((2,) coordinates, neighbour indices).
+
+    The same idea as UMAP's `transform`, without keeping (or unpickling) a fitted UMAP object.
+    """
+    ref = reference.flatten(1).float()
+    d = torch.cdist(query.flatten()[None].float(), ref)[0]
+    dist, idx = d.topk(min(k, len(ref)), largest=False)
+    w = 1.0 / (dist + 1e-6)
+    return (coords[idx].float() * w[:, None]).sum(0) / w.sum(), idx

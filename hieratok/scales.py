@@ -94,6 +94,10 @@ class ScaleLayout:
             return k_1L == q_L1
         raise ValueError(f"unknown attention mask {kind!r}; choose one of {MASK_KINDS}")
 
+    def mass_per_scale(self, weights_L: torch.Tensor) -> torch.Tensor:
+        """(..., L) attention weights over keys -> (..., num_scales): the mass each scale receives."""
+        return torch.stack([weights_L[..., self.slice(i)].sum(-1) for i in range(self.num_scales)], dim=-1)
+
     # ---- moving between the sequence and per-scale maps -----------------------------------------------------
     def split(self, x_BLC: torch.Tensor) -> list[torch.Tensor]:
         """Split a (B, L, C) sequence into one (B, s*s, C) chunk per scale."""

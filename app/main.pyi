@@ -1,0 +1,229 @@
+"""HieraTok Explorer: see what a multi-scale tokenizer does.
+
+    python app/main.py                      # http://127.0.0.1:7860
+    python app/main.py --host 0.0.0.0 --port 7861 --assets runs/my-checkpoints
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from app import views  # noqa: E402
+from app.models import DEFAULT_ASSETS, AppError, ModelStore  # noqa: E402
+from hieratok import MASK_KINDS  # noqa: E402
+from hieratok.image import MAX_BYTES  # noqa: E402
+
+MODELS = ["HieraTok", "Single-scale"]
+
+from gradio.events import Dependency
+
+class UploadImage(gr.Image):
+    """gr.Image (upload and paste) that hands our loader the raw file instead of decoding it first, so that
+    corrupt, exotic or oversized files get our clear messages rather than a generic decoding error."""
+
+    is_template = True  # rendered by the frontend as a plain Image
+
+    def __init__(self, **kwargs):
+        super().__init__(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return base64.b64decode(payload.url.split(",", 1)[1])
+        return payload.path
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def example_images(assets: Path) -> list[str]:
+    """Pictures that need no dataset: our DiT's samples (shipped in assets/examples) and scikit-learn's two photos."""
+    ours = sorted(str(p) for p in (assets / "examples").glob("*.png")) if (assets / "examples").exists() else []
+    try:
+        import sklearn.datasets
+        theirs = [str(Path(sklearn.datasets.__file__).parent / "images" / n) for n in ("china.jpg", "flower.jpg")]
+    except ImportError:
+        theirs = []
+    return ours + [p for p in theirs if Path(p).exists()]
+
+
+def guarded(fn):
+    """Run a view: under inference mode, with its AppError shown to the user (the server keeps serving)."""
+    @functools.wraps(fn)  # keeps the signature, so Gradio still sees a `progress=gr.Progress()` parameter
+    def run(*args, **kwargs):
+        try:
+            with torch.inference_mode():
+                return fn(*args, **kwargs)
+        except AppError as e:
+            raise gr.Error(str(e)) from None
+    return run
+
+
+def build_demo(store: ModelStore) -> gr.Blocks:
+    examples = example_images(store.assets)
+    names = store.class_names()
+    with gr.Blocks(title="HieraTok Explorer") as demo:
+        gr.Markdown("# HieraTok Explorer\nA multi-scale ViT tokenizer (arXiv 2509.23736): one 16x16 latent, "
+                    "downsampled to 8x8, 4x4, 2x2, 1x1, decoded coarse -> fine with scale-causal attention into an "
+                    "image at every scale. Weights: CIFAR-10, 32x32 pixels, trained by this project (see "
+                    "assets/README.md).")
+        with gr.Tabs():
+            # 1. Reconstruct ------------------------------------------------------------------------------------
+            with gr.Tab("Reconstruct"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        rec_in = UploadImage(label="Image (any size; resized and center-cropped to 32x32)")
+                        if examples:
+                            gr.Examples(examples, inputs=rec_in)
+                        rec_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
+                        rec_both = gr.Checkbox(False, label="Side by side with the other tokenizer")
+                        rec_resample = gr.Radio(["nearest", "bicubic"], value="nearest", label="Display upscaling")
+                        rec_btn = gr.Button("Reconstruct", variant="primary")
+                    with gr.Column(scale=3):
+                        rec_gallery = gr.Gallery(label="Reconstruction from each scale (coarse -> fine)",
+                                                 columns=5, height=260, object_fit="contain")
+                        rec_gallery2 = gr.Gallery(label="The other tokenizer", columns=5, height=260,
+                                                  object_fit="contain", visible=False)
+                        with gr.Row():
+                            rec_input = gr.Image(label="Input as the model sees it", type="pil", height=220)
+                            rec_final = gr.Image(label="Final reconstruction (finest scale)", type="pil",
+                                                 height=220)
+                            rec_diff = gr.Image(label="|difference| (brighter = larger)", type="pil", height=220)
+                        rec_text = gr.Markdown()
+
+                def do_reconstruct(source, model, both, resample):
+                    inp, gal, final, diff, text = views.reconstruct(store, source, model, resample)
+                    if not both:
+                        return inp, gal, gr.update(visible=False, value=None), final, diff, text
+                    other = MODELS[1 - MODELS.index(model)]
+                    _, gal2, _, _, text2 = views.reconstruct(store, source, other, resample)
+                    return inp, gal, gr.update(visible=True, value=gal2, label=other), final, diff, \
+                        text + "\n\n---\n\n" + text2
+
+                rec_btn.click(guarded(do_reconstruct), [rec_in, rec_model, rec_both, rec_resample],
+                              [rec_input, rec_gallery, rec_gallery2, rec_final, rec_diff, rec_text],
+                              api_name="reconstruct")
+
+            # 2. Attention --------------------------------------------------------------------------------------
+            with gr.Tab("Attention"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        mask_kind = gr.Radio(list(MASK_KINDS), value="scale_causal", label="Decoder mask")
+                        mask_img = gr.Image(label="Mask (rows: queries, columns: keys; white = attends)",
+                                            type="pil", height=341)
+                    with gr.Column(scale=2):
+                        att_in = UploadImage(label="Image")
+                        if examples:
+                            gr.Examples(examples, inputs=att_in)
+                        with gr.Row():
+                            att_layer = gr.Slider(0, 7, value=0, step=1, label="Layer")
+                            att_head = gr.Slider(0, 15, value=0, step=1, label="Head")
+                            att_scale = gr.Dropdown([1, 2, 4, 8, 16], value=8, label="Query scale")
+                            att_row = gr.Slider(0, 15, value=3, step=1, label="Query row")
+                            att_col = gr.Slider(0, 15, value=3, step=1, label="Query column")
+                        att_btn = gr.Button("Show attention", variant="primary")
+                        att_maps = gr.Plot(label="Attention over every scale")
+                        att_bars = gr.Plot(label="Attention mass per scale")
+                        att_text = gr.Markdown()
+                mask_kind.change(guarded(lambda k: views.mask_image(store, k)), mask_kind, mask_img,
+                                 api_name="mask")
+                att_btn.click(guarded(lambda *a: views.attention(store, *a)),
+                              [att_in, att_layer, att_head, att_scale, att_row, att_col],
+                              [att_maps, att_bars, att_text], api_name="attention")
+
+            # 3. Interpolate ------------------------------------------------------------------------------------
+            with gr.Tab("Interpolate"):
+                with gr.Row():
+                    int_a = UploadImage(label="Image A")
+                    int_b = UploadImage(label="Image B")
+                if len(examples) >= 2:
+                    gr.Examples([[a, b] for a, b in zip(examples, examples[1:] + examples[:1])],
+                                inputs=[int_a, int_b])
+                with gr.Row():
+                    int_method = gr.Radio(["spherical", "linear"], value="spherical", label="Interpolation")
+                    int_steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
+                    int_scale = gr.Dropdown(["all", "1x1", "2x2", "4x4", "8x8", "16x16"], value="all",
+                                            label="Scale")
+                    int_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
+                int_btn = gr.Button("Interpolate", variant="primary")
+                int_gallery = gr.Gallery(label="Decoded along the latent path", columns=8, height=520,
+                                         object_fit="contain")
+                int_btn.click(guarded(lambda *a: views.interpolation(store, *a)),
+                              [int_a, int_b, int_method, int_steps, int_scale, int_model], int_gallery,
+                              api_name="interpolate")
+
+            # 4. Generate ---------------------------------------------------------------------------------------
+            with gr.Tab("Generate"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        gen_class = gr.Dropdown(names, value=names[0], label="Class")
+                        gen_guidance = gr.Slider(1.0, 8.0, value=2.0, step=0.25, label="Guidance scale")
+                        gen_steps = gr.Slider(2, 100, value=30, step=1, label="Sampler steps (Heun)")
+                        gen_seed = gr.Number(0, precision=0, label="Seed")
+                        gen_count = gr.Slider(1, 32, value=16, step=1, label="Samples")
+                        gen_model = gr.Radio(MODELS, value="HieraTok", label="Generator (DiT on its tokenizer)")
+                        gen_btn = gr.Button("Generate", variant="primary")
+                    with gr.Column(scale=2):
+                        gen_grid = gr.Image(label="Samples", type="pil")
+                        gen_scales = gr.Gallery(label="First sample at every scale", columns=5, height=220,
+                                                object_fit="contain")
+                        gen_text = gr.Markdown()
+
+                def do_generate(cls, guidance, steps, seed, count, model, progress=gr.Progress()):
+                    progress(0, desc="sampling")
+                    return views.generate_samples(store, cls, guidance, int(steps), int(seed), int(count), model,
+                                                  progress=lambda i, n: progress(i / n, desc=f"step {i}/{n}"))
+
+                gen_btn.click(guarded(do_generate), [gen_class, gen_guidance, gen_steps, gen_seed, gen_count,
+                                                     gen_model], [gen_grid, gen_scales, gen_text],
+                              api_name="generate")
+
+            # 5. Latent space -----------------------------------------------------------------------------------
+            with gr.Tab("Latent space"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        lat_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
+                        lat_scale = gr.Dropdown([1, 2, 4, 8, 16], value=16, label="Scale")
+                        lat_in = UploadImage(label="Place your image (optional)")
+                        if examples:
+                            gr.Examples(examples, inputs=lat_in)
+                        lat_btn = gr.Button("Show", variant="primary")
+                    with gr.Column(scale=2):
+                        lat_plot = gr.Plot(label="UMAP of latents, coloured by class")
+                        lat_text = gr.Markdown()
+                lat_btn.click(guarded(lambda m, s, src: views.latent_space(store, m, int(s), src)),
+                              [lat_model, lat_scale, lat_in], [lat_plot, lat_text], api_name="latent_space")
+        demo.load(guarded(lambda: views.mask_image(store, "scale_causal")), None, mask_img)
+    return demo
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    ap.add_argument("--assets", default=str(DEFAULT_ASSETS), help="folder with the checkpoints the app serves")
+    ap.add_argument("--concurrency", type=int, default=2, help="requests computed at once (the rest queue)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // args.concurrency))
+    demo = build_demo(ModelStore(Path(args.assets)))
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,
+                show_error=True, footer_links=["api", "settings"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""What each view computes, as plain functions over the public `hieratok` API (no Gradio here)."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from PIL import Image, ImageDraw
+
+from hieratok import ImageError, MASK_KINDS, generate, interpolate, load_image, place_by_neighbours, to_pil
+from hieratok.losses import downsample_image
+from hieratok.metrics import psnr, ssim
+
+from .models import AppError, ModelStore
+
+DISPLAY = 192  # pixels a side for every displayed image (upscaled from 2 ... 32 px)
+
+
+def _load(store: ModelStore, source, name: str = "HieraTok"):
+    tok = store.tokenizer(name)
+    try:
+        return load_image(source, tok.config.image_size)
+    except ImageError as e:
+        raise AppError(f"Could not use this image: {e}") from e
+
+
+def _caption_notes(notes: list[str]) -> str:
+    return "; ".join(notes) if notes else "used as is"
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Reconstruct
+# ------------------------------------------------------------------------------------------------------------
+def diff_heatmap(a: torch.Tensor, b: torch.Tensor) -> Image.Image:
+    """Per-pixel absolute error (mean over RGB), as an inferno-like colour map, upscaled for display."""
+    err = (a.float() - b.float()).abs().mean(0) / 2  # in [0, 1]
+    e = (err / max(float(err.max()), 1e-6)).clamp(0, 1).numpy()
+    rgb = np.stack([np.clip(1.5 * e, 0, 1), np.clip(1.5 * e - 0.5, 0, 1), np.clip(0.6 - np.abs(e - 0.3) * 2, 0, 1)],
+                   -1)
+    return Image.fromarray((rgb * 255).astype(np.uint8)).resize((DISPLAY, DISPLAY), Image.Resampling.NEAREST)
+
+
+@torch.inference_mode()
+def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: str = "nearest"):
+    """-> (input image, [(image, caption)] per scale, final reconstruction, difference heatmap, markdown)."""
+    tok = store.tokenizer(model)
+    loaded = _load(store, source, model)
+    x = loaded.tensor[None]
+    z = tok.encode(x)
+    out = tok.decode(z)
+    gallery = []
+    for s, im in zip(out.scales, out.images):
+        target = downsample_image(x, im.shape[-1])
+        p = float(psnr(im, target)[0])
+        px = im.shape[-1]
+        gallery.append((to_pil(im[0], DISPLAY, resample), f"{s}x{s} tokens -> {px}x{px} px | PSNR {p:.2f} dB"))
+    final = out.reconstruction
+    p, q = float(psnr(final, x)[0]), float(ssim(final, x)[0])
+    c, h, w = tok.config.latent_shape
+    lines = [f"**{model}** — final reconstruction PSNR **{p:.2f} dB**, SSIM **{q:.4f}**",
+             f"latent {c} x {h} x {w} = {c * h * w} values for {3 * tok.config.image_size ** 2} input values "
+             f"(compression {tok.config.compression_ratio:.1f}x); decoder tokens {tok.layout.num_tokens} "
+             f"(scales {', '.join(f'{s}x{s}' for s in tok.layout.scales)})",
+             f"input: {_caption_notes(loaded.notes)}; display upscaling: {resample}",
+             "PSNR at each scale is against the input area-downsampled to that scale's size."]
+    return (to_pil(x[0], DISPLAY, resample), gallery, to_pil(final[0], DISPLAY, resample),
+            diff_heatmap(final[0], x[0]), "\n\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                Attention
+# ------------------------------------------------------------------------------------------------------------
+def mask_image(store: ModelStore, kind: str = "scale_causal", size: int = 341) -> Image.Image:
+    """The decoder mask as an image: white = may attend; red lines at scale boundaries."""
+    layout = store.tokenizer("HieraTok").layout
+    if kind not in MASK_KINDS:
+        raise AppError(f"unknown mask {kind!r}")
+    mask = layout.mask(kind).numpy()
+    img = Image.fromarray(np.where(mask, 245, 40).astype(np.uint8)).convert("RGB").resize(
+        (size, size), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(img)
+    scale = size / layout.num_tokens
+    for off in layout.offsets[1:]:
+        draw.line([(off * scale, 0), (off * scale, size)], fill=(220, 40, 40))
+        draw.line([(0, off * scale), (size, off * scale)], fill=(220, 40, 40))
+    return img
+
+
+@torch.inference_mode()
+def attention(store: ModelStore, source, layer: int, head: int, query_scale: int, row: int, col: int):
+    """Attention of one decoder query token over every scale -> (heatmaps figure, mass bar chart, markdown)."""
+    tok = store.tokenizer("HieraTok")
+    layout = tok.layout
+    cfg = tok.config
+    if not 0 <= layer < cfg.dec_depth or not 0 <= head < cfg.dec_heads:
+        raise AppError(f"layer must be in 0..{cfg.dec_depth - 1} and head in 0..{cfg.dec_heads - 1}")
+    level = layout.level_of(query_scale)
+    row, col = min(row, query_scale - 1), min(col, query_scale - 1)
+    x = _load(store, source).tensor[None]
+    attn = tok.decode(tok.encode(x), return_attention=True).attentions[layer][0, head]  # (L, L)
+    q = layout.offsets[level] + row * query_scale + col
+    weights = attn[q]
+    mass = layout.mass_per_scale(weights)
+    titles = [f"{s}x{s}" for s in layout.scales]
+    fig = make_subplots(rows=1, cols=layout.num_scales, subplot_titles=titles, horizontal_spacing=0.03)
+    for i, s in enumerate(layout.scales):
+        m = weights[layout.slice(i)].view(s, s).numpy()
+        fig.add_trace(go.Heatmap(z=m, colorscale="Viridis", showscale=i == layout.num_scales - 1,
+                                 zmin=0, zmax=float(weights.max())), row=1, col=i + 1)
+        fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor=f"x{i + 1}", row=1, col=i + 1)
+        fig.update_xaxes(showticklabels=False, row=1, col=i + 1)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"layer {layer}, head {head}: query at ({row}, {col}) of scale {query_scale}x{query_scale}")
+    bars = go.Figure(go.Bar(x=titles, y=mass.numpy(), marker_color=["#636efa" if i <= level else "#cccccc"
+                                                                      for i in range(layout.num_scales)]))
+    bars.update_layout(height=280, yaxis_title="attention mass", margin=dict(l=10, r=10, t=30, b=10),
+                       title="mass per scale (finer scales are masked: exactly 0)")
+    text = (f"Scale-causal decoder: a query of scale {query_scale}x{query_scale} sees every token of scales <= "
+            f"{query_scale}x{query_scale} and none finer. Mass: " +
+            ", ".join(f"{t} {m:.3f}" for t, m in zip(titles, mass.tolist())))
+    return fig, bars, text
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Interpolate
+# ------------------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def interpolation(store: ModelStore, source_a, source_b, method: str = "spherical", steps: int = 8,
+                  scale: str = "all", model: str = "HieraTok"):
+    """Decode latents along the path between two images -> [(image, caption)] (rows: scales, columns: steps)."""
+    tok = store.tokenizer(model)
+    if not 2 <= steps <= 16:
+        raise AppError("steps must be between 2 and 16")
+    za, zb = (tok.encode(_load(store, s, model).tensor[None])[0] for s in (source_a, source_b))
+    path = interpolate(za, zb, steps, method)
+    out = tok.decode(path)
+    scales = list(out.scales) if scale == "all" else [int(scale.split("x")[0])]
+    items = []
+    for s in scales:
+        if s not in out.scales:
+            raise AppError(f"{model} has no {s}x{s} scale (its scales: {out.scales})")
+        ims = out.images[out.scales.index(s)]
+        items += [(to_pil(ims[i], 96), f"{s}x{s}, t={i / (steps - 1):.2f}") for i in range(steps)]
+    return items
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                 Generate
+# ------------------------------------------------------------------------------------------------------------
+def grid(images: torch.Tensor, columns: int, cell: int = 96) -> Image.Image:
+    n = images.shape[0]
+    rows = (n + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * cell, rows * cell), "white")
+    for i in range(n):
+        canvas.paste(to_pil(images[i], cell), ((i % columns) * cell, (i // columns) * cell))
+    return canvas
+
+
+@torch.inference_mode()
+def generate_samples(store: ModelStore, class_name: str, guidance: float, steps: int, seed: int, count: int,
+                     model: str = "HieraTok", progress=None):
+    """-> (grid of samples, [(image, caption)] per-scale decode of the first sample, markdown)."""
+    names = store.class_names()
+    if class_name not in names:
+        raise AppError(f"unknown class {class_name!r}")
+    if not 1 <= count <= 64 or not 1 <= steps <= 100:
+        raise AppError("samples must be 1..64 and steps 1..100")
+    dit, tok = store.dit(model), store.tokenizer(model)
+    if not tok.has_latent_stats:
+        raise AppError(f"the {model} tokenizer in assets has no latent statistics; ship the one train/dit.py wrote")
+    labels = torch.full((count,), names.index(class_name))
+    _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress)
+    per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s}") for s, im in zip(out.scales, out.images)]
+    text = (f"{count} samples of **{class_name}** from the {model} DiT: guidance {guidance}, {steps} Heun steps, "
+            f"seed {seed}. Right: the first sample's latent decoded at every scale.")
+    return grid(out.reconstruction, min(count, 8)), per_scale, text
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Latent space
+# ------------------------------------------------------------------------------------------------------------
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+
+
+@torch.inference_mode()
+def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, source=None):
+    """-> (plotly UMAP scatter, markdown with Gini / entropy of both tokenizers)."""
+    lm = store.latent_map()
+    if model not in lm.coords or scale not in lm.coords[model]:
+        raise AppError(f"the latent map has no {scale}x{scale} scale for {model}")
+    xy, labels = lm.coords[model][scale], lm.labels
+    fig = go.Figure()
+    for c, name in enumerate(lm.class_names):
+        sel = labels == c
+        fig.add_trace(go.Scattergl(x=xy[sel, 0].numpy(), y=xy[sel, 1].numpy(), mode="markers", name=name,
+                                   marker=dict(size=4, color=PALETTE[c % len(PALETTE)], opacity=0.7)))
+    note = ""
+    if source is not None:
+        tok = store.tokenizer(model)
+        z = tok.encode(_load(store, source, model).tensor[None])
+        maps = tok.latent_pyramid(z)
+        query = maps[tok.layout.level_of(scale)][0]
+        pos, idx = place_by_neighbours(query, lm.latents[model][scale], xy)
+        fig.add_trace(go.Scatter(x=[float(pos[0])], y=[float(pos[1])], mode="markers", name="your image",
+                                 marker=dict(size=18, symbol="star", color="black", line=dict(color="white",
+                                                                                                  width=2))))
+        votes = torch.bincount(labels[idx], minlength=len(lm.class_names))
+        note = (f"\n\nYour image lands among: " + ", ".join(f"{lm.class_names[i]} ({int(v)})"
+                                                          for i, v in enumerate(votes) if v > 0) +
+                " (its 10 nearest shipped latents).")
+    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(itemsizing="constant"),
+                      title=f"UMAP of {len(labels)} test-image latents, {model}, scale {scale}x{scale}")
+    rows = ["| tokenizer | scale | Gini (lower = more even) | entropy (higher = more even) |", "|---|---|---:|---:|"]
+    for m, per in lm.density.items():
+        for s, d in sorted(per.items(), key=lambda kv: int(kv[0])):
+            rows.append(f"| {m} | {s}x{s} | {d['gini']:.4f} | {d['entropy']:.4f} |")
+    text = ("Latent density: a 24x24 histogram over the first two principal components of the standardised "
+            "latents (hieratok.metrics.latent_density). " + note + "\n\n" + "\n".join(rows))
+    return fig, text
