@@ -104,14 +104,14 @@ def attention(store: ModelStore, source, layer: int, head: int, query_scale: int
     titles = [f"{s}x{s}" for s in layout.scales]
     fig = make_subplots(rows=1, cols=layout.num_scales, subplot_titles=titles, horizontal_spacing=0.03)
     for i, s in enumerate(layout.scales):
-        m = weights[layout.slice(i)].view(s, s).numpy()
+        m = weights[layout.slice(i)].view(s, s).tolist()
         fig.add_trace(go.Heatmap(z=m, colorscale="Viridis", showscale=i == layout.num_scales - 1,
                                  zmin=0, zmax=float(weights.max())), row=1, col=i + 1)
         fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor=f"x{i + 1}", row=1, col=i + 1)
         fig.update_xaxes(showticklabels=False, row=1, col=i + 1)
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10),
                       title=f"layer {layer}, head {head}: query at ({row}, {col}) of scale {query_scale}x{query_scale}")
-    bars = go.Figure(go.Bar(x=titles, y=mass.numpy(), marker_color=["#636efa" if i <= level else "#cccccc"
+    bars = go.Figure(go.Bar(x=titles, y=mass.tolist(), marker_color=["#636efa" if i <= level else "#cccccc"
                                                                       for i in range(layout.num_scales)]))
     bars.update_layout(height=280, yaxis_title="attention mass", margin=dict(l=10, r=10, t=30, b=10),
                        title="mass per scale (finer scales are masked: exactly 0)")
@@ -193,7 +193,7 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
     fig = go.Figure()
     for c, name in enumerate(lm.class_names):
         sel = labels == c
-        fig.add_trace(go.Scattergl(x=xy[sel, 0].numpy(), y=xy[sel, 1].numpy(), mode="markers", name=name,
+        fig.add_trace(go.Scattergl(x=xy[sel, 0].tolist(), y=xy[sel, 1].tolist(), mode="markers", name=name,
                                    marker=dict(size=4, color=PALETTE[c % len(PALETTE)], opacity=0.7)))
     note = ""
     if source is not None:

@@ -1,0 +1,124 @@
+"""Every endpoint of the live app through gradio_client, and a corpus of bad uploads (the server keeps serving)."""
+import json
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from tests.app_fixtures import AppServer, make_assets
+from tests.test_image import BAD, GOOD
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def client(assets, tmp_path_factory):
+    server = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log")
+    yield Client(server.url, verbose=False)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "photo.jpg"
+    Image.new("RGB", (300, 200), (30, 120, 200)).save(path)
+    return str(path)
+
+
+def reconstruct(client, path, model="HieraTok", both=False):
+    return client.predict(handle_file(path), model, both, "nearest", api_name="/reconstruct")
+
+
+def test_reconstruct_returns_every_scale_with_psnr(client, photo):
+    inp, gallery, other, final, diff, text = reconstruct(client, photo)
+    assert len(gallery) == 5
+    assert [g["caption"].split(" ")[0] for g in gallery] == ["1x1", "2x2", "4x4", "8x8", "16x16"]
+    assert all("PSNR" in g["caption"] and "dB" in g["caption"] for g in gallery)
+    for g in gallery:
+        assert Image.open(g["image"]).size == (192, 192)
+    assert Image.open(final).size == (192, 192) and Image.open(diff).size == (192, 192)
+    assert "compression 3.0x" in text and "resized from 300 x 200" in text and "341" in text
+
+
+def test_reconstruct_side_by_side_and_single_scale(client, photo):
+    _, gallery, other, _, _, text = reconstruct(client, photo, both=True)
+    assert other["visible"] and other["label"] == "Single-scale"  # a component update: shown, relabelled
+    assert len(gallery) == 5 and len(other["value"]) == 1  # the single-scale baseline has only the 16x16 scale
+    _, gallery, _, _, _, text = reconstruct(client, photo, model="Single-scale")
+    assert len(gallery) == 1 and "256" in text
+
+
+def test_mask_endpoint_draws_each_mask(client):
+    import numpy as np
+    images = {k: np.asarray(Image.open(client.predict(k, api_name="/mask")).convert("L"))
+              for k in ("scale_causal", "full", "scale_independent")}
+    for img in images.values():
+        assert img.shape == (341, 341)
+    # top-right corner: the 1x1 query looking at 16x16 keys: masked except in full attention
+    assert images["scale_causal"][2, 300] < 100 and images["full"][2, 300] > 200
+    # bottom-left: a 16x16 query looking at the 1x1 key: visible except when scales are independent
+    assert images["scale_causal"][300, 0] > 200 and images["scale_independent"][300, 0] < 100
+
+
+def test_attention_endpoint_reports_zero_mass_on_finer_scales(client, photo):
+    maps, bars, text = client.predict(handle_file(photo), 1, 2, 4, 1, 2, api_name="/attention")
+    mass = json.loads(bars["plot"])["data"][0]["y"]
+    assert "query of scale 4x4" in text
+    assert mass[3] == 0 and mass[4] == 0 and min(mass[:3]) > 0  # finer scales masked, coarser ones seen
+    assert abs(sum(mass) - 1) < 1e-3
+    assert len(json.loads(maps["plot"])["data"]) == 5
+
+
+def test_interpolate_returns_steps_times_scales(client, photo, assets):
+    other = str(next((assets / "examples").iterdir()))
+    items = client.predict(handle_file(photo), handle_file(other), "spherical", 4, "all", "HieraTok",
+                           api_name="/interpolate")
+    assert len(items) == 4 * 5
+    items = client.predict(handle_file(photo), handle_file(other), "linear", 3, "8x8", "HieraTok",
+                           api_name="/interpolate")
+    assert len(items) == 3 and all(i["caption"].startswith("8x8") for i in items)
+
+
+def test_generate_returns_the_requested_number_of_samples(client):
+    grid, scales, text = client.predict("cat", 2.0, 3, 0, 6, "HieraTok", api_name="/generate")
+    assert Image.open(grid).size == (6 * 96, 96)
+    assert len(scales) == 5 and "6 samples of **cat**" in text
+    grid, scales, _ = client.predict("cat", 2.0, 3, 0, 10, "Single-scale", api_name="/generate")
+    assert Image.open(grid).size == (8 * 96, 2 * 96) and len(scales) == 1
+
+
+def test_latent_space_plots_every_point_and_places_the_upload(client, photo):
+    fig, text = client.predict("HieraTok", 16, handle_file(photo), api_name="/latent_space")
+    traces = json.loads(fig["plot"])["data"]
+    points = sum(len(t["x"]) for t in traces if t["name"] != "your image")
+    assert points == 40
+    assert traces[-1]["name"] == "your image" and "lands among" in text
+    assert "| Single-scale | 16x16 |" in text and "Gini" in text
+    fig, _ = client.predict("Single-scale", 16, None, api_name="/latent_space")
+    assert all(t["name"] != "your image" for t in json.loads(fig["plot"])["data"])
+    with pytest.raises(Exception, match="no 4x4 scale"):
+        client.predict("Single-scale", 4, None, api_name="/latent_space")
+
+
+@pytest.mark.parametrize("kind", list(GOOD) + list(BAD) + ["oversized"])
+def test_bad_input_corpus_gets_a_result_or_a_clear_error_and_the_server_keeps_serving(client, photo, kind,
+                                                                                      tmp_path):
+    path = tmp_path / f"upload-{kind}.bin"
+    if kind == "oversized":
+        path.write_bytes(b"\xff\xd8\xff" + b"\x00" * (21 * 1024 * 1024))  # over the 20 MB upload limit
+    else:
+        path.write_bytes((GOOD.get(kind) or BAD[kind])[0])
+    if kind in GOOD:
+        _, gallery, _, _, _, text = reconstruct(client, str(path))
+        assert len(gallery) == 5 and GOOD[kind][1] in text
+    else:
+        with pytest.raises(Exception) as err:
+            reconstruct(client, str(path))
+        message = str(err.value)
+        assert ("Could not use this image" in message or "too large" in message.lower()
+                or "413" in message or "exceeds" in message.lower()), message
+    _, gallery, _, _, _, _ = reconstruct(client, photo)  # a valid request right after succeeds
+    assert len(gallery) == 5

@@ -1,0 +1,41 @@
+"""Example images for the app that need no dataset: one DiT sample per class, as 32 x 32 PNGs.
+
+    python train/make_examples.py --output assets/examples
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from hieratok import DiT, HieraTok, generate, to_pil  # noqa: E402
+from hieratok.classifier import Classifier  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokenizer", default="assets/hieratok-cifar10")
+    ap.add_argument("--dit", default="assets/dit-hieratok-cifar10")
+    ap.add_argument("--classifier", default="assets/classifier-cifar10")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", default="assets/examples")
+    args = ap.parse_args(argv)
+    tok, dit = HieraTok.from_pretrained(args.tokenizer), DiT.from_pretrained(args.dit)
+    names = Classifier.from_pretrained(args.classifier).config.class_names
+    labels = torch.arange(dit.config.num_classes)
+    _, out = generate(dit, tok, labels, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(out.reconstruction):
+        to_pil(image).save(out_dir / f"dit-sample-{names[i]}.png")
+    print(f"wrote {len(labels)} examples to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

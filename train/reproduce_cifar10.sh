@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The exact commands behind the weights in assets/ (CIFAR-10, this project's CPU budget). Each step resumes or
+# skips when its output exists, so the script can be re-run after an interruption.
+#   bash train/reproduce_cifar10.sh [DATA_ROOT] [RUNS]          (defaults: ../shared/data/cifar10, runs)
+#   STAGE=after-s1 bash train/reproduce_cifar10.sh             (start after the two stage-1 runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${1:-../shared/data/cifar10}
+R=${2:-runs}
+PY=${PYTHON:-python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two runs side by side on a 2-core machine
+STAGE=${STAGE:-all}
+
+done_() { [ -f "$1/final/model.safetensors" ]; }
+
+if [ "$STAGE" = all ]; then
+  # 1. stage 1 for both tokenizers, same budget: 1000 steps x 64 images, side by side
+  for v in hieratok singlescale; do
+    done_ $R/$v-s1 || $PY train/stage1.py --variant $v --data $D/train --output-dir $R/$v-s1 \
+        --steps 1000 --batch-size 64 --ckpt-every 100 --sample-every 250 --log-every 50 &
+  done
+  wait
+fi
+
+# 2. stage 2 (GAN, decoder only) for both, and the classifier, side by side
+for v in hieratok singlescale; do
+  done_ $R/$v-s2 || $PY train/stage2.py --init-from $R/$v-s1/final --data $D/train --output-dir $R/$v-s2 \
+      --steps 300 --batch-size 64 --gan-start 100 --ckpt-every 100 --sample-every 150 --log-every 25 &
+done
+done_ $R/classifier || $PY train/classifier.py --data $D/train --output-dir $R/classifier \
+    --steps 3000 --batch-size 128 --ckpt-every 500 --log-every 100 &
+wait
+
+# 3. a DiT on each tokenizer, same budget
+for v in hieratok singlescale; do
+  done_ $R/dit-$v || $PY train/dit.py --tokenizer $R/$v-s2/final --data $D/train --output-dir $R/dit-$v \
+      --steps 1200 --batch-size 128 --ckpt-every 200 --sample-every 400 --log-every 50 &
+done
+wait
+
+# 4. what the app ships: fp16 copies, the latent map, example images
+$PY - "$R" <<'EOF'
+import sys, torch
+from pathlib import Path
+from hieratok import DiT, HieraTok
+from hieratok.classifier import Classifier
+R, A = Path(sys.argv[1]), Path("assets")
+for cls, src, dst in [(HieraTok, R / "dit-hieratok/tokenizer", "hieratok-cifar10"),
+                      (HieraTok, R / "dit-singlescale/tokenizer", "singlescale-cifar10"),
+                      (DiT, R / "dit-hieratok/final", "dit-hieratok-cifar10"),
+                      (DiT, R / "dit-singlescale/final", "dit-singlescale-cifar10"),
+                      (Classifier, R / "classifier/final", "classifier-cifar10")]:
+    cls.from_pretrained(src).save_pretrained(A / dst, dtype=torch.float16)
+    print("shipped", A / dst)
+EOF
+$PY train/latent_map.py --data $D/test --num-images 3000 --tokenizer HieraTok=assets/hieratok-cifar10 \
+    --tokenizer Single-scale=assets/singlescale-cifar10 --output assets/latent-map-cifar10
+$PY train/make_examples.py --output assets/examples
+
+# 5. evaluation on the full test split (10,000 images)
+$PY train/evaluate.py --data $D/test --classifier assets/classifier-cifar10 \
+    --tokenizer hieratok=assets/hieratok-cifar10 --tokenizer singlescale=assets/singlescale-cifar10 \
+    --dit hieratok=assets/dit-hieratok-cifar10 --dit singlescale=assets/dit-singlescale-cifar10 \
+    --num-samples 1000 --sample-steps 20 --guidance 2.0 --output assets/eval/cifar10
