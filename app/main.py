@@ -33,8 +33,9 @@ class UploadImage(gr.Image):
 
     is_template = True  # rendered by the frontend as a plain Image
 
-    def __init__(self, **kwargs):
-        super().__init__(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()  # the frontend looks the component up by this id
 
     def preprocess(self, payload):
         if payload is None:
@@ -42,6 +43,10 @@ class UploadImage(gr.Image):
         if payload.url and payload.url.startswith("data:"):
             return base64.b64decode(payload.url.split(",", 1)[1])
         return payload.path
+
+
+def upload_image(label: str) -> UploadImage:
+    return UploadImage(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"])
 
 
 def example_images(assets: Path) -> list[str]:
@@ -80,7 +85,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             with gr.Tab("Reconstruct"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        rec_in = UploadImage(label="Image (any size; resized and center-cropped to 32x32)")
+                        rec_in = upload_image("Image (any size; resized and center-cropped to 32x32)")
                         if examples:
                             gr.Examples(examples, inputs=rec_in)
                         rec_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
@@ -120,7 +125,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                         mask_img = gr.Image(label="Mask (rows: queries, columns: keys; white = attends)",
                                             type="pil", height=341, format="png")
                     with gr.Column(scale=2):
-                        att_in = UploadImage(label="Image")
+                        att_in = upload_image("Image")
                         if examples:
                             gr.Examples(examples, inputs=att_in)
                         with gr.Row():
@@ -142,8 +147,8 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             # 3. Interpolate ------------------------------------------------------------------------------------
             with gr.Tab("Interpolate"):
                 with gr.Row():
-                    int_a = UploadImage(label="Image A")
-                    int_b = UploadImage(label="Image B")
+                    int_a = upload_image("Image A")
+                    int_b = upload_image("Image B")
                 if len(examples) >= 2:
                     gr.Examples([[a, b] for a, b in zip(examples, examples[1:] + examples[:1])],
                                 inputs=[int_a, int_b])
@@ -192,7 +197,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                     with gr.Column(scale=1):
                         lat_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
                         lat_scale = gr.Dropdown([1, 2, 4, 8, 16], value=16, label="Scale")
-                        lat_in = UploadImage(label="Place your image (optional)")
+                        lat_in = upload_image("Place your image (optional)")
                         if examples:
                             gr.Examples(examples, inputs=lat_in)
                         lat_btn = gr.Button("Show", variant="primary")

@@ -34,8 +34,9 @@ class UploadImage(gr.Image):
 
     is_template = True  # rendered by the frontend as a plain Image
 
-    def __init__(self, **kwargs):
-        super().__init__(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()  # the frontend looks the component up by this id
 
     def preprocess(self, payload):
         if payload is None:

@@ -2,40 +2,34 @@
 # The exact commands behind the weights in assets/ (CIFAR-10, this project's CPU budget). Each step resumes or
 # skips when its output exists, so the script can be re-run after an interruption.
 #   bash train/reproduce_cifar10.sh [DATA_ROOT] [RUNS]          (defaults: ../shared/data/cifar10, runs)
-#   STAGE=after-s1 bash train/reproduce_cifar10.sh             (start after the two stage-1 runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-../shared/data/cifar10}
 R=${2:-runs}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two runs side by side on a 2-core machine
-STAGE=${STAGE:-all}
 
 done_() { [ -f "$1/final/model.safetensors" ]; }
 
-if [ "$STAGE" = all ]; then
-  # 1. stage 1 for both tokenizers, same budget: 1000 steps x 64 images, side by side
-  for v in hieratok singlescale; do
-    done_ $R/$v-s1 || $PY train/stage1.py --variant $v --data $D/train --output-dir $R/$v-s1 \
-        --steps 1000 --batch-size 64 --ckpt-every 100 --sample-every 250 --log-every 50 &
-  done
-  wait
-fi
-
-# 2. stage 2 (GAN, decoder only) for both, and the classifier, side by side
-for v in hieratok singlescale; do
+# One chain per tokenizer (stage 1 -> stage 2 -> DiT), the two chains side by side, the same budget each; the
+# single-scale chain also trains the classifier between its stage 2 and its DiT.
+chain() {
+  v=$1
+  # 1. stage 1, reconstruction: 1000 steps x 64 images
+  done_ $R/$v-s1 || $PY train/stage1.py --variant $v --data $D/train --output-dir $R/$v-s1 \
+      --steps 1000 --batch-size 64 --ckpt-every 100 --sample-every 250 --log-every 50
+  # 2. stage 2, GAN fine-tuning of the decoder (encoder and downsampler frozen): 300 steps x 64
   done_ $R/$v-s2 || $PY train/stage2.py --init-from $R/$v-s1/final --data $D/train --output-dir $R/$v-s2 \
-      --steps 300 --batch-size 64 --gan-start 100 --ckpt-every 100 --sample-every 150 --log-every 25 &
-done
-done_ $R/classifier || $PY train/classifier.py --data $D/train --output-dir $R/classifier \
-    --steps 3000 --batch-size 128 --ckpt-every 500 --log-every 100 &
-wait
-
-# 3. a DiT on each tokenizer, same budget
-for v in hieratok singlescale; do
+      --steps 300 --batch-size 64 --gan-start 100 --ckpt-every 100 --sample-every 150 --log-every 25
+  # the classifier behind FD-cls and the class accuracy of samples (in the single-scale chain): 3000 steps x 128
+  [ "$v" = singlescale ] && { done_ $R/classifier || $PY train/classifier.py --data $D/train \
+      --output-dir $R/classifier --steps 3000 --batch-size 128 --ckpt-every 500 --log-every 100; }
+  # 3. the DiT on the stage-2 tokenizer's latents: 1000 steps x 128
   done_ $R/dit-$v || $PY train/dit.py --tokenizer $R/$v-s2/final --data $D/train --output-dir $R/dit-$v \
-      --steps 1200 --batch-size 128 --ckpt-every 200 --sample-every 400 --log-every 50 &
-done
+      --steps 1000 --batch-size 128 --ckpt-every 200 --sample-every 500 --log-every 50
+}
+chain hieratok &
+chain singlescale &
 wait
 
 # 4. what the app ships: fp16 copies, the latent map, example images

@@ -1,0 +1,78 @@
+"""A real browser (headless Debian Chromium through Playwright) uses every view of the live app once."""
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from tests.app_fixtures import AppServer, make_assets
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the browser test (.ci/run installs it)")
+    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-test.txt")
+
+TIMEOUT = 60_000  # ms: the first request of each view loads its model
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    assets = make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
+    srv = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(TIMEOUT)
+        page.goto(server.url, wait_until="networkidle")
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    Image.new("RGB", (120, 80), (200, 60, 40)).save(path)
+    return str(path)
+
+
+def upload(page, photo, index=0):
+    page.locator("div[role=tabpanel]:visible input[type=file]").nth(index).set_input_files(photo)
+
+
+def test_reconstruct_shows_five_scales(page, photo):
+    upload(page, photo)
+    page.get_by_role("button", name="Reconstruct").click()
+    for s, px in ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32)):
+        sync_api.expect(page.get_by_text(f"{s}x{s} tokens -> {px}x{px} px", exact=False).first).to_be_visible()
+    sync_api.expect(page.get_by_text("compression 3.0x", exact=False)).to_be_visible()
+
+
+def test_every_other_tab_runs_once(page, photo):
+    page.get_by_role("tab", name="Attention").click()
+    upload(page, photo)
+    page.get_by_role("button", name="Show attention").click()
+    sync_api.expect(page.get_by_text("Mass:", exact=False)).to_be_visible()
+
+    page.get_by_role("tab", name="Interpolate").click()
+    upload(page, photo, 0)
+    upload(page, photo, 1)
+    page.get_by_role("button", name="Interpolate").click()
+    sync_api.expect(page.get_by_text("t=1.00", exact=False).first).to_be_attached()
+
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_role("button", name="Generate").click()
+    sync_api.expect(page.get_by_text("samples of", exact=False)).to_be_visible()
+
+    page.get_by_role("tab", name="Latent space").click()
+    page.get_by_role("button", name="Show").click()
+    sync_api.expect(page.get_by_text("Latent density", exact=False)).to_be_visible()
