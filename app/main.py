@@ -170,8 +170,9 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         gen_class = gr.Dropdown(names, value=names[0], label="Class")
-                        gen_guidance = gr.Slider(1.0, 8.0, value=2.0, step=0.25, label="Guidance scale")
-                        gen_steps = gr.Slider(2, 100, value=30, step=1, label="Sampler steps (Heun)")
+                        gen_guidance = gr.Slider(1.0, 8.0, value=views.DEFAULT_GUIDANCE, step=0.25,
+                                                 label="Guidance scale")
+                        gen_steps = gr.Slider(2, 100, value=views.DEFAULT_STEPS, step=1, label="Sampler steps (Heun)")
                         gen_seed = gr.Number(0, precision=0, label="Seed")
                         gen_count = gr.Slider(1, 32, value=16, step=1, label="Samples")
                         gen_model = gr.Radio(MODELS, value="HieraTok", label="Generator (DiT on its tokenizer)")

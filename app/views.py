@@ -14,6 +14,8 @@ from hieratok.metrics import psnr, ssim
 from .models import AppError, ModelStore
 
 DISPLAY = 192  # pixels a side for every displayed image (upscaled from 2 ... 32 px)
+DEFAULT_STEPS = 30     # Heun steps of the Generate view
+DEFAULT_GUIDANCE = 2.0
 
 
 def _load(store: ModelStore, source, name: str = "HieraTok"):

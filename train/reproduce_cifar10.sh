@@ -32,21 +32,8 @@ chain hieratok &
 chain singlescale &
 wait
 
-# 4. what the app ships: fp16 copies, the latent map, example images
-$PY - "$R" <<'EOF'
-import sys, torch
-from pathlib import Path
-from hieratok import DiT, HieraTok
-from hieratok.classifier import Classifier
-R, A = Path(sys.argv[1]), Path("assets")
-for cls, src, dst in [(HieraTok, R / "dit-hieratok/tokenizer", "hieratok-cifar10"),
-                      (HieraTok, R / "dit-singlescale/tokenizer", "singlescale-cifar10"),
-                      (DiT, R / "dit-hieratok/final", "dit-hieratok-cifar10"),
-                      (DiT, R / "dit-singlescale/final", "dit-singlescale-cifar10"),
-                      (Classifier, R / "classifier/final", "classifier-cifar10")]:
-    cls.from_pretrained(src).save_pretrained(A / dst, dtype=torch.float16)
-    print("shipped", A / dst)
-EOF
+# 4. what the app ships: fp16 copies (+ assets/expected.json for the asset test), the latent map, examples
+$PY train/ship.py --runs $R --assets assets
 $PY train/latent_map.py --data $D/test --num-images 3000 --tokenizer HieraTok=assets/hieratok-cifar10 \
     --tokenizer Single-scale=assets/singlescale-cifar10 --output assets/latent-map-cifar10
 $PY train/make_examples.py --output assets/examples

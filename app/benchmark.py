@@ -1,0 +1,100 @@
+"""Latency of the app on this machine: cold start to first page, and the median time of each view's main call.
+
+    python app/benchmark.py                    # the shipped assets
+    python app/benchmark.py --assets runs/x --repeats 7
+
+Targets (issue #5): all five scales of one image <= 50 ms; 16 samples <= 3 s; placing an upload in the UMAP
+<= 300 ms; first page <= 15 s after launch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from app import views  # noqa: E402
+from app.models import DEFAULT_ASSETS, ModelStore  # noqa: E402
+
+
+def cold_start(assets: Path, port: int) -> float:
+    import subprocess
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("main.py")), "--assets", str(assets),
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 120:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the app did not serve its first page within 120 s")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: loads the model once
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--assets", default=str(DEFAULT_ASSETS))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--port", type=int, default=7899)
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps for the generation timing "
+                                                             "(default: the app's default)")
+    args = ap.parse_args(argv)
+    assets = Path(args.assets)
+    store = ModelStore(assets)
+    example = next(iter(sorted((assets / "examples").glob("*.png"))), None)
+    if example is None:
+        raise SystemExit(f"no example image in {assets / 'examples'}")
+    tok = store.tokenizer("HieraTok")
+    x = views.load_image(str(example), tok.config.image_size).tensor[None]
+
+    def five_scales():
+        with torch.inference_mode():
+            tok.decode(tok.encode(x))
+
+    steps = args.steps or views.DEFAULT_STEPS
+    rows = [
+        ("first page after launch", cold_start(assets, args.port), 15.0),
+        ("encode + decode all five scales, 1 image", median_time(five_scales, args.repeats), 0.050),
+        ("Reconstruct view (incl. image loading, PSNR, rendering)",
+         median_time(lambda: views.reconstruct(store, str(example)), args.repeats), None),
+        (f"16 samples, {steps} Heun steps, guidance 2 (Generate view)",
+         median_time(lambda: views.generate_samples(store, store.class_names()[0], 2.0, steps, 0, 16),
+                     max(1, args.repeats // 2)), 3.0),
+        ("place an upload in the UMAP (Latent space view)",
+         median_time(lambda: views.latent_space(store, "HieraTok", 16, str(example)), args.repeats), 0.300),
+        ("Attention view (one query, all layers' maps)",
+         median_time(lambda: views.attention(store, str(example), 0, 0, 8, 3, 3), args.repeats), None),
+    ]
+    print(f"threads {torch.get_num_threads()}, median of {args.repeats}, assets {assets}")
+    print("| measurement | seconds | target | met |")
+    print("|---|---:|---:|:---:|")
+    for name, t, target in rows:
+        met = "" if target is None else ("yes" if t <= target else "NO")
+        print(f"| {name} | {t:.3f} | {'' if target is None else f'<= {target:g}'} | {met} |")
+
+
+if __name__ == "__main__":
+    main()

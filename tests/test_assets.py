@@ -1,0 +1,52 @@
+"""The shipped checkpoints load with from_pretrained and still do what they did when they were shipped."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hieratok import DiT, HieraTok, generate
+from hieratok.classifier import Classifier
+from hieratok.metrics import psnr
+from train.ship import SHIPPED, fixed_image
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EXPECTED = ASSETS / "expected.json"
+if not EXPECTED.exists():
+    pytest.skip("no shipped weights in assets/ yet (train/ship.py records assets/expected.json)",
+                allow_module_level=True)
+expected = json.loads(EXPECTED.read_text())
+
+
+def test_every_shipped_checkpoint_is_recorded_and_small():
+    assert set(expected) == set(SHIPPED)
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 100e6, f"assets/ holds {total / 1e6:.1f} MB; the budget is 100 MB"
+
+
+@pytest.mark.parametrize("name", ["hieratok-cifar10", "singlescale-cifar10"])
+def test_tokenizer_reconstructs_the_fixed_image_at_its_recorded_psnr(name):
+    tok = HieraTok.from_pretrained(ASSETS / name)
+    assert tok.has_latent_stats and tok.latent_mean.dtype == torch.float32
+    x = fixed_image()[None]
+    value = float(psnr(tok.reconstruct(x), x)[0])
+    assert abs(value - expected[name]["psnr_fixed_image"]) < 0.05, value
+    assert value > 18  # a trained tokenizer, not noise
+
+
+@pytest.mark.parametrize("name,tok_name", [("dit-hieratok-cifar10", "hieratok-cifar10"),
+                                           ("dit-singlescale-cifar10", "singlescale-cifar10")])
+def test_dit_samples_match_their_recorded_statistics(name, tok_name):
+    z, out = generate(DiT.from_pretrained(ASSETS / name), HieraTok.from_pretrained(ASSETS / tok_name), [3, 7],
+                      steps=4, guidance=2.0, seed=0)
+    rec = expected[name]
+    assert abs(float(z.mean()) - rec["latent_mean"]) < 1e-3 and abs(float(z.std()) - rec["latent_std"]) < 1e-3
+    assert out.reconstruction.shape == (2, 3, 32, 32)
+
+
+def test_classifier_logits_on_the_fixed_image():
+    clf = Classifier.from_pretrained(ASSETS / "classifier-cifar10")
+    assert len(clf.config.class_names) == 10
+    torch.testing.assert_close(clf(fixed_image()[None])[0], torch.tensor(expected["classifier-cifar10"]
+                                                                            ["logits_fixed_image"]),
+                               rtol=1e-3, atol=1e-3)
