@@ -37,6 +37,15 @@ def save_scale_grid(path: Path, x: torch.Tensor, out, n: int = 8):
     save_image(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, path, nrow=n)
 
 
+def sample_reconstructions(run, tokenizer: HieraTok, x: torch.Tensor, step: int):
+    """Save the (EMA) tokenizer's per-scale reconstructions of the batch's first images, when it is time to."""
+    if run.should_sample(step):
+        with torch.no_grad(), run.autocast():
+            out = tokenizer.decode(tokenizer.encode(x[:8]))
+        (run.out / "samples").mkdir(parents=True, exist_ok=True)
+        save_scale_grid(run.out / "samples" / f"step-{step + 1:08d}.png", x, out)
+
+
 def main(argv=None):
     args = parse_args(argv)
     run = Run(args, "stage1")
@@ -66,11 +75,7 @@ def main(argv=None):
             terms = loss_fn(x, out, post)
         run.step(terms.total, optimizer, scheduler, model, step)
         run.log(step, terms.logs, scheduler)
-        if run.should_sample(step):
-            with torch.no_grad(), run.autocast():
-                ema_out = ema.decode(ema.encode(x[:8]))
-            (run.out / "samples").mkdir(parents=True, exist_ok=True)
-            save_scale_grid(run.out / "samples" / f"step-{step + 1:08d}.png", x, ema_out)
+        sample_reconstructions(run, ema, x, step)
         run.maybe_checkpoint(step)
 
     run.finish(lambda path: ema.save_pretrained(path), model)

@@ -20,7 +20,7 @@ from hieratok import HieraTok  # noqa: E402
 from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss,  # noqa: E402
                              hinge_g_loss, load_lpips)
 from train.common import Run, adamw, base_parser, warmup_cosine  # noqa: E402
-from train.stage1 import save_scale_grid  # noqa: E402
+from train.stage1 import sample_reconstructions  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -92,11 +92,7 @@ def main(argv=None):
         run.step(d_loss, d_opt, d_sched, disc, step, update_ema=False)
         logs.update(d_loss=d_loss.item(), loss=loss.item())
         run.log(step, logs, g_sched)
-        if run.should_sample(step):
-            with torch.no_grad(), run.autocast():
-                ema_out = ema.decode(ema.encode(x[:8]))
-            (run.out / "samples").mkdir(parents=True, exist_ok=True)
-            save_scale_grid(run.out / "samples" / f"step-{step + 1:08d}.png", x, ema_out)
+        sample_reconstructions(run, ema, x, step)
         run.maybe_checkpoint(step)
 
     run.finish(lambda path: ema.save_pretrained(path), model)
