@@ -114,6 +114,10 @@ def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
         assert torch.equal(a[k], b[k]), k
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["step"] == 6 and summary["images_seen"] == 48
+    # the log holds each step once, with the same losses as the uninterrupted run
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in read_metrics(tmp_path / "resumed")] == \
+        [r["loss"] for r in read_metrics(tmp_path / "straight")]
 
 
 def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, capsys):

@@ -165,6 +165,18 @@ class CSVTracker(GeneralTracker):
             csv.writer(f).writerow([row.get(c, "") for c in self.columns])
 
 
+    def truncate_after(self, step: int):
+        """Drop rows logged after `step` (a resumed run logs those steps again)."""
+        if self.columns is None or not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["step"] and int(float(r["step"])) <= step]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 class TrainState:
     """The scalars a checkpoint must restore besides modules: step and counters."""
 
@@ -186,7 +198,8 @@ class Run:
     def __init__(self, args, name: str):
         self.args, self.name = args, name
         self.out = Path(args.output_dir)
-        trackers = {"csv": [CSVTracker(name, str(self.out))], "none": None}.get(args.log_with, args.log_with)
+        self._csv = CSVTracker(name, str(self.out)) if args.log_with == "csv" else None
+        trackers = [self._csv] if self._csv else (None if args.log_with == "none" else args.log_with)
         # several processes but no GPU (torchrun / `accelerate launch --multi_gpu` on CPUs): DDP over gloo
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
@@ -264,6 +277,8 @@ class Run:
         if not path.is_dir():
             raise SystemExit(f"error: --resume {what}: no such checkpoint folder")
         self.accelerator.load_state(str(path))
+        if self._csv is not None and self.is_main:
+            self._csv.truncate_after(self.state.step)
         self.print(f"resumed from {path} at step {self.state.step}")
         return self.state.step
 
