@@ -1,0 +1,117 @@
+"""Write assets/README.md, the model card, from the files the runs and the evaluation wrote (no number typed in).
+
+    python train/model_card.py --runs runs --assets assets --eval assets/eval/cifar10.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from hieratok import HieraTok  # noqa: E402
+from hieratok.cost import cost_of  # noqa: E402
+from train.evaluate import markdown  # noqa: E402
+
+RUNS = [  # (checkpoint shipped, run folders that made it, in order)
+    ("hieratok-cifar10", ["hieratok-s1", "hieratok-s2"]),
+    ("singlescale-cifar10", ["singlescale-s1", "singlescale-s2"]),
+    ("dit-hieratok-cifar10", ["dit-hieratok"]),
+    ("dit-singlescale-cifar10", ["dit-singlescale"]),
+    ("classifier-cifar10", ["classifier"]),
+]
+
+
+def command_line(cfg: dict) -> str:
+    args = cfg["args"]
+    script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
+              "classifier": "train/classifier.py"}[cfg["script"]]
+    keep = ["variant", "init_from", "tokenizer", "data", "output_dir", "steps", "batch_size", "lr", "gan_start"]
+    parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
+    return f"python {script} " + " ".join(parts)
+
+
+def targets(report: dict):
+    toks, gens = report.get("tokenizers", {}), report.get("generators", {})
+    finest = toks.get("hieratok", {}).get("scales", {}).get("16x16", {}).get("psnr", {}).get("mean")
+    acc = report.get("classifier", {}).get("accuracy", {}).get("mean")
+    gen_acc = (gens.get("hieratok", {}).get("class_accuracy") or {}).get("mean")
+    return [("HieraTok finest-scale PSNR >= 28 dB (C = 4)", finest, 28.0),
+            ("classifier test accuracy >= 85%", None if acc is None else 100 * acc, 85.0),
+            ("HieraTok DiT sample class accuracy >= 40%", None if gen_acc is None else 100 * gen_acc, 40.0)]
+
+
+def size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--assets", default="assets")
+    ap.add_argument("--eval", default="assets/eval/cifar10.json")
+    args = ap.parse_args(argv)
+    runs, assets = Path(args.runs), Path(args.assets)
+    report = json.loads(Path(args.eval).read_text())
+    lines = ["# Shipped weights (CIFAR-10, 32 x 32)", "",
+             "Every checkpoint here was trained by this repository's `train/` scripts on "
+             "`../shared/data/cifar10/train` (50,000 images), on a 2-core CPU "
+             f"({platform.processor() or platform.machine()}, torch {torch.__version__}, bf16 autocast, one thread "
+             "per run, two runs side by side). No GPU was used. `bash train/reproduce_cifar10.sh` runs every "
+             "command below in order. Each folder loads with `from_pretrained` (weights stored in float16; "
+             "loading upcasts to float32).", "",
+             "| checkpoint | params | GFLOPs / image | decoder tokens | run | steps | images seen | wall time | size |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    commands = []
+    for name, folders in RUNS:
+        path = assets / name
+        params = None
+        if name.endswith("-cifar10") and "dit" not in name and "classifier" not in name:
+            tok = HieraTok.from_pretrained(path)
+            cost = cost_of(tok.config)
+            params, gflops, tokens = cost.params, f"{cost.gflops:.3f}", str(cost.decoder_tokens)
+        else:
+            from hieratok import DiT
+            from hieratok.classifier import Classifier
+            model = (DiT if "dit" in name else Classifier).from_pretrained(path)
+            params, gflops, tokens = sum(p.numel() for p in model.parameters()), "", ""
+        for i, folder in enumerate(folders):
+            summary = json.loads((runs / folder / "summary.json").read_text())
+            cfg = json.loads((runs / folder / "run_config.json").read_text())
+            commands.append(f"# {folder}\n{command_line(cfg)}")
+            lead = i == 0
+            lines.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
+                         f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {summary['step']} | "
+                         f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
+                         f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
+    lines += ["", "Wall time is the time spent in the training loop (data, forward, backward, optimizer), summed "
+                  "over resumes; it excludes start-up and the DiT's one-off latent encoding.", "",
+              "## Commands", "", "```bash", *commands, "```", "",
+              "All other settings are the scripts' defaults, recorded in each run's `run_config.json`.", "",
+              "## What was not available here", "",
+              f"- LPIPS: {report['notes']['lpips']}. The stage-1 and stage-2 losses therefore have no LPIPS term "
+              "(`\"lpips\": false` in their run configs) and no LPIPS is reported.",
+              f"- Fréchet distances: {report['notes']['fd']}. Numbers are comparable between the two tokenizers "
+              "and DiTs here, not with published FIDs.",
+              "", "## Evaluation", "",
+              f"`{report['command']}` wrote [eval/cifar10.json](eval/cifar10.json) (all numbers, with 95% "
+              "intervals over images) and [eval/cifar10.md](eval/cifar10.md); the table:", ""]
+    lines += markdown(report).splitlines()[1:]
+    lines += ["", "## Targets (issue #4)", "", "| target | measured | met |", "|---|---:|:---:|"]
+    for label, value, bar in targets(report):
+        lines.append(f"| {label} | {'n/a' if value is None else f'{value:.4g}'} | "
+                     f"{'n/a' if value is None else ('yes' if value >= bar else 'no')} |")
+    notes = assets / "NOTES.md"
+    if notes.exists():  # the hand-written part: what limits the numbers, and what we would do next
+        lines += ["", notes.read_text().strip()]
+    (assets / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {assets / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
