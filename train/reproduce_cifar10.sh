@@ -42,4 +42,4 @@ $PY train/make_examples.py --output assets/examples
 $PY train/evaluate.py --data $D/test --classifier assets/classifier-cifar10 \
     --tokenizer hieratok=assets/hieratok-cifar10 --tokenizer singlescale=assets/singlescale-cifar10 \
     --dit hieratok=assets/dit-hieratok-cifar10 --dit singlescale=assets/dit-singlescale-cifar10 \
-    --num-samples 1000 --sample-steps 20 --guidance 2.0 --output assets/eval/cifar10
+    --num-samples 500 --sample-steps 15 --guidance 2.0 --output assets/eval/cifar10
