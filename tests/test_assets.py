@@ -31,7 +31,7 @@ def test_tokenizer_reconstructs_the_fixed_image_at_its_recorded_psnr(name):
     x = fixed_image()[None]
     value = float(psnr(tok.reconstruct(x), x)[0])
     assert abs(value - expected[name]["psnr_fixed_image"]) < 0.05, value
-    assert value > 18  # a trained tokenizer, not noise
+    assert value > 12  # a trained tokenizer (random weights give ~5 dB); the synthetic image is off-distribution
 
 
 @pytest.mark.parametrize("name,tok_name", [("dit-hieratok-cifar10", "hieratok-cifar10"),

@@ -24,9 +24,9 @@ chain() {
   # the classifier behind FD-cls and the class accuracy of samples (in the single-scale chain): 3000 steps x 128
   [ "$v" = singlescale ] && { done_ $R/classifier || $PY train/classifier.py --data $D/train \
       --output-dir $R/classifier --steps 3000 --batch-size 128 --ckpt-every 500 --log-every 100; }
-  # 3. the DiT on the stage-2 tokenizer's latents: 1000 steps x 128
+  # 3. the DiT on the stage-2 tokenizer's latents: 700 steps x 128
   done_ $R/dit-$v || $PY train/dit.py --tokenizer $R/$v-s2/final --data $D/train --output-dir $R/dit-$v \
-      --steps 1000 --batch-size 128 --ckpt-every 200 --sample-every 500 --log-every 50
+      --steps 700 --batch-size 128 --ckpt-every 100 --sample-every 350 --log-every 50
 }
 chain hieratok &
 chain singlescale &
