@@ -31,6 +31,7 @@ def main(argv=None):
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(120_000)
+            expect.set_options(timeout=120_000)
             page.goto(server.url, wait_until="networkidle")
 
             def upload(i, path):

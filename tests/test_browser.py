@@ -33,6 +33,7 @@ def page(server):
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(TIMEOUT)
+        sync_api.expect.set_options(timeout=TIMEOUT)
         page.goto(server.url, wait_until="networkidle")
         yield page
         browser.close()
