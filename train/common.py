@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/x.py` from a clone, no install
 
+from hieratok.losses import load_lpips  # noqa: E402
 from train.data import DataError, StreamBatches, build_dataset, make_loader  # noqa: E402
 
 
@@ -231,6 +232,14 @@ class Run:
                                  seed=self.args.seed)
         except DataError as e:
             raise SystemExit(f"error: {e}") from None
+
+    def lpips(self, cfg, weights_path: str | None):
+        """(LPIPS module on this device or None, a note saying which and why); warns once when it is off."""
+        module, note = load_lpips(weights_path) if cfg.lpips_weight > 0 else (None, "LPIPS weight 0")
+        if module is None:
+            self.print(f"warning: {note}; training without the LPIPS term (recorded in run_config.json)")
+            return None, note
+        return module.to(self.device), note
 
     def prepare(self, *objs):
         return self.accelerator.prepare(*objs)

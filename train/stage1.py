@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
 from hieratok import VARIANTS, HieraTok, tokenizer_config  # noqa: E402
-from hieratok.losses import ReconstructionLoss, load_lpips  # noqa: E402
+from hieratok.losses import ReconstructionLoss  # noqa: E402
 from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
 
 
@@ -52,11 +52,7 @@ def main(argv=None):
     cfg = tokenizer_config(args.preset, args.variant, **parse_overrides(args.set))
     dataset = run.dataset(cfg.image_size)
 
-    lpips_module, lpips_note = load_lpips(args.lpips_weights) if cfg.lpips_weight > 0 else (None, "LPIPS weight 0")
-    if lpips_module is None:
-        run.print(f"warning: {lpips_note}; training without the LPIPS term (recorded in run_config.json)")
-    else:
-        lpips_module = lpips_module.to(run.device)
+    lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
 
     model = HieraTok.from_pretrained(args.init_from) if args.init_from else HieraTok(cfg)
     model.train()

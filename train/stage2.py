@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from hieratok import HieraTok  # noqa: E402
 from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss,  # noqa: E402
-                             hinge_g_loss, load_lpips)
+                             hinge_g_loss)
 from train.common import Run, adamw, base_parser, warmup_cosine  # noqa: E402
 from train.stage1 import sample_reconstructions  # noqa: E402
 
@@ -44,11 +44,7 @@ def main(argv=None):
     model = HieraTok.from_pretrained(args.init_from)
     cfg = model.config
     dataset = run.dataset(cfg.image_size)
-    lpips_module, lpips_note = load_lpips(args.lpips_weights) if cfg.lpips_weight > 0 else (None, "LPIPS weight 0")
-    if lpips_module is None:
-        run.print(f"warning: {lpips_note}; training without the LPIPS term (recorded in run_config.json)")
-    else:
-        lpips_module = lpips_module.to(run.device)
+    lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
 
     # freeze what defines the latent: the encoder, and the downsampler that derives the coarse scales from it
     model.encoder.requires_grad_(False)
