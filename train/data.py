@@ -57,7 +57,7 @@ class FolderImages(Dataset):
         try:
             img = self.load(index)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-            return None  # counted by `collate`; the file name is reported by `find_unreadable`
+            return None  # skipped and counted by `collate`; the trainer reports the count
         x = self.transform(img)
         return (x.flip(-1) if flip else x), self.targets[index]
 
@@ -94,10 +94,6 @@ def build_dataset(spec: str, image_size: int, split: str = "train", max_images: 
         if isinstance(ds, TorchvisionCIFAR10):
             ds.base = torch.utils.data.Subset(ds.base, keep.tolist())
     return ds
-
-
-def find_unreadable(ds: FolderImages, indices) -> list[str]:
-    return [ds.samples[i][0] for i in indices if ds[i] is None]
 
 
 # ------------------------------------------------------------------------------------------------------------
