@@ -41,27 +41,31 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, method: str = "s
     return out.to(z0.dtype).view(steps, *z0.shape)
 
 
-@torch.no_grad()
-def compute_latent_stats(tokenizer: HieraTok, images: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel mean and std of the posterior-mean latent over batches of images in [-1, 1].
+def channel_stats(latents: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and std over batches of (B, C, h, w) latents: (mean (C,), std (C,), number of latents).
 
-    Returns (mean (C,), std (C,), number of images). Accumulates in float64 so large datasets stay exact.
+    Accumulates in float64 so large datasets stay exact.
     """
-    C = tokenizer.config.latent_channels
-    total = torch.zeros(C, dtype=torch.float64)
-    total_sq = torch.zeros(C, dtype=torch.float64)
+    total = total_sq = None
     count = elems = 0
-    for x in images:
-        z = tokenizer.encode(x.to(tokenizer.latent_mean.device)).double().cpu()
-        total += z.sum(dim=(0, 2, 3))
-        total_sq += z.pow(2).sum(dim=(0, 2, 3))
+    for z in latents:
+        z = z.double().cpu()
+        s, sq = z.sum(dim=(0, 2, 3)), z.pow(2).sum(dim=(0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
         count += z.shape[0]
         elems += z.shape[0] * z.shape[2] * z.shape[3]
     if count == 0:
-        raise ValueError("no images to compute latent statistics from")
+        raise ValueError("no latents to compute statistics from")
     mean = total / elems
     std = (total_sq / elems - mean.pow(2)).clamp_min(0).sqrt()
     return mean.float(), std.float(), count
+
+
+@torch.no_grad()
+def compute_latent_stats(tokenizer: HieraTok, images: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel mean and std of the posterior-mean latent over batches of images in [-1, 1]."""
+    device = tokenizer.latent_mean.device
+    return channel_stats(tokenizer.encode(x.to(device)) for x in images)
 
 
 @torch.no_grad()

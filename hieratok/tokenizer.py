@@ -226,7 +226,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         """
         maps = self.latent_pyramid(z)
         if num_scales is not None:
-            maps = maps[: self.layout.prefix(num_scales).num_scales]
+            maps = maps[: self.layout.prefix(num_scales).num_scales]  # prefix() validates num_scales
         return self.decode_maps(maps, return_attention)
 
     def decode_maps(self, maps: list[torch.Tensor], return_attention: bool = False) -> DecodeOutput:

@@ -55,6 +55,7 @@ def free_port() -> int:
 
 class AppServer:
     def __init__(self, assets: Path, log: Path):
+        self.assets = assets
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",

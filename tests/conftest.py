@@ -18,3 +18,22 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ---- the live app (test_app.py, test_browser.py share one set of tiny assets and one server) ------------------
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    from tests.app_fixtures import AppServer, make_assets
+    assets = make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
+    server = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory):
+    """A 300 x 200 JPEG upload."""
+    from PIL import Image
+    path = tmp_path_factory.mktemp("img") / "photo.jpg"
+    Image.new("RGB", (300, 200), (30, 120, 200)).save(path)
+    return str(path)

@@ -5,27 +5,17 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.app_fixtures import AppServer, make_assets
 from tests.test_image import BAD, GOOD
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
+def assets(app_server):
+    return app_server.assets
 
 
 @pytest.fixture(scope="module")
-def client(assets, tmp_path_factory):
-    server = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log")
-    yield Client(server.url, verbose=False)
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.jpg"
-    Image.new("RGB", (300, 200), (30, 120, 200)).save(path)
-    return str(path)
+def client(app_server):
+    return Client(app_server.url, verbose=False)
 
 
 def reconstruct(client, path, model="HieraTok", both=False):

@@ -3,9 +3,6 @@ import os
 import shutil
 
 import pytest
-from PIL import Image
-
-from tests.app_fixtures import AppServer, make_assets
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -18,15 +15,7 @@ TIMEOUT = 60_000  # ms: the first request of each view loads its model
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    assets = make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
-    srv = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def page(server):
+def page(app_server):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -34,16 +23,9 @@ def page(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(TIMEOUT)
         sync_api.expect.set_options(timeout=TIMEOUT)
-        page.goto(server.url, wait_until="networkidle")
+        page.goto(app_server.url, wait_until="networkidle")
         yield page
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.new("RGB", (120, 80), (200, 60, 40)).save(path)
-    return str(path)
 
 
 def upload(page, photo, index=0):

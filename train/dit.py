@@ -23,6 +23,7 @@ from torchvision.utils import save_image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from hieratok import DiT, HieraTok, dit_config  # noqa: E402
+from hieratok.latent import channel_stats  # noqa: E402
 from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
 from train.data import eval_loader  # noqa: E402
 
@@ -102,9 +103,8 @@ def main(argv=None):
     z, z_flip, labels = load_or_encode(run, tokenizer, dataset, cache, args.encode_batch_size)
 
     # per-channel statistics over both orientations, stored with a copy of the tokenizer
-    both = torch.cat([z, z_flip])
-    mean, std = both.mean(dim=(0, 2, 3)), both.std(dim=(0, 2, 3))
-    tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=len(both))
+    mean, std, count = channel_stats([z, z_flip])
+    tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=count)
     if run.is_main:
         tokenizer.save_pretrained(run.out / "tokenizer")
     latents = LatentDataset(z, z_flip, labels, mean, std)
