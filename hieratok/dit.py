@@ -75,6 +75,7 @@ class DiT(nn.Module, HubCheckpointMixin,
     """Class-conditional DiT predicting the rectified-flow velocity of a (B, C, S, S) latent."""
 
     config_class = DiTConfig
+    _no_split_modules = ["DiTBlock"]  # the FSDP unit (accelerate's TRANSFORMER_BASED_WRAP reads this)
 
     def __init__(self, config: DiTConfig):
         super().__init__()

@@ -173,6 +173,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
     """Multi-scale ViT image tokenizer (HieraTok, arXiv 2509.23736); `scales=(16,)` gives the single-scale baseline."""
 
     config_class = HieraTokConfig
+    _no_split_modules = ["Block"]  # the FSDP unit (accelerate's TRANSFORMER_BASED_WRAP reads this)
 
     def __init__(self, config: HieraTokConfig):
         super().__init__()

@@ -271,3 +271,82 @@ def test_two_processes_stay_in_sync_and_track_one_process(image_folder, tmp_path
     l1 = [r["loss"] for r in read_metrics(single)]
     l2 = [r["loss"] for r in read_metrics(double)]
     np.testing.assert_allclose(l2, l1, rtol=2e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FSDP2: accelerate shards only on accelerators; Run switches FSDP2 on over gloo on CPUs (train.common), so the
+# sharded path -- parameters, optimizer state, EMA, checkpoints, export -- runs here with the shipped config.
+def fsdp_launch(script: str, args: list, port: int, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           "train/configs/fsdp.yaml", "--num_processes", "2", "--main_process_port", str(port),
+                           script, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_fsdp_shards_resumes_bit_identically_and_tracks_one_process(image_folder, tmp_path):
+    import shutil
+    args = ["--data", image_folder, "--steps", 6, "--batch-size", 8, "--lr", 1e-3, "--ckpt-every", 2,
+            "--keep-ckpts", 3, *TINY_TOK, "--mixed-precision", "no", "--log-every", 1, "--sample-every", 3]
+    stage1([*args, "--output-dir", tmp_path / "one"])
+    fsdp_launch("train/stage1.py", [*args, "--output-dir", tmp_path / "fsdp"], 29531)
+    out = tmp_path / "fsdp"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["distributed"] == "DistributedType.FSDP" and summary["num_processes"] == 2
+    ckpt = out / "checkpoints" / "step-00000004"
+    for sharded in ("pytorch_model_fsdp_0", "optimizer_0", "ema"):  # one file per process, no whole copies
+        assert sorted(p.name for p in (ckpt / sharded).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    # the exported EMA is whole and matches what one process trains at the same global batch
+    one, two = weights(tmp_path / "one" / "final"), weights(out / "final")
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=2e-4, msg=k)
+    l1, l2 = [r["loss"] for r in read_metrics(tmp_path / "one")], [r["loss"] for r in read_metrics(out)]
+    np.testing.assert_allclose(l2, l1, rtol=2e-3)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000003.png", "step-00000006.png"]
+
+    # killed after the checkpoint of step 2: the resumed run ends bit-identical to the uninterrupted one
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "final")
+    for later in ("step-00000004", "step-00000006"):
+        shutil.rmtree(resumed / "checkpoints" / later, ignore_errors=True)
+    proc = fsdp_launch("train/stage1.py", [*args, "--output-dir", resumed], 29532)
+    assert "resumed from" in proc.stdout + proc.stderr
+    again = weights(resumed / "final")
+    for k in two:
+        assert torch.equal(two[k], again[k]), k
+    assert [r["loss"] for r in read_metrics(resumed)] == l2
+
+
+def test_fsdp_stage2_dit_and_classifier(image_folder, tiny_tokenizer, tmp_path):
+    common = ["--data", image_folder, "--steps", 4, "--batch-size", 8, "--log-every", 1, "--ckpt-every", 2,
+              "--sample-every", 4]
+    # stage 2: two models (decoder + discriminator) prepared in one call, adaptive GAN weight on the gathered
+    # last layer, encoder still frozen
+    fsdp_launch("train/stage2.py", ["--init-from", tiny_tokenizer, "--output-dir", tmp_path / "s2", "--gan-start", 2,
+                                    *common], 29533)
+    before, after = HieraTok.from_pretrained(tiny_tokenizer), HieraTok.from_pretrained(tmp_path / "s2" / "final")
+    for (name, p0), p1 in zip(before.named_parameters(), after.parameters()):
+        assert torch.equal(p0, p1) == name.startswith(("encoder.", "downsampler.")), name
+    assert "gan_weight" in read_metrics(tmp_path / "s2")[-1]
+    # DiT: sample grids from the gathered EMA
+    fsdp_launch("train/dit.py", ["--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "dit", "--set", "dim=64",
+                                 "depth=2", "heads=2", "--sample-steps", 2, *common], 29534)
+    assert DiT.from_pretrained(tmp_path / "dit" / "final").config.depth == 2
+    assert (tmp_path / "dit" / "samples" / "step-00000004.png").exists()
+    # each process encoded its share of the latents; the cache holds them in dataset order
+    from safetensors.torch import load_file
+
+    from train.data import build_dataset
+    cache = load_file(str(tmp_path / "dit" / "latents.safetensors"))
+    assert cache["labels"].tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    ds, tok = build_dataset(str(image_folder), 32), HieraTok.from_pretrained(tiny_tokenizer)
+    with torch.no_grad():
+        z = tok.encode(torch.stack([ds[i][0] for i in (0, 13, 35)]))
+    torch.testing.assert_close(cache["z"][[0, 13, 35]], z, atol=0.05, rtol=0.05)  # bf16 autocast vs fp32
+    # classifier: BatchNorm in bf16 autocast under sharding
+    fsdp_launch("train/classifier.py", ["--output-dir", tmp_path / "cls", "--set", "width=8", *common], 29535)
+    assert Classifier.from_pretrained(tmp_path / "cls" / "final").config.num_classes == 3

@@ -50,7 +50,7 @@ def main(argv=None):
     scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps,
                               final_ratio=0.0)
     model, optimizer = run.prepare(model, optimizer)
-    run.track(model, optimizer, scheduler, ema=False)
+    run.track(model, scheduler, ema=False)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "dataset": {"path": args.data, "images": len(dataset)}})
 
@@ -63,7 +63,7 @@ def main(argv=None):
         run.log(step, {"loss": loss.item(), "train_acc": (logits.argmax(1) == y).float().mean().item()}, scheduler)
         run.maybe_checkpoint(step)
 
-    run.finish(lambda path: run.unwrap(model).save_pretrained(path), model)
+    run.finish(model)
 
 
 if __name__ == "__main__":

@@ -3,22 +3,30 @@
 A trainer reads top to bottom:
 
     run = Run(args, "stage1")                       # accelerator, output dir, trackers, run config
-    model, opt = run.prepare(model, opt)            # DDP etc. through accelerate
-    ema = run.track(model, opt, scheduler)          # EMA + everything a checkpoint must restore
+    model, opt = run.prepare(model, opt)            # DDP or FSDP2 etc. through accelerate
+    run.track(model, scheduler)                     # EMA + what else a checkpoint must restore
     start = run.resume()                            # latest checkpoint by default
     for step, x, y, gen in run.batches(dataset, start):
         ... loss ...
         run.step(loss, opt, scheduler, model)       # NaN guard, backward, clip, optimizer, EMA
         run.log(step, logs); run.maybe_checkpoint(step)
-    run.finish(export_fn)                           # a from_pretrained-loadable directory
+        if run.sample_due(step): ema = run.averaged()   # the whole EMA model (gathered under FSDP)
+    run.finish(model)                               # exports the EMA (or model) as a from_pretrained directory
 
 Resume is bit-identical on CPU: every random draw in a step comes from a generator seeded by (seed, step), the
 data order is a pure function of (seed, step) (see `data.StreamBatches`), and a checkpoint holds model, EMA,
 optimizer, scheduler, step and RNG states. Checkpoints are written to a temporary folder and renamed.
+
+Under FSDP2 (`accelerate launch --config_file train/configs/fsdp.yaml`) parameters, gradients, optimizer state and
+the EMA are sharded over the processes; checkpoints are sharded (torch.distributed.checkpoint) and the exported model
+is gathered whole. accelerate applies FSDP only on accelerators; on CPUs it would quietly run DDP instead, so Run
+switches FSDP2 on over gloo there itself (`enable_fsdp_on_cpu`): the FSDP path is the same code on CPUs and GPUs,
+and the tests exercise it without a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import json
@@ -30,11 +38,15 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, FullyShardedDataParallelPlugin
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
+from torch import nn
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/x.py` from a clone, no install
@@ -108,16 +120,6 @@ def warmup_cosine(optimizer, warmup: int, total: int, final_ratio: float = 0.1) 
     return LambdaLR(optimizer, factor)
 
 
-def ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so that
-    short runs are not dominated by their initial weights (0.999 ** 1000 = 0.37 without the ramp)."""
-    @torch.no_grad()
-    def update(ema_params, params, num_averaged):
-        n = float(num_averaged)
-        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
-    return update
-
-
 def adamw(params, args, betas=(0.9, 0.95)):
     decay = [p for p in params if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in params if p.requires_grad and p.ndim < 2]  # biases, norms, embeddings' gains
@@ -178,6 +180,115 @@ class CSVTracker(GeneralTracker):
             writer.writerows(rows)
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: the shard of an FSDP2 DTensor, the tensor itself otherwise."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (a collective for a sharded DTensor: every process must call it)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _model_class(model: nn.Module) -> type:
+    """The class a model was built from (FSDP2 swaps in a subclass `FSDP<Name>`)."""
+    from torch.distributed.fsdp import FSDPModule
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, kept in the layout the model trains in: whole tensors
+    on one process or under DDP, each process's shard under FSDP2, so it costs per process what the parameters do.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so that short runs are not
+    dominated by their initial weights (0.999 ** 1000 = 0.37 without the ramp); the first update copies the weights.
+    Without FSDP the average lives in `module`, a copy of the model (what sampling and export use).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, sharded: bool):
+        self.decay, self.sharded, self.n_averaged = decay, sharded, 0
+        self.names = [n for n, _ in model.named_parameters()]
+        if sharded:   # DTensors with the parameters' placements: checkpointed with torch.distributed.checkpoint
+            self.module = None
+            self.shadow = [p.detach().clone() for p in model.parameters()]
+        else:
+            self.module = copy.deepcopy(model).requires_grad_(False)
+            self.shadow = list(self.module.parameters())
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        params = [_local(p.detach()) for p in model.parameters()]
+        shadow = [_local(t) for t in self.shadow]
+        if self.n_averaged == 0:
+            torch._foreach_copy_(shadow, params)
+        else:
+            n = float(self.n_averaged)
+            torch._foreach_lerp_(shadow, params, 1.0 - min(self.decay, (1.0 + n) / (10.0 + n)))
+        self.n_averaged += 1
+
+    # ---- checkpoints: accelerate's custom-object protocol (whole tensors) or a sharded DCP folder -----------------
+    def state_dict(self) -> dict:
+        return {"n_averaged": self.n_averaged, "shadow": dict(zip(self.names, self.shadow))}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict):
+        missing = sorted(set(self.names) - set(state["shadow"]))
+        if missing:
+            raise KeyError(f"the checkpoint's EMA lacks {missing[:5]}")
+        for name, t in zip(self.names, self.shadow):
+            t.copy_(state["shadow"][name])
+        self.n_averaged = int(state["n_averaged"])
+
+    def save_sharded(self, path: Path):
+        import torch.distributed.checkpoint as dcp
+        dcp.save({"shadow": dict(zip(self.names, self.shadow)),
+                  "n_averaged": torch.tensor(self.n_averaged)}, checkpoint_id=str(path))
+
+    def load_sharded(self, path: Path):
+        import torch.distributed.checkpoint as dcp
+        state = {"shadow": dict(zip(self.names, self.shadow)), "n_averaged": torch.tensor(0)}
+        dcp.load(state, checkpoint_id=str(path))  # in place, re-sharded to this run's layout
+        self.n_averaged = int(state["n_averaged"])
+
+    def full_parameters(self, keep: bool) -> dict[str, torch.Tensor]:
+        """The averaged parameters, whole, on CPU; under FSDP every process must call it, and only those with
+        `keep` hold the result (the others get {})."""
+        out = {}
+        for name, t in zip(self.names, self.shadow):
+            full = _full(t.detach())
+            if keep:
+                out[name] = full.cpu()
+        return out
+
+
+def _fp32_batchnorm_units(model: nn.Module, optimizers):
+    """Make each BatchNorm of `model` an FSDP2 unit computing in fp32, and point the optimizers at the new
+    (sharded) parameters, which accelerate then maps like the rest."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            before = dict(module.named_parameters())
+            fully_shard(module, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, cast_forward_inputs=True))
+            swap = {id(p): dict(module.named_parameters())[n] for n, p in before.items()}
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["params"] = [swap.get(id(p), p) for p in group["params"]]
+
+
+def enable_fsdp_on_cpu(accelerator: Accelerator):
+    """Honour an FSDP `accelerate launch` config on CPUs (accelerate would silently fall back to DDP there):
+    FSDP2's fully_shard runs over gloo, so the sharded path is the same code on CPUs and GPUs."""
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables `accelerate launch` sets
+    if plugin.fsdp_version != 2:
+        raise SystemExit("error: FSDP on CPUs needs fsdp_version: 2 in the accelerate config")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    # AcceleratorState() re-reads PartialState's shared dict on every construction: set both
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+
+
 class TrainState:
     """The scalars a checkpoint must restore besides modules: step and counters."""
 
@@ -203,12 +314,20 @@ class Run:
         trackers = [self._csv] if self._csv else (None if args.log_with == "none" else args.log_with)
         # several processes but no GPU (torchrun / `accelerate launch --multi_gpu` on CPUs): DDP over gloo
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision,
+        self.accelerator = Accelerator(mixed_precision=args.mixed_precision,  # the flag wins over an accelerate config
                                        log_with=trackers, project_dir=str(self.out), cpu=multi_cpu)
+        if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            enable_fsdp_on_cpu(self.accelerator)
+        if self.accelerator.distributed_type == DistributedType.FSDP and not self.accelerator.is_fsdp2:
+            raise SystemExit("error: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported: the "
+                             "EMA and checkpoints here are built on FSDP2's DTensor parameters)")
+        self._wrap_names = (self.accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap if self.fsdp else None)
         self.state = TrainState()
-        self.ema_model: AveragedModel | None = None
+        self.ema: EMA | None = None
+        self._models: list[nn.Module] = []
         self.run_config: dict = {"script": name, "args": vars(args),
                                  "num_processes": self.accelerator.num_processes,
+                                 "distributed": str(self.accelerator.distributed_type),
                                  "device": str(self.accelerator.device)}
         set_seed(args.seed)
         self._last_log_time, self._last_log_images = time.time(), 0
@@ -241,23 +360,84 @@ class Run:
             return None, note
         return module.to(self.device), note
 
+    @property
+    def fsdp(self) -> bool:
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
     def prepare(self, *objs):
-        return self.accelerator.prepare(*objs)
+        """accelerate's prepare. Under FSDP2, which takes one model per call, each model is prepared with its
+        optimizer (`prepare(g, d, g_opt, d_opt)` works as with DDP), and BatchNorm layers become FSDP units of their
+        own kept in fp32 (bf16 weights beside fp32 running statistics fail in batch_norm)."""
+        if not self.fsdp:
+            return self.accelerator.prepare(*objs)
+        models = [i for i, o in enumerate(objs) if isinstance(o, nn.Module)]
+        owner = {id(p): i for i in models for p in objs[i].parameters()}
+        groups = {i: [i] for i in models}
+        for k, obj in enumerate(objs):
+            if isinstance(obj, torch.optim.Optimizer):
+                first = next(p for g in obj.param_groups for p in g["params"])
+                groups[owner[id(first)]].append(k)
+            elif not isinstance(obj, nn.Module):
+                raise TypeError("under FSDP, prepare models and their optimizers only")
+        out = list(objs)
+        plugin = self.accelerator.state.fsdp_plugin
+        policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
+        for indices in groups.values():
+            if policy is transformer_auto_wrap_policy:
+                # accelerate fixes the block classes from the first model it sees; each model names its own
+                # (`_no_split_modules`), or the config's names that this model has
+                model = objs[indices[0]]
+                present = {type(m).__name__ for m in model.modules()}
+                plugin.auto_wrap_policy = transformer_auto_wrap_policy
+                plugin.transformer_cls_names_to_wrap = (
+                    None if self._wrap_names is None else [n for n in self._wrap_names if n in present])
+            if self.accelerator.mixed_precision != "no":
+                _fp32_batchnorm_units(objs[indices[0]], [objs[k] for k in indices[1:]])
+            prepared = self.accelerator.prepare(*(objs[k] for k in indices))
+            for k, obj in zip(indices, prepared if isinstance(prepared, (tuple, list)) else (prepared,)):
+                out[k] = obj
+        return tuple(out) if len(out) > 1 else out[0]
 
     def unwrap(self, model):
         return self.accelerator.unwrap_model(model)
 
     def track(self, model, *stateful, ema: bool = True):
-        """Create the EMA of `model` and register everything a checkpoint must hold besides prepared objects."""
+        """Create the EMA of `model` and register what a checkpoint must hold besides the prepared models and
+        optimizers (accelerate saves those itself, sharded under FSDP): schedulers, the EMA, the step counters."""
+        if any(isinstance(obj, (torch.optim.Optimizer, AcceleratedOptimizer)) for obj in stateful):
+            raise TypeError("pass schedulers, not optimizers: prepared optimizers are checkpointed by accelerate "
+                            "(registering one again would restore rank 0's shard on every process under FSDP)")
+        self._models.append(model)
         if ema:
             # parameters only: buffers here are constants (masks, position tables, latent statistics)
-            self.ema_model = AveragedModel(self.unwrap(model), multi_avg_fn=ema_with_warmup(self.args.ema_decay),
-                                           use_buffers=False)
-            self.accelerator.register_for_checkpointing(self.ema_model)
+            self.ema = EMA(self.unwrap(model), self.args.ema_decay, sharded=self.fsdp)
+            if not self.fsdp:  # sharded: written beside accelerate's state by save_checkpoint
+                self.accelerator.register_for_checkpointing(self.ema)
         for obj in stateful:
             self.accelerator.register_for_checkpointing(obj)
         self.accelerator.register_for_checkpointing(self.state)
-        return self.ema_model.module if ema else None
+
+    def whole(self, model: nn.Module, averaged: bool = False) -> nn.Module | None:
+        """`model` (or its EMA) as one whole, ordinary module. Under FSDP this gathers the shards: every process
+        must call it, and the main process alone gets the module (the others None); otherwise it is the model
+        itself (or the EMA's copy) on every process."""
+        if averaged and self.ema is None:
+            raise RuntimeError("this run keeps no EMA")
+        if not self.fsdp:
+            return self.ema.module if averaged else self.unwrap(model)
+        state = self.accelerator.get_state_dict(model)  # whole on the main process: parameters and buffers
+        if averaged:
+            state = {**(state or {}), **self.ema.full_parameters(keep=self.is_main)}
+        if not self.is_main:
+            return None
+        unwrapped = self.unwrap(model)
+        whole = _model_class(unwrapped)(unwrapped.config)
+        whole.load_state_dict(state, strict=True)
+        return whole.to(self.device).train(unwrapped.training)
+
+    def averaged(self) -> nn.Module | None:
+        """The EMA model, whole (see `whole`: under FSDP a collective whose result only the main process gets)."""
+        return self.whole(self._models[0], averaged=True)
 
     def start(self, config: dict):
         """Write the run's config and start the trackers."""
@@ -286,6 +466,8 @@ class Run:
         if not path.is_dir():
             raise SystemExit(f"error: --resume {what}: no such checkpoint folder")
         self.accelerator.load_state(str(path))
+        if self.ema is not None and self.ema.sharded:
+            self.ema.load_sharded(path / "ema")
         if self._csv is not None and self.is_main:
             self._csv.truncate_after(self.state.step)
         self.print(f"resumed from {path} at step {self.state.step}")
@@ -297,7 +479,9 @@ class Run:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))
+        self.accelerator.save_state(str(tmp))  # prepared models and optimizers (sharded under FSDP) + the below
+        if self.ema is not None and self.ema.sharded:
+            self.ema.save_sharded(tmp / "ema")
         self.accelerator.wait_for_everyone()
         if self.is_main:  # atomic: a checkpoint folder exists only once complete
             if final.exists():
@@ -359,9 +543,9 @@ class Run:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        if update_ema and self.ema_model is not None:
-            self.ema_model.update_parameters(self.unwrap(model))
-        return float(grad_norm)
+        if update_ema and self.ema is not None:
+            self.ema.update(self.unwrap(model))
+        return float(_full(grad_norm))
 
     @property
     def shard(self) -> tuple[int, int]:
@@ -388,27 +572,32 @@ class Run:
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", img_s=f"{ips:.1f}")
 
-    def should_sample(self, step: int) -> bool:
+    def sample_due(self, step: int) -> bool:
+        """Whether to save a sample grid after `step` (the same answer on every process: under FSDP all of them
+        take part in gathering the EMA model, then the main process draws)."""
         every = self.args.sample_every
-        return bool(every) and ((step + 1) % every == 0 or step + 1 == self.args.steps) and self.is_main
+        return bool(every) and ((step + 1) % every == 0 or step + 1 == self.args.steps)
 
-    def finish(self, export, model):
-        """Export the result as a from_pretrained directory (`export(path)` writes it) and write summary.json,
-        including a SHA-256 of every process's weights (all equal when the processes stayed in sync)."""
+    def finish(self, model):
+        """Export the EMA (or, without one, the model) as a from_pretrained directory `<output-dir>/final` and
+        write summary.json, including a SHA-256 of every process's weights (under DDP all equal when the processes
+        stayed in sync; under FSDP each process hashes its own shards)."""
         digest = hashlib.sha256()
         for p in self.unwrap(model).parameters():
-            digest.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(_local(p.detach()).cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         rank_hashes = gather_object([digest.hexdigest()])
+        result = self.whole(model, averaged=self.ema is not None)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             path = self.out / "final"
             tmp = self.out / "final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            export(tmp)
+            result.save_pretrained(tmp)
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
             summary = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1),
-                       "num_processes": self.accelerator.num_processes, "rank_weight_sha256": rank_hashes}
+                       "num_processes": self.accelerator.num_processes,
+                       "distributed": str(self.accelerator.distributed_type), "rank_weight_sha256": rank_hashes}
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             self.print(f"done: {summary}; exported {path}")
         self.accelerator.end_training()

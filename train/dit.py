@@ -4,13 +4,15 @@
         --output-dir runs/dit-hieratok
 
 1. Encode the dataset once with the frozen tokenizer (posterior means of each image and of its mirror image),
-   cached in `<output-dir>/latents.safetensors` (or `--latent-cache`).
+   cached in `<output-dir>/latents.safetensors` (or `--latent-cache`). Every process encodes its share (index
+   rank, rank + N, ...) under the run's autocast; the main process puts the shares back in dataset order.
 2. Per-channel latent mean/std over that set; saved into a copy of the tokenizer at `<output-dir>/tokenizer`
    (a from_pretrained directory), which is the tokenizer to pair with this DiT.
 3. Train the DiT on normalised latents; sample grids (one row per class) every `--sample-every` steps.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -44,18 +46,40 @@ class LatentDataset(Dataset):
         return (self.z_flip if flip else self.z)[index], self.labels[index]
 
 
+class Numbered(Dataset):
+    """The items of `ds` at `indices`, each labelled with its dataset index instead of its class."""
+
+    def __init__(self, ds, indices):
+        self.ds, self.indices = ds, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        item = self.ds[self.indices[i]]
+        return None if item is None else (item[0], self.indices[i])
+
+
 @torch.no_grad()
-def encode_dataset(tokenizer: HieraTok, dataset, batch_size: int, device, show: bool):
-    zs, zfs, ys, skipped = [], [], [], 0
-    for x, y, n_bad in tqdm(eval_loader(dataset, batch_size), desc="encoding", disable=not show):
+def encode_dataset(tokenizer: HieraTok, dataset, batch_size: int, device, show: bool, rank: int = 0,
+                   world: int = 1, autocast=contextlib.nullcontext):
+    """Posterior means of this process's share of `dataset` and of its mirror images: (z, z_flip, dataset
+    indices, number of unreadable images skipped)."""
+    zs, zfs, idx, skipped = [], [], [], 0
+    share = Numbered(dataset, range(rank, len(dataset), world))
+    for x, i, n_bad in tqdm(eval_loader(share, batch_size), desc="encoding", disable=not show):
         skipped += n_bad
         if x is None:
             continue
         x = x.to(device)
-        zs.append(tokenizer.encode(x).float().cpu().contiguous())
-        zfs.append(tokenizer.encode(x.flip(-1)).float().cpu().contiguous())
-        ys.append(y)
-    return torch.cat(zs), torch.cat(zfs), torch.cat(ys), skipped
+        with autocast():
+            zs.append(tokenizer.encode(x).float().cpu().contiguous())
+            zfs.append(tokenizer.encode(x.flip(-1)).float().cpu().contiguous())
+        idx.append(i)
+    C, S = tokenizer.config.latent_channels, tokenizer.config.grid_size
+    empty = torch.empty(0, C, S, S)
+    return (torch.cat(zs) if zs else empty, torch.cat(zfs) if zfs else empty,
+            torch.cat(idx) if idx else torch.empty(0, dtype=torch.long), skipped)
 
 
 def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_size: int):
@@ -70,14 +94,27 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
                 t = load_file(str(cache))
                 return t["z"], t["z_flip"], t["labels"]
         run.print(f"latent cache {cache} was made from other weights or data; re-encoding")
+    rank, world = run.shard
+    z, z_flip, index, skipped = encode_dataset(tokenizer, dataset, batch_size, run.device, run.is_main, rank, world,
+                                               run.autocast)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    part = cache.with_name(f"{cache.name}.part{rank}")
+    save_file({"z": z, "z_flip": z_flip, "index": index}, str(part))
+    skipped = int(run.accelerator.reduce(torch.tensor(skipped, device=run.device), "sum"))
+    run.accelerator.wait_for_everyone()
     if run.is_main:
-        z, z_flip, labels, skipped = encode_dataset(tokenizer, dataset, batch_size, run.device, True)
         if skipped:
             run.print(f"skipped {skipped} unreadable image(s) while encoding")
-        cache.parent.mkdir(parents=True, exist_ok=True)
+        parts = [load_file(str(cache.with_name(f"{cache.name}.part{r}"))) for r in range(world)]
+        index = torch.cat([t["index"] for t in parts])
+        order = index.argsort()
+        merged = {k: torch.cat([t[k] for t in parts])[order].contiguous() for k in ("z", "z_flip")}
+        merged["labels"] = torch.tensor(dataset.targets)[index[order]]
         tmp = cache.with_suffix(".tmp")
-        save_file({"z": z, "z_flip": z_flip, "labels": labels}, str(tmp), metadata=tag)
+        save_file(merged, str(tmp), metadata=tag)
         tmp.replace(cache)
+        for r in range(world):
+            cache.with_name(f"{cache.name}.part{r}").unlink()
     run.accelerator.wait_for_everyone()
     t = load_file(str(cache))
     return t["z"], t["z_flip"], t["labels"]
@@ -116,7 +153,7 @@ def main(argv=None):
     optimizer = adamw(list(model.parameters()), args)
     scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
     model, optimizer = run.prepare(model, optimizer)
-    ema = run.track(model, optimizer, scheduler)
+    run.track(model, scheduler)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "latent_mean": mean.tolist(),
                "latent_std": std.tolist(), "dataset": {"path": args.data, "images": len(latents),
@@ -128,7 +165,8 @@ def main(argv=None):
             loss = run.unwrap(model).loss(x1, y, generator=gen, net=model, shard=run.shard)
         run.step(loss, optimizer, scheduler, model, step)
         run.log(step, {"loss": loss.item()}, scheduler)
-        if run.should_sample(step):
+        ema = run.averaged() if run.sample_due(step) else None  # all processes take part under FSDP
+        if ema is not None and run.is_main:
             per_class = 8
             classes = torch.arange(cfg.num_classes, device=run.device).repeat_interleave(per_class)
             g = torch.Generator(device=run.device).manual_seed(args.seed)
@@ -139,7 +177,7 @@ def main(argv=None):
                        nrow=per_class)
         run.maybe_checkpoint(step)
 
-    run.finish(lambda path: ema.save_pretrained(path), model)
+    run.finish(model)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,12 @@ def save_scale_grid(path: Path, x: torch.Tensor, out, n: int = 8):
     save_image(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, path, nrow=n)
 
 
-def sample_reconstructions(run, tokenizer: HieraTok, x: torch.Tensor, step: int):
-    """Save the (EMA) tokenizer's per-scale reconstructions of the batch's first images, when it is time to."""
-    if run.should_sample(step):
+def sample_reconstructions(run, x: torch.Tensor, step: int):
+    """Save the EMA tokenizer's per-scale reconstructions of the batch's first images, when it is time to."""
+    if not run.sample_due(step):
+        return
+    tokenizer = run.averaged()  # every process takes part (FSDP gathers); the main process draws
+    if run.is_main:
         with torch.no_grad(), run.autocast():
             out = tokenizer.decode(tokenizer.encode(x[:8]))
         (run.out / "samples").mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,7 @@ def main(argv=None):
     optimizer = adamw(list(model.parameters()), args)
     scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
     model, optimizer = run.prepare(model, optimizer)
-    ema = run.track(model, optimizer, scheduler)
+    run.track(model, scheduler)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "lpips": lpips_module is not None, "lpips_note": lpips_note,
                "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes}})
@@ -71,10 +74,10 @@ def main(argv=None):
             terms = loss_fn(x, out, post)
         run.step(terms.total, optimizer, scheduler, model, step)
         run.log(step, terms.logs, scheduler)
-        sample_reconstructions(run, ema, x, step)
+        sample_reconstructions(run, x, step)
         run.maybe_checkpoint(step)
 
-    run.finish(lambda path: ema.save_pretrained(path), model)
+    run.finish(model)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,11 @@ def main(argv=None):
     warmup = args.warmup if args.warmup is not None else args.steps // 20
     g_sched, d_sched = warmup_cosine(g_opt, warmup, args.steps), warmup_cosine(d_opt, warmup, args.steps)
     model, disc, g_opt, d_opt = run.prepare(model, disc, g_opt, d_opt)
-    ema = run.track(model, g_opt, d_opt, g_sched, d_sched)
+    run.track(model, g_sched, d_sched)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "init_from": args.init_from, "lpips": lpips_module is not None,
                "lpips_note": lpips_note, "discriminator": {"width": args.disc_width, "layers": n_layers},
                "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes}})
-    last_layer = run.unwrap(model).decoder.head.weight
 
     for step, x, _, gen in run.batches(dataset, start):
         gan_on = step >= args.gan_start
@@ -78,6 +77,8 @@ def main(argv=None):
             g_loss = hinge_g_loss(logits_fake)
         loss, logs = terms.total, dict(terms.logs)
         if gan_on:
+            # looked up after the forward: under FSDP2 this is the gathered weight the graph used, not the shard
+            last_layer = run.unwrap(model).decoder.head.weight
             weight = adaptive_gan_weight(terms.total, g_loss, last_layer) * args.gan_weight
             loss = loss + weight * g_loss
             logs.update(gan_weight=float(weight), g_loss=g_loss.item())
@@ -88,10 +89,10 @@ def main(argv=None):
         run.step(d_loss, d_opt, d_sched, disc, step, update_ema=False)
         logs.update(d_loss=d_loss.item(), loss=loss.item())
         run.log(step, logs, g_sched)
-        sample_reconstructions(run, ema, x, step)
+        sample_reconstructions(run, x, step)
         run.maybe_checkpoint(step)
 
-    run.finish(lambda path: ema.save_pretrained(path), model)
+    run.finish(model)
 
 
 if __name__ == "__main__":
