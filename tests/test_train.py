@@ -350,3 +350,34 @@ def test_fsdp_stage2_dit_and_classifier(image_folder, tiny_tokenizer, tmp_path):
     # classifier: BatchNorm in bf16 autocast under sharding
     fsdp_launch("train/classifier.py", ["--output-dir", tmp_path / "cls", "--set", "width=8", *common], 29535)
     assert Classifier.from_pretrained(tmp_path / "cls" / "final").config.num_classes == 3
+
+
+def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tmp_path, capsys):
+    from train import dit as script
+    base = ["--tokenizer", tiny_tokenizer, "--data", image_folder, "--batch-size", 12, *FAST]
+    script.main([str(a) for a in [*base, "--output-dir", tmp_path / "a", "--steps", 3, "--set", "dim=64", "depth=2",
+                                  "heads=2"]])
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    longer = [*base, "--output-dir", tmp_path / "b", "--steps", 3, "--init-from", tmp_path / "a" / "final",
+              "--latent-cache", tmp_path / "a" / "latents.safetensors"]
+    script.main([str(a) for a in longer])
+    assert "latents from cache" in capsys.readouterr().out  # the first run's encoding is reused
+    assert DiT.from_pretrained(tmp_path / "b" / "final").config.depth == 2  # the architecture came along
+    assert json.loads((tmp_path / "b" / "run_config.json").read_text())["init_from"].endswith("final")
+    AcceleratorState._reset_state(True)
+    with pytest.raises(SystemExit, match="--set and --init-from"):
+        script.main([str(a) for a in [*longer, "--set", "depth=3"]])
+
+
+def test_fsdp1_configs_are_refused_with_a_message(image_folder, tmp_path):
+    config = tmp_path / "fsdp1.yaml"
+    config.write_text((ROOT / "train" / "configs" / "fsdp.yaml").read_text().replace("fsdp_version: 2",
+                                                                                     "fsdp_version: 1"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                           "--num_processes", "2", "--main_process_port", "29536", "train/stage1.py", "--data",
+                           str(image_folder), "--output-dir", str(tmp_path / "out"), "--steps", "1", *TINY_TOK],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "fsdp_version: 2" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out" / "final").exists()

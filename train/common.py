@@ -279,8 +279,6 @@ def enable_fsdp_on_cpu(accelerator: Accelerator):
     """Honour an FSDP `accelerate launch` config on CPUs (accelerate would silently fall back to DDP there):
     FSDP2's fully_shard runs over gloo, so the sharded path is the same code on CPUs and GPUs."""
     plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables `accelerate launch` sets
-    if plugin.fsdp_version != 2:
-        raise SystemExit("error: FSDP on CPUs needs fsdp_version: 2 in the accelerate config")
     if accelerator.mixed_precision != "no":
         plugin.set_mixed_precision(accelerator.mixed_precision)
     # AcceleratorState() re-reads PartialState's shared dict on every construction: set both
@@ -314,13 +312,16 @@ class Run:
         trackers = [self._csv] if self._csv else (None if args.log_with == "none" else args.log_with)
         # several processes but no GPU (torchrun / `accelerate launch --multi_gpu` on CPUs): DDP over gloo
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
+                os.environ.get("FSDP_VERSION", "1") != "2":
+            raise SystemExit("error: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported: the "
+                             "EMA and checkpoints here are built on FSDP2's DTensor parameters)")
         self.accelerator = Accelerator(mixed_precision=args.mixed_precision,  # the flag wins over an accelerate config
                                        log_with=trackers, project_dir=str(self.out), cpu=multi_cpu)
         if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
             enable_fsdp_on_cpu(self.accelerator)
         if self.accelerator.distributed_type == DistributedType.FSDP and not self.accelerator.is_fsdp2:
-            raise SystemExit("error: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported: the "
-                             "EMA and checkpoints here are built on FSDP2's DTensor parameters)")
+            raise SystemExit("error: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported)")
         self._wrap_names = (self.accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap if self.fsdp else None)
         self.state = TrainState()
         self.ema: EMA | None = None

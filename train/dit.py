@@ -124,6 +124,9 @@ def parse_args(argv=None):
     ap = base_parser(__doc__, steps=20_000, batch_size=128, lr=3e-4)
     ap.add_argument("--tokenizer", required=True, help="a tokenizer from_pretrained directory (frozen)")
     ap.add_argument("--latent-cache", default=None, help="default: <output-dir>/latents.safetensors")
+    ap.add_argument("--init-from", default=None,
+                    help="start from a DiT from_pretrained directory (e.g. to train a finished run longer); "
+                         "its architecture is used, so --set is not allowed with it")
     ap.add_argument("--encode-batch-size", type=int, default=256)
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--sample-guidance", type=float, default=2.0)
@@ -149,15 +152,26 @@ def main(argv=None):
     cfg = dit_config(args.preset, latent_channels=tokenizer.config.latent_channels,
                      latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
                      **parse_overrides(args.set))
-    model = DiT(cfg).train()
+    if args.init_from:
+        if args.set:
+            raise SystemExit("error: --set and --init-from together: the architecture comes from --init-from")
+        model = DiT.from_pretrained(args.init_from)
+        for key in ("latent_channels", "latent_size", "num_classes"):
+            if getattr(model.config, key) != getattr(cfg, key):
+                raise SystemExit(f"error: --init-from {args.init_from} has {key}={getattr(model.config, key)}, "
+                                 f"but this tokenizer and dataset need {getattr(cfg, key)}")
+        cfg = model.config
+    else:
+        model = DiT(cfg)
+    model.train()
     optimizer = adamw(list(model.parameters()), args)
     scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
     model, optimizer = run.prepare(model, optimizer)
     run.track(model, scheduler)
     start = run.resume()
-    run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "latent_mean": mean.tolist(),
-               "latent_std": std.tolist(), "dataset": {"path": args.data, "images": len(latents),
-                                                       "classes": dataset.classes}})
+    run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "init_from": args.init_from,
+               "latent_mean": mean.tolist(), "latent_std": std.tolist(),
+               "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes}})
 
     for step, x1, y, gen in run.batches(latents, start):
         with run.autocast():
