@@ -105,11 +105,12 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                         rec_text = gr.Markdown()
 
                 def do_reconstruct(source, model, both, resample):
-                    inp, gal, final, diff, text = views.reconstruct(store, source, model, resample)
+                    grid = store.tokenizer(MODELS[0]).layout.scales  # HieraTok's: every scale either model has
+                    inp, gal, final, diff, text = views.reconstruct(store, source, model, resample, grid)
                     if not both:
                         return inp, gal, gr.update(visible=False, value=None), final, diff, text
                     other = MODELS[1 - MODELS.index(model)]
-                    _, gal2, _, _, text2 = views.reconstruct(store, source, other, resample)
+                    _, gal2, _, _, text2 = views.reconstruct(store, source, other, resample, grid)
                     return inp, gal, gr.update(visible=True, value=gal2, label=other), final, diff, \
                         text + "\n\n---\n\n" + text2
 

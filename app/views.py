@@ -42,15 +42,29 @@ def diff_heatmap(a: torch.Tensor, b: torch.Tensor) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8)).resize((DISPLAY, DISPLAY), Image.Resampling.NEAREST)
 
 
+def missing_scale_tile(side: int) -> Image.Image:
+    """A grey tile standing in for a scale the tokenizer does not have (keeps galleries aligned by scale)."""
+    img = Image.new("RGB", (DISPLAY, DISPLAY), (236, 236, 240))
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate((f"{side}x{side}", "no such scale", "in this tokenizer")):
+        draw.text((DISPLAY // 2, DISPLAY // 2 - 18 + 16 * i), line, fill=(110, 110, 120), anchor="mm")
+    return img
+
+
 @torch.inference_mode()
-def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: str = "nearest"):
-    """-> (input image, [(image, caption)] per scale, final reconstruction, difference heatmap, markdown)."""
+def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: str = "nearest",
+                align_to: tuple[int, ...] = ()):
+    """-> (input image, [(image, caption)] per scale, final reconstruction, difference heatmap, markdown).
+
+    `align_to`: scales to lay the gallery out by; those the tokenizer lacks get a `missing_scale_tile`, so the
+    single-scale baseline's one image sits under HieraTok's 16x16 one."""
     tok = store.tokenizer(model)
     loaded = _load(store, source, model)
     x = loaded.tensor[None]
     z = tok.encode(x)
     out = tok.decode(z)
-    gallery = []
+    gallery = [(missing_scale_tile(s), f"{s}x{s}: not a scale of {model}")
+               for s in align_to if s not in out.scales and s < max(out.scales)]
     for s, im in zip(out.scales, out.images):
         target = downsample_image(x, im.shape[-1])
         p = float(psnr(im, target)[0])

@@ -36,9 +36,12 @@ def test_reconstruct_returns_every_scale_with_psnr(client, photo):
 def test_reconstruct_side_by_side_and_single_scale(client, photo):
     _, gallery, other, _, _, text = reconstruct(client, photo, both=True)
     assert other["visible"] and other["label"] == "Single-scale"  # a component update: shown, relabelled
-    assert len(gallery) == 5 and len(other["value"]) == 1  # the single-scale baseline has only the 16x16 scale
+    # the single-scale baseline has only the 16x16 scale: stand-in tiles keep it under HieraTok's 16x16 image
+    assert len(gallery) == 5 and len(other["value"]) == 5
+    assert [g["caption"] for g in other["value"][:4]] == [f"{s}x{s}: not a scale of Single-scale" for s in (1, 2, 4, 8)]
+    assert other["value"][4]["caption"].startswith("16x16 tokens") and "PSNR" in other["value"][4]["caption"]
     _, gallery, _, _, _, text = reconstruct(client, photo, model="Single-scale")
-    assert len(gallery) == 1 and "256" in text
+    assert len(gallery) == 5 and "256" in text
 
 
 def test_mask_endpoint_draws_each_mask(client):

@@ -601,6 +601,9 @@ class Run:
                        "distributed": str(self.accelerator.distributed_type), "rank_weight_sha256": rank_hashes}
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             self.print(f"done: {summary}; exported {path}")
+        # every process leaves together: a process tearing down its process group while another still exports
+        # made gloo abort at exit ("terminate called without an active exception")
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
 
 

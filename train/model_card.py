@@ -21,8 +21,8 @@ from train.evaluate import markdown  # noqa: E402
 RUNS = [  # (checkpoint shipped, run folders that made it, in order)
     ("hieratok-cifar10", ["hieratok-s1", "hieratok-s2"]),
     ("singlescale-cifar10", ["singlescale-s1", "singlescale-s2"]),
-    ("dit-hieratok-cifar10", ["dit-hieratok"]),
-    ("dit-singlescale-cifar10", ["dit-singlescale"]),
+    ("dit-hieratok-cifar10", ["dit-hieratok", "dit-hieratok-long"]),
+    ("dit-singlescale-cifar10", ["dit-singlescale", "dit-singlescale-long"]),
     ("classifier-cifar10", ["classifier"]),
 ]
 
@@ -31,7 +31,8 @@ def command_line(cfg: dict) -> str:
     args = cfg["args"]
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
-    keep = ["variant", "init_from", "tokenizer", "data", "output_dir", "steps", "batch_size", "lr", "gan_start"]
+    keep = ["variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps", "batch_size", "lr",
+            "warmup", "gan_start"]
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
     return f"python {script} " + " ".join(parts)
 

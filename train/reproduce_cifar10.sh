@@ -24,9 +24,13 @@ chain() {
   # the classifier behind FD-cls and the class accuracy of samples (in the single-scale chain): 3000 steps x 128
   [ "$v" = singlescale ] && { done_ $R/classifier || $PY train/classifier.py --data $D/train \
       --output-dir $R/classifier --steps 3000 --batch-size 128 --ckpt-every 500 --log-every 100; }
-  # 3. the DiT on the stage-2 tokenizer's latents: 700 steps x 128
+  # 3. the DiT on the stage-2 tokenizer's latents: 700 steps x 128 (what the first session had time for) ...
   done_ $R/dit-$v || $PY train/dit.py --tokenizer $R/$v-s2/final --data $D/train --output-dir $R/dit-$v \
       --steps 700 --batch-size 128 --ckpt-every 100 --sample-every 350 --log-every 50
+  # ... then 3000 steps more from its weights (a second session: fresh optimizer, 100 warm-up steps, same latents)
+  done_ $R/dit-$v-long || $PY train/dit.py --tokenizer $R/$v-s2/final --data $D/train --output-dir $R/dit-$v-long \
+      --latent-cache $R/dit-$v/latents.safetensors --init-from $R/dit-$v/final --steps 3000 --batch-size 128 \
+      --warmup 100 --ckpt-every 250 --sample-every 1000 --log-every 50
 }
 chain hieratok &
 chain singlescale &

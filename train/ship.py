@@ -24,8 +24,8 @@ from hieratok.metrics import psnr  # noqa: E402
 SHIPPED = {
     "hieratok-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
     "singlescale-cifar10": (HieraTok, "dit-singlescale/tokenizer"),
-    "dit-hieratok-cifar10": (DiT, "dit-hieratok/final"),
-    "dit-singlescale-cifar10": (DiT, "dit-singlescale/final"),
+    "dit-hieratok-cifar10": (DiT, "dit-hieratok-long/final"),
+    "dit-singlescale-cifar10": (DiT, "dit-singlescale-long/final"),
     "classifier-cifar10": (Classifier, "classifier/final"),
 }
 
