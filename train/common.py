@@ -312,16 +312,14 @@ class Run:
         trackers = [self._csv] if self._csv else (None if args.log_with == "none" else args.log_with)
         # several processes but no GPU (torchrun / `accelerate launch --multi_gpu` on CPUs): DDP over gloo
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and \
-                os.environ.get("FSDP_VERSION", "1") != "2":
+        use_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # set by `accelerate launch`
+        if use_fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
             raise SystemExit("error: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported: the "
                              "EMA and checkpoints here are built on FSDP2's DTensor parameters)")
         self.accelerator = Accelerator(mixed_precision=args.mixed_precision,  # the flag wins over an accelerate config
                                        log_with=trackers, project_dir=str(self.out), cpu=multi_cpu)
-        if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        if multi_cpu and use_fsdp:
             enable_fsdp_on_cpu(self.accelerator)
-        if self.accelerator.distributed_type == DistributedType.FSDP and not self.accelerator.is_fsdp2:
-            raise SystemExit("error: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported)")
         self._wrap_names = (self.accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap if self.fsdp else None)
         self.state = TrainState()
         self.ema: EMA | None = None
@@ -426,12 +424,15 @@ class Run:
             raise RuntimeError("this run keeps no EMA")
         if not self.fsdp:
             return self.ema.module if averaged else self.unwrap(model)
-        state = self.accelerator.get_state_dict(model)  # whole on the main process: parameters and buffers
-        if averaged:
-            state = {**(state or {}), **self.ema.full_parameters(keep=self.is_main)}
+        unwrapped = self.unwrap(model)
+        if averaged:  # gather the EMA only; buffers are not sharded, so the model's own serve
+            state = self.ema.full_parameters(keep=self.is_main)
+            if self.is_main:
+                state.update((k, v) for k, v in unwrapped.state_dict().items() if k not in self.ema.names)
+        else:
+            state = self.accelerator.get_state_dict(model)  # whole on the main process
         if not self.is_main:
             return None
-        unwrapped = self.unwrap(model)
         whole = _model_class(unwrapped)(unwrapped.config)
         whole.load_state_dict(state, strict=True)
         return whole.to(self.device).train(unwrapped.training)
