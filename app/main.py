@@ -20,11 +20,9 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from app import views  # noqa: E402
-from app.models import DEFAULT_ASSETS, AppError, ModelStore  # noqa: E402
+from app.models import DEFAULT_ASSETS, MODELS, AppError, Catalog  # noqa: E402
 from hieratok import MASK_KINDS  # noqa: E402
 from hieratok.image import MAX_BYTES  # noqa: E402
-
-MODELS = ["HieraTok", "Single-scale"]
 
 
 class UploadImage(gr.Image):
@@ -49,15 +47,24 @@ def upload_image(label: str) -> UploadImage:
     return UploadImage(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"])
 
 
+PACKAGE_PHOTOS = (("skimage", "data", ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                                         "motorcycle_left.png")),
+                  ("sklearn.datasets", "images", ("china.jpg", "flower.jpg")))
+
+
 def example_images(assets: Path) -> list[str]:
-    """Pictures that need no dataset: our DiT's samples (shipped in assets/examples) and scikit-learn's two photos."""
+    """Pictures that need no dataset: public-domain photographs shipped inside installed packages (scikit-image,
+    scikit-learn), then our CIFAR-10 DiT's samples (assets/examples)."""
+    import importlib
+    photos = []
+    for module, folder, names in PACKAGE_PHOTOS:
+        try:
+            base = Path(importlib.import_module(module).__file__).parent / folder
+        except ImportError:
+            continue
+        photos += [str(base / n) for n in names if (base / n).exists()]
     ours = sorted(str(p) for p in (assets / "examples").glob("*.png")) if (assets / "examples").exists() else []
-    try:
-        import sklearn.datasets
-        theirs = [str(Path(sklearn.datasets.__file__).parent / "images" / n) for n in ("china.jpg", "flower.jpg")]
-    except ImportError:
-        theirs = []
-    return ours + [p for p in theirs if Path(p).exists()]
+    return photos + ours
 
 
 def guarded(fn):
@@ -72,23 +79,38 @@ def guarded(fn):
     return run
 
 
-def build_demo(store: ModelStore) -> gr.Blocks:
-    examples = example_images(store.assets)
+def controls(store) -> dict:
+    """What each control offers for a family's models: ranges, choices and labels read from the checkpoints."""
+    tok = store.tokenizer(MODELS[0])
+    cfg, scales = tok.config, list(tok.layout.scales)
     names = store.class_names()
+    size = cfg.image_size
+    return {
+        "upload": f"Image (any size; resized and center-cropped to {size}x{size})",
+        "layers": cfg.dec_depth, "heads": cfg.dec_heads, "scales": scales,
+        "query_scale": scales[-2] if len(scales) > 1 else scales[-1],
+        "classes": names,
+    }
+
+
+def build_demo(catalog: Catalog) -> gr.Blocks:
+    examples = example_images(catalog.assets)
+    first = controls(catalog[catalog.default])
+    c = first
     with gr.Blocks(title="HieraTok Explorer") as demo:
         gr.Markdown("# HieraTok Explorer\nA multi-scale ViT tokenizer (arXiv 2509.23736): one 16x16 latent, "
                     "downsampled to 8x8, 4x4, 2x2, 1x1, decoded coarse -> fine with scale-causal attention into an "
-                    "image at every scale. Weights: CIFAR-10, 32x32 pixels, trained by this project (see "
-                    "assets/README.md).")
+                    "image at every scale. Weights trained by this project (see assets/README.md).")
+        family = gr.Radio(catalog.labels, value=catalog.default, label="Models")
         with gr.Tabs():
             # 1. Reconstruct ------------------------------------------------------------------------------------
             with gr.Tab("Reconstruct"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        rec_in = upload_image("Image (any size; resized and center-cropped to 32x32)")
+                        rec_in = upload_image(c["upload"])
                         if examples:
                             gr.Examples(examples, inputs=rec_in)
-                        rec_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
+                        rec_model = gr.Radio(list(MODELS), value="HieraTok", label="Tokenizer")
                         rec_both = gr.Checkbox(False, label="Side by side with the other tokenizer")
                         rec_resample = gr.Radio(["nearest", "bicubic"], value="nearest", label="Display upscaling")
                         rec_btn = gr.Button("Reconstruct", variant="primary")
@@ -104,7 +126,8 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                             rec_diff = gr.Image(label="|difference| (brighter = larger)", type="pil", height=220, format="png")
                         rec_text = gr.Markdown()
 
-                def do_reconstruct(source, model, both, resample):
+                def do_reconstruct(fam, source, model, both, resample):
+                    store = catalog[fam]
                     grid = store.tokenizer(MODELS[0]).layout.scales  # HieraTok's: every scale either model has
                     inp, gal, final, diff, text = views.reconstruct(store, source, model, resample, grid)
                     if not both:
@@ -114,7 +137,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                     return inp, gal, gr.update(visible=True, value=gal2, label=other), final, diff, \
                         text + "\n\n---\n\n" + text2
 
-                rec_btn.click(guarded(do_reconstruct), [rec_in, rec_model, rec_both, rec_resample],
+                rec_btn.click(guarded(do_reconstruct), [family, rec_in, rec_model, rec_both, rec_resample],
                               [rec_input, rec_gallery, rec_gallery2, rec_final, rec_diff, rec_text],
                               api_name="reconstruct")
 
@@ -126,23 +149,26 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                         mask_img = gr.Image(label="Mask (rows: queries, columns: keys; white = attends)",
                                             type="pil", height=341, format="png")
                     with gr.Column(scale=2):
-                        att_in = upload_image("Image")
+                        att_in = upload_image(c["upload"])
                         if examples:
                             gr.Examples(examples, inputs=att_in)
                         with gr.Row():
-                            att_layer = gr.Slider(0, 7, value=0, step=1, label="Layer")
-                            att_head = gr.Slider(0, 15, value=0, step=1, label="Head")
-                            att_scale = gr.Dropdown([1, 2, 4, 8, 16], value=8, label="Query scale")
-                            att_row = gr.Slider(0, 15, value=3, step=1, label="Query row")
-                            att_col = gr.Slider(0, 15, value=3, step=1, label="Query column")
+                            att_layer = gr.Slider(0, c["layers"] - 1, value=0, step=1, label="Layer")
+                            att_head = gr.Slider(0, c["heads"] - 1, value=0, step=1, label="Head")
+                            att_scale = gr.Dropdown(c["scales"], value=c["query_scale"], label="Query scale",
+                                                    allow_custom_value=True)  # checked by the view, per model
+                            att_row = gr.Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query row")
+                            att_col = gr.Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query column")
                         att_btn = gr.Button("Show attention", variant="primary")
                         att_maps = gr.Plot(label="Attention over every scale")
                         att_bars = gr.Plot(label="Attention mass per scale")
                         att_text = gr.Markdown()
-                mask_kind.change(guarded(lambda k: views.mask_image(store, k)), mask_kind, mask_img,
-                                 api_name="mask")
-                att_btn.click(guarded(lambda *a: views.attention(store, *a)),
-                              [att_in, att_layer, att_head, att_scale, att_row, att_col],
+                mask_kind.change(guarded(lambda fam, k: views.mask_image(catalog[fam], k)), [family, mask_kind],
+                                 mask_img, api_name="mask")
+                att_scale.change(lambda s: (gr.update(maximum=int(s) - 1, value=0),) * 2, att_scale,
+                                 [att_row, att_col], api_name=False)
+                att_btn.click(guarded(lambda fam, *a: views.attention(catalog[fam], *a)),
+                              [family, att_in, att_layer, att_head, att_scale, att_row, att_col],
                               [att_maps, att_bars, att_text], api_name="attention")
 
             # 3. Interpolate ------------------------------------------------------------------------------------
@@ -152,31 +178,32 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                     int_b = upload_image("Image B")
                 if len(examples) >= 2:
                     gr.Examples([[a, b] for a, b in zip(examples, examples[1:] + examples[:1])],
-                                inputs=[int_a, int_b])
+                                inputs=[int_a, int_b], examples_per_page=4)
                 with gr.Row():
                     int_method = gr.Radio(["spherical", "linear"], value="spherical", label="Interpolation")
                     int_steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
-                    int_scale = gr.Dropdown(["all", "1x1", "2x2", "4x4", "8x8", "16x16"], value="all",
-                                            label="Scale")
-                    int_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
+                    int_scale = gr.Dropdown(["all"] + [f"{s}x{s}" for s in c["scales"]], value="all",
+                                            label="Scale", allow_custom_value=True)
+                    int_model = gr.Radio(list(MODELS), value="HieraTok", label="Tokenizer")
                 int_btn = gr.Button("Interpolate", variant="primary")
                 int_gallery = gr.Gallery(label="Decoded along the latent path", columns=8, height=520,
                                          object_fit="contain", format="png")
-                int_btn.click(guarded(lambda *a: views.interpolation(store, *a)),
-                              [int_a, int_b, int_method, int_steps, int_scale, int_model], int_gallery,
+                int_btn.click(guarded(lambda fam, *a: views.interpolation(catalog[fam], *a)),
+                              [family, int_a, int_b, int_method, int_steps, int_scale, int_model], int_gallery,
                               api_name="interpolate")
 
             # 4. Generate ---------------------------------------------------------------------------------------
             with gr.Tab("Generate"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        gen_class = gr.Dropdown(names, value=names[0], label="Class")
+                        gen_class = gr.Dropdown(c["classes"], value=c["classes"][0], label="Class",
+                                                allow_custom_value=True)
                         gen_guidance = gr.Slider(1.0, 8.0, value=views.DEFAULT_GUIDANCE, step=0.25,
                                                  label="Guidance scale")
                         gen_steps = gr.Slider(2, 100, value=views.DEFAULT_STEPS, step=1, label="Sampler steps (Heun)")
                         gen_seed = gr.Number(0, precision=0, label="Seed")
                         gen_count = gr.Slider(1, 32, value=16, step=1, label="Samples")
-                        gen_model = gr.Radio(MODELS, value="HieraTok", label="Generator (DiT on its tokenizer)")
+                        gen_model = gr.Radio(list(MODELS), value="HieraTok", label="Generator (DiT on its tokenizer)")
                         gen_btn = gr.Button("Generate", variant="primary")
                     with gr.Column(scale=2):
                         gen_grid = gr.Image(label="Samples", type="pil", format="png")
@@ -184,21 +211,22 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                                                 object_fit="contain", format="png")
                         gen_text = gr.Markdown()
 
-                def do_generate(cls, guidance, steps, seed, count, model, progress=gr.Progress()):
+                def do_generate(fam, cls, guidance, steps, seed, count, model, progress=gr.Progress()):
                     progress(0, desc="sampling")
-                    return views.generate_samples(store, cls, guidance, int(steps), int(seed), int(count), model,
+                    return views.generate_samples(catalog[fam], cls, guidance, steps, seed, count, model,
                                                   progress=lambda i, n: progress(i / n, desc=f"step {i}/{n}"))
 
-                gen_btn.click(guarded(do_generate), [gen_class, gen_guidance, gen_steps, gen_seed, gen_count,
-                                                     gen_model], [gen_grid, gen_scales, gen_text],
+                gen_btn.click(guarded(do_generate), [family, gen_class, gen_guidance, gen_steps, gen_seed,
+                                                     gen_count, gen_model], [gen_grid, gen_scales, gen_text],
                               api_name="generate")
 
             # 5. Latent space -----------------------------------------------------------------------------------
             with gr.Tab("Latent space"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        lat_model = gr.Radio(MODELS, value="HieraTok", label="Tokenizer")
-                        lat_scale = gr.Dropdown([1, 2, 4, 8, 16], value=16, label="Scale")
+                        lat_model = gr.Radio(list(MODELS), value="HieraTok", label="Tokenizer")
+                        lat_scale = gr.Dropdown(c["scales"], value=c["scales"][-1], label="Scale",
+                                                allow_custom_value=True)
                         lat_in = upload_image("Place your image (optional)")
                         if examples:
                             gr.Examples(examples, inputs=lat_in)
@@ -206,9 +234,27 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                     with gr.Column(scale=2):
                         lat_plot = gr.Plot(label="UMAP of latents, coloured by class")
                         lat_text = gr.Markdown()
-                lat_btn.click(guarded(lambda m, s, src: views.latent_space(store, m, int(s), src)),
-                              [lat_model, lat_scale, lat_in], [lat_plot, lat_text], api_name="latent_space")
-        demo.load(guarded(lambda: views.mask_image(store, "scale_causal")), None, mask_img)
+                lat_btn.click(guarded(lambda fam, m, s, src: views.latent_space(catalog[fam], m, s, src)),
+                              [family, lat_model, lat_scale, lat_in], [lat_plot, lat_text], api_name="latent_space")
+
+        def switch(fam):
+            """The picked family's ranges, choices and labels for every control that depends on the model."""
+            store = catalog[fam]
+            k = controls(store)
+            q = k["query_scale"]
+            return (gr.update(label=k["upload"]), gr.update(label=k["upload"]),
+                    gr.update(maximum=k["layers"] - 1, value=0), gr.update(maximum=k["heads"] - 1, value=0),
+                    gr.update(choices=k["scales"], value=q), gr.update(maximum=q - 1, value=0),
+                    gr.update(maximum=q - 1, value=0),
+                    gr.update(choices=["all"] + [f"{s}x{s}" for s in k["scales"]], value="all"),
+                    gr.update(choices=k["classes"], value=k["classes"][0]),
+                    gr.update(choices=k["scales"], value=k["scales"][-1]),
+                    views.mask_image(store, "scale_causal"), gr.update(value="scale_causal"))
+
+        family.change(guarded(switch), family,
+                      [rec_in, att_in, att_layer, att_head, att_scale, att_row, att_col, int_scale, gen_class,
+                       lat_scale, mask_img, mask_kind], api_name="controls")
+        demo.load(guarded(lambda fam: views.mask_image(catalog[fam], "scale_causal")), family, mask_img)
     return demo
 
 
@@ -220,7 +266,7 @@ def main(argv=None):
     ap.add_argument("--concurrency", type=int, default=2, help="requests computed at once (the rest queue)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // args.concurrency))
-    demo = build_demo(ModelStore(Path(args.assets)))
+    demo = build_demo(Catalog(Path(args.assets)))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,
                 show_error=True, footer_links=["api", "settings"])

@@ -15,11 +15,37 @@ from hieratok.classifier import Classifier
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ASSETS = ROOT / "assets"
 
-# display name -> folder in assets/
-TOKENIZERS = {"HieraTok": "hieratok-cifar10", "Single-scale": "singlescale-cifar10"}
-DITS = {"HieraTok": "dit-hieratok-cifar10", "Single-scale": "dit-singlescale-cifar10"}
-CLASSIFIER = "classifier-cifar10"
-LATENT_MAP = "latent-map-cifar10"
+MODELS = ("HieraTok", "Single-scale")  # display names; folders are <variant>-<family suffix> in assets/
+_VARIANT = {"HieraTok": "hieratok", "Single-scale": "singlescale"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One set of shipped models trained together on one dataset: two tokenizers, their DiTs, a classifier
+    and a latent map, in folders named `<kind>-<suffix>` (e.g. hieratok-imagenette128)."""
+
+    label: str
+    suffix: str
+    photo_examples: bool   # examples from installed packages' photographs (else the DiT samples in examples/)
+
+    def tokenizer_folder(self, model: str) -> str:
+        return f"{_VARIANT[model]}-{self.suffix}"
+
+    def dit_folder(self, model: str) -> str:
+        return f"dit-{_VARIANT[model]}-{self.suffix}"
+
+    @property
+    def classifier_folder(self) -> str:
+        return f"classifier-{self.suffix}"
+
+    @property
+    def latent_map_folder(self) -> str:
+        return f"latent-map-{self.suffix}"
+
+
+# the app's model picker, default first
+FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_examples=True),
+            Family("CIFAR-10 (32 px)", "cifar10", photo_examples=False))
 
 
 class AppError(RuntimeError):
@@ -37,8 +63,10 @@ class LatentMap:
 
 
 class ModelStore:
-    def __init__(self, assets: Path = DEFAULT_ASSETS):
-        self.assets = Path(assets)
+    """The checkpoints of one family, loaded lazily and once."""
+
+    def __init__(self, assets: Path = DEFAULT_ASSETS, family: Family = FAMILIES[1]):
+        self.assets, self.family = Path(assets), family
         self._cache: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -64,22 +92,37 @@ class ModelStore:
     def available(self, folder: str) -> bool:
         return (self.assets / folder).exists()
 
+    def _model(self, name: str) -> str:
+        if name not in MODELS:
+            raise AppError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
+        return name
+
     def tokenizer(self, name: str) -> HieraTok:
-        return self._checkpoint(HieraTok, TOKENIZERS[name], f"{name} tokenizer")
+        return self._checkpoint(HieraTok, self.family.tokenizer_folder(self._model(name)), f"{name} tokenizer")
 
     def dit(self, name: str) -> DiT:
-        return self._checkpoint(DiT, DITS[name], f"{name} DiT")
+        return self._checkpoint(DiT, self.family.dit_folder(self._model(name)), f"{name} DiT")
 
     def classifier(self) -> Classifier:
-        return self._checkpoint(Classifier, CLASSIFIER, "classifier")
+        return self._checkpoint(Classifier, self.family.classifier_folder, "classifier")
+
+    def has_tokenizer(self, name: str) -> bool:
+        return self.available(self.family.tokenizer_folder(name))
 
     def class_names(self) -> list[str]:
-        if self.available(CLASSIFIER):
-            return list(self.classifier().config.class_names)
+        """Readable class names: the DiT's, else the classifier's, else class numbers."""
+        for folder, load in ((self.family.dit_folder(MODELS[0]), lambda: self.dit(MODELS[0])),
+                             (self.family.classifier_folder, self.classifier)):
+            if self.available(folder):
+                names = list(load().config.class_names)
+                if names:
+                    return names
+        if self.available(self.family.dit_folder(MODELS[0])):
+            return [str(i) for i in range(self.dit(MODELS[0]).config.num_classes)]
         return [str(i) for i in range(10)]
 
     def latent_map(self) -> LatentMap:
-        path = self.assets / LATENT_MAP / "latents.safetensors"
+        path = self.assets / self.family.latent_map_folder / "latents.safetensors"
         if not path.exists():
             raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py (see README)")
 
@@ -97,3 +140,26 @@ class ModelStore:
                 (latents if kind == "latent" else coords).setdefault(model, {})[int(scale)] = t.float()
             return LatentMap(tensors["labels"].long(), info["class_names"], latents, coords, info["density"], info)
         return self._load("latent_map", load)
+
+
+class Catalog:
+    """Every family whose HieraTok tokenizer is in the assets folder (all of them when none is), picker order."""
+
+    def __init__(self, assets: Path = DEFAULT_ASSETS):
+        self.assets = Path(assets)
+        stores = [ModelStore(self.assets, f) for f in FAMILIES]
+        present = [s for s in stores if s.has_tokenizer(MODELS[0])]
+        self.stores = {s.family.label: s for s in (present or stores)}
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.stores)
+
+    @property
+    def default(self) -> str:
+        return self.labels[0]
+
+    def __getitem__(self, label: str) -> ModelStore:
+        if label not in self.stores:
+            raise AppError(f"model set must be one of {self.labels}, got {label!r}")
+        return self.stores[label]

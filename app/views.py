@@ -26,6 +26,36 @@ def _load(store: ModelStore, source, name: str = "HieraTok"):
         raise AppError(f"Could not use this image: {e}") from e
 
 
+def integer(value, name: str, lo: int, hi: int) -> int:
+    """A whole number in lo..hi from an API or UI value (int, integral float, digit string), or an AppError that
+    names the parameter and its range."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise AppError(f"{name} must be a whole number in {lo}..{hi}, got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise AppError(f"{name} must be a whole number in {lo}..{hi}, got {value!r}") from None
+    if not f.is_integer() or not lo <= f <= hi:
+        raise AppError(f"{name} must be a whole number in {lo}..{hi}, got {value!r}")
+    return int(f)
+
+
+def number(value, name: str, lo: float, hi: float) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise AppError(f"{name} must be a number in {lo}..{hi}, got {value!r}") from None
+    if not lo <= f <= hi:
+        raise AppError(f"{name} must be a number in {lo}..{hi}, got {value!r}")
+    return f
+
+
+def choice(value, name: str, options):
+    if value not in options:
+        raise AppError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+    return value
+
+
 def _caption_notes(notes: list[str]) -> str:
     return "; ".join(notes) if notes else "used as is"
 
@@ -108,10 +138,13 @@ def attention(store: ModelStore, source, layer: int, head: int, query_scale: int
     tok = store.tokenizer("HieraTok")
     layout = tok.layout
     cfg = tok.config
-    if not 0 <= layer < cfg.dec_depth or not 0 <= head < cfg.dec_heads:
-        raise AppError(f"layer must be in 0..{cfg.dec_depth - 1} and head in 0..{cfg.dec_heads - 1}")
+    layer = integer(layer, "layer", 0, cfg.dec_depth - 1)
+    head = integer(head, "head", 0, cfg.dec_heads - 1)
+    query_scale = integer(query_scale, "query scale", 1, layout.finest)
+    choice(query_scale, "query scale", layout.scales)
     level = layout.level_of(query_scale)
-    row, col = min(row, query_scale - 1), min(col, query_scale - 1)
+    row = integer(row, f"query row (scale {query_scale}x{query_scale})", 0, query_scale - 1)
+    col = integer(col, f"query column (scale {query_scale}x{query_scale})", 0, query_scale - 1)
     x = _load(store, source).tensor[None]
     attn = tok.decode(tok.encode(x), return_attention=True).attentions[layer][0, head]  # (L, L)
     q = layout.offsets[level] + row * query_scale + col
@@ -145,8 +178,9 @@ def interpolation(store: ModelStore, source_a, source_b, method: str = "spherica
                   scale: str = "all", model: str = "HieraTok"):
     """Decode latents along the path between two images -> [(image, caption)] (rows: scales, columns: steps)."""
     tok = store.tokenizer(model)
-    if not 2 <= steps <= 16:
-        raise AppError("steps must be between 2 and 16")
+    steps = integer(steps, "steps", 2, 16)
+    choice(method, "interpolation", ("spherical", "linear"))
+    choice(scale, "scale", ["all"] + [f"{s}x{s}" for s in tok.layout.scales])
     za, zb = (tok.encode(_load(store, s, model).tensor[None])[0] for s in (source_a, source_b))
     path = interpolate(za, zb, steps, method)
     out = tok.decode(path)
@@ -177,17 +211,20 @@ def generate_samples(store: ModelStore, class_name: str, guidance: float, steps:
                      model: str = "HieraTok", progress=None):
     """-> (grid of samples, [(image, caption)] per-scale decode of the first sample, markdown)."""
     names = store.class_names()
-    if class_name not in names:
-        raise AppError(f"unknown class {class_name!r}")
-    if not 1 <= count <= 64 or not 1 <= steps <= 100:
-        raise AppError("samples must be 1..64 and steps 1..100")
+    choice(class_name, "class", names)
+    count = integer(count, "samples", 1, 64)
+    steps = integer(steps, "steps", 1, 100)
+    guidance = number(guidance, "guidance", 0.0, 20.0)
+    if seed is None or seed == "":  # an empty seed box: a random seed, reported back
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+    seed = integer(seed, "seed", 0, 2 ** 63 - 1)
     dit, tok = store.dit(model), store.tokenizer(model)
     if not tok.has_latent_stats:
         raise AppError(f"the {model} tokenizer in assets has no latent statistics; ship the one train/dit.py wrote")
     labels = torch.full((count,), names.index(class_name))
     _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress)
     per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s}") for s, im in zip(out.scales, out.images)]
-    text = (f"{count} samples of **{class_name}** from the {model} DiT: guidance {guidance}, {steps} Heun steps, "
+    text = (f"{count} sample{'s' if count != 1 else ''} of **{class_name}** from the {model} DiT: guidance {guidance}, {steps} Heun steps, "
             f"seed {seed}. Right: the first sample's latent decoded at every scale.")
     return grid(out.reconstruction, min(count, 8)), per_scale, text
 
@@ -203,6 +240,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, source=None):
     """-> (plotly UMAP scatter, markdown with Gini / entropy of both tokenizers)."""
     lm = store.latent_map()
+    scale = integer(scale, "scale", 1, 4096)
     if model not in lm.coords or scale not in lm.coords[model]:
         raise AppError(f"the latent map has no {scale}x{scale} scale for {model}")
     xy, labels = lm.coords[model][scale], lm.labels

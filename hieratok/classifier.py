@@ -80,6 +80,10 @@ class Classifier(nn.Module, HubCheckpointMixin, library_name="hieratok", tags=["
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> logits; images of another size are resized to `config.image_size`."""
+        size = self.config.image_size
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         return self.head(self.embed(x))
 
 

@@ -41,6 +41,10 @@ class HieraTokConfig:
     downsample: str = "conv"             # "conv": learnable; "interp": area interpolation (the paper's ablation)
     attention: str = "scale_causal"      # decoder mask: scale_causal | full | scale_independent
     grad_checkpointing: bool = False     # recompute blocks in backward (for the paper-scale preset on GPUs)
+    # A linear encoder and decoder path beside the transformers, initialised to the patch-PCA codec of the same
+    # latent size (hieratok.linear): training starts at the linear reference's quality and the transformers learn
+    # the residual. The transformers' output layers start at zero. Off for the presets trained before it existed.
+    linear_shortcut: bool = False
     # --- training-side settings, kept with the model so a checkpoint says how it was made ---
     multiscale_supervision: bool = True  # False: only the finest scale's image is supervised
     scale_loss_weights: tuple[float, ...] | None = None  # per scale, coarse -> fine; None = all 1
@@ -116,6 +120,10 @@ TOKENIZER_PRESETS: dict[str, HieraTokConfig] = {
         image_size=256, patch_size=16, latent_channels=16,
         enc_dim=768, enc_depth=6, enc_heads=12, dec_dim=1024, dec_depth=24, dec_heads=16,
         grad_checkpointing=True, lpips_weight=1.0, kl_weight=1e-6),
+    # Photographs at 128 px (Imagenette, ten ImageNet classes): patch 8 -> the same 16 x 16 latent grid and 341
+    # decoder tokens as cifar10, so a step costs about what a cifar10 step costs. C = 16 was chosen by a
+    # calibration against the linear reference (assets/README.md).
+    "imagenette128": HieraTokConfig(image_size=128, patch_size=8, latent_channels=16, linear_shortcut=True),
 }
 
 # Variants of any preset: the baseline and the ablations from the paper and its reviews.
@@ -174,8 +182,12 @@ class DiTConfig:
     num_classes: int = 10                # class index num_classes is the null class for guidance
     class_dropout: float = 0.1           # label dropout probability in training (classifier-free guidance)
     time_sampling: str = "logit_normal"  # "uniform" or "logit_normal" (SD3) for t in training
+    class_names: tuple[str, ...] = ()    # readable names of the classes (empty: unnamed)
 
     def __post_init__(self):
+        self.class_names = tuple(str(n) for n in self.class_names)
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if self.latent_size % self.patch_size:
             raise ValueError(f"latent_size {self.latent_size} not divisible by patch_size {self.patch_size}")
         if self.dim % self.heads:
@@ -191,7 +203,9 @@ class DiTConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
@@ -203,6 +217,8 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     # DiT-XL/2-like on a 16 x 16 x 16 latent (paper scale uses a DiT on the tokenizer's latent).
     "imagenet256": DiTConfig(latent_channels=16, latent_size=16, patch_size=1, dim=1152, depth=28, heads=16,
                              num_classes=1000),
+    # the 16 x 16 x 16 latent of imagenette128; patch 2 -> 64 tokens, as for cifar10
+    "imagenette128": DiTConfig(latent_channels=16),
 }
 
 

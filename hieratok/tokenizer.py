@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .config import HieraTokConfig
 from .hub import HubCheckpointMixin
 from .layers import Transformer, init_weights, sincos_2d
+from .linear import PatchPCA, patchify, unpatchify
 from .rng import Shard, sharded
 from .scales import ScaleLayout
 
@@ -109,11 +110,19 @@ class Encoder(nn.Module):
         self.transformer = Transformer(cfg.enc_dim, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio,
                                        cfg.grad_checkpointing)
         self.to_moments = nn.Linear(cfg.enc_dim, 2 * cfg.latent_channels)
+        self.patch_size, self.latent_channels = cfg.patch_size, cfg.latent_channels
+        # linear path: patch pixels -> posterior mean (see HieraTokConfig.linear_shortcut)
+        self.shortcut = (nn.Linear(cfg.patch_size ** 2 * cfg.in_channels, cfg.latent_channels)
+                         if cfg.linear_shortcut else None)
 
     def forward(self, x_B3HW: torch.Tensor) -> torch.Tensor:
         x_BLC = self.patch_embed(x_B3HW).flatten(2).transpose(1, 2) + self.pos_embed
         x_BLC, _ = self.transformer(x_BLC)
-        return self.to_moments(x_BLC).transpose(1, 2).unflatten(2, (self.grid, self.grid))
+        moments_BLD = self.to_moments(x_BLC)
+        if self.shortcut is not None:
+            linear_mean = self.shortcut(patchify(x_B3HW, self.patch_size))
+            moments_BLD = moments_BLD + F.pad(linear_mean, (0, self.latent_channels))  # the mean half only
+        return moments_BLD.transpose(1, 2).unflatten(2, (self.grid, self.grid))
 
 
 class Decoder(nn.Module):
@@ -130,6 +139,10 @@ class Decoder(nn.Module):
         self.transformer = Transformer(cfg.dec_dim, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio,
                                        cfg.grad_checkpointing)
         self.head = nn.Linear(cfg.dec_dim, cfg.patch_size ** 2 * cfg.in_channels)  # shared by all scales
+        # linear path: each token's latent -> its patch's pixels, added to the head (HieraTokConfig.linear_shortcut);
+        # one map per scale, since a coarse token stands for a downsampled region, not for one patch
+        self.shortcut = (nn.ModuleList(nn.Linear(cfg.latent_channels, cfg.patch_size ** 2 * cfg.in_channels)
+                                       for _ in self.layout.scales) if cfg.linear_shortcut else None)
         self.attention = cfg.attention
         self.register_buffer("mask", self.layout.mask(cfg.attention), persistent=False)
         self.register_buffer("level_ids", self.layout.level_ids, persistent=False)
@@ -137,19 +150,17 @@ class Decoder(nn.Module):
     def forward(self, maps_BChw: list[torch.Tensor], return_attn: bool = False):
         layout = self.layout.prefix(len(maps_BChw))
         L = layout.num_tokens
-        x_BLC = self.proj_in(layout.flatten(maps_BChw))
+        z_BLC = layout.flatten(maps_BChw)
+        x_BLC = self.proj_in(z_BLC)
         x_BLC = x_BLC + self.pos_embed[:, :L] + self.level_embed(self.level_ids[:L])
         # full attention (or a single scale): no mask, so SDPA can take its unmasked fast path
         mask_LL = None if self.attention == "full" or layout.num_scales == 1 else self.mask[:L, :L]
         x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn)
-        patches_BLD = self.head(x_BLC)
-        images = [self._unpatchify(chunk, s) for chunk, s in zip(layout.split(patches_BLD), layout.scales)]
+        chunks = layout.split(self.head(x_BLC))
+        if self.shortcut is not None:
+            chunks = [c + lin(z) for c, lin, z in zip(chunks, self.shortcut, layout.split(z_BLC))]
+        images = [unpatchify(chunk, self.patch_size, self.out_channels) for chunk in chunks]
         return images, attns
-
-    def _unpatchify(self, x_BLD: torch.Tensor, side: int) -> torch.Tensor:
-        B, p, c = x_BLD.shape[0], self.patch_size, self.out_channels
-        x = x_BLD.view(B, side, side, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, c, s, p, s, p)
-        return x.reshape(B, c, side * p, side * p)
 
 
 @dataclass
@@ -196,6 +207,38 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         init_weights(self.encoder)
         init_weights(self.decoder)
         nn.init.normal_(self.decoder.level_embed.weight, std=0.02)
+        if self.config.linear_shortcut:
+            # the transformers' contributions start at zero, and the posterior starts nearly deterministic
+            # (std e^-4), so the model starts as its linear path (init_linear) and training learns the residual
+            C = self.config.latent_channels
+            with torch.no_grad():
+                self.encoder.to_moments.weight.zero_()
+                self.encoder.to_moments.bias.zero_()
+                self.encoder.to_moments.bias[C:].fill_(-8.0)
+                self.decoder.head.weight.zero_()
+                self.decoder.head.bias.zero_()
+
+    def shortcut_parameters(self) -> list[nn.Parameter]:
+        """The linear shortcuts' parameters (empty without `linear_shortcut`)."""
+        if self.encoder.shortcut is None:
+            return []
+        return list(self.encoder.shortcut.parameters()) + list(self.decoder.shortcut.parameters())
+
+    @torch.no_grad()
+    def init_linear(self, codec: PatchPCA):
+        """Set the linear shortcuts to a patch-PCA codec of this model's patch size and latent channels."""
+        if self.encoder.shortcut is None:
+            raise ValueError("this tokenizer has no linear shortcut (HieraTokConfig.linear_shortcut=False)")
+        cfg = self.config
+        if (codec.patch_size, codec.latent_channels) != (cfg.patch_size, cfg.latent_channels):
+            raise ValueError(f"codec has patch {codec.patch_size} and {codec.latent_channels} components; the model "
+                             f"needs patch {cfg.patch_size} and {cfg.latent_channels}")
+        comps, scale, mean = codec.components, codec.scale, codec.mean
+        self.encoder.shortcut.weight.copy_(comps / scale[:, None])
+        self.encoder.shortcut.bias.copy_(-(comps @ mean) / scale)
+        for lin in self.decoder.shortcut:  # every scale starts from the codec's decoder
+            lin.weight.copy_((comps * scale[:, None]).T)
+            lin.bias.copy_(mean)
 
     # ---- encoding -----------------------------------------------------------------------------------------
     def _check_images(self, x: torch.Tensor):

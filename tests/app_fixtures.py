@@ -18,29 +18,48 @@ from hieratok.classifier import Classifier, ClassifierConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-TINY = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
+PHOTO_CLASSES = ("tench", "English springer", "cassette player", "chain saw", "church", "French horn",
+                 "garbage truck", "gas pump", "golf ball", "parachute")
+# the tiny decoders differ between the families (2 layers x 3 heads, 3 layers x 2 heads), so the tests see every
+# control follow the picked model
+TINY = {"cifar10": dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3),
+        "imagenette128": dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=3, dec_heads=2,
+                              latent_channels=8)}
+FAMILY_LABELS = {"imagenette128": "Photos (ImageNet subset, 128 px)", "cifar10": "CIFAR-10 (32 px)"}
+
+
+def make_family(assets: Path, data: Path, preset: str, classes: tuple[str, ...]):
+    """One family's tokenizers, DiTs and classifier (random weights) and its latent map (train/latent_map.py)."""
+    for variant in ("hieratok", "singlescale"):
+        tok = HieraTok(tokenizer_config(preset, variant, **TINY[preset]))
+        C = tok.config.latent_channels
+        tok.set_latent_stats(torch.zeros(C), torch.ones(C), count=1)
+        tok.save_pretrained(assets / f"{variant}-{preset}")
+        DiT(dit_config(preset, latent_channels=C, dim=64, depth=1, heads=2, class_names=classes)).save_pretrained(
+            assets / f"dit-{variant}-{preset}", dtype=torch.float16)
+    size = tok.config.image_size
+    Classifier(ClassifierConfig(width=8, image_size=min(size, 64), class_names=classes)).save_pretrained(
+        assets / f"classifier-{preset}")
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (data / preset / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                data / preset / f"c{c}" / f"{i}.png")
+    from train import latent_map
+    latent_map.main(["--data", str(data / preset), "--num-images", "40", "--tokenizer",
+                     f"HieraTok={assets / f'hieratok-{preset}'}", "--tokenizer",
+                     f"Single-scale={assets / f'singlescale-{preset}'}",
+                     "--output", str(assets / f"latent-map-{preset}")])
 
 
 def make_assets(root: Path, data: Path) -> Path:
-    """Tokenizers, DiTs and classifier (random weights), the latent map (through train/latent_map.py), examples."""
+    """Both families' models (random weights), latent maps and examples."""
     torch.manual_seed(0)
     assets = root / "assets"
-    for variant, folder, dit_folder in (("hieratok", "hieratok-cifar10", "dit-hieratok-cifar10"),
-                                        ("singlescale", "singlescale-cifar10", "dit-singlescale-cifar10")):
-        tok = HieraTok(tokenizer_config("cifar10", variant, **TINY))
-        tok.set_latent_stats(torch.zeros(4), torch.ones(4), count=1)
-        tok.save_pretrained(assets / folder)
-        DiT(dit_config("cifar10", dim=64, depth=1, heads=2)).save_pretrained(assets / dit_folder, dtype=torch.float16)
-    Classifier(ClassifierConfig(width=8, class_names=CLASSES)).save_pretrained(assets / "classifier-cifar10")
+    make_family(assets, data, "imagenette128", PHOTO_CLASSES)
+    make_family(assets, data, "cifar10", CLASSES)
     rng = np.random.default_rng(0)
-    for c in CLASSES[:2]:
-        (data / c).mkdir(parents=True, exist_ok=True)
-        for i in range(20):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
-    from train import latent_map
-    latent_map.main(["--data", str(data), "--num-images", "40", "--tokenizer",
-                     f"HieraTok={assets / 'hieratok-cifar10'}", "--tokenizer",
-                     f"Single-scale={assets / 'singlescale-cifar10'}", "--output", str(assets / "latent-map-cifar10")])
     (assets / "examples").mkdir()
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(assets / "examples" / f"ex{i}.png")

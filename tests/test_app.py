@@ -5,7 +5,10 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from tests.app_fixtures import FAMILY_LABELS, PHOTO_CLASSES, TINY
 from tests.test_image import BAD, GOOD
+
+PHOTOS, CIFAR = FAMILY_LABELS["imagenette128"], FAMILY_LABELS["cifar10"]
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +21,35 @@ def client(app_server):
     return Client(app_server.url, verbose=False)
 
 
-def reconstruct(client, path, model="HieraTok", both=False):
-    return client.predict(handle_file(path), model, both, "nearest", api_name="/reconstruct")
+def reconstruct(client, path, model="HieraTok", both=False, family=CIFAR):
+    return client.predict(family, handle_file(path), model, both, "nearest", api_name="/reconstruct")
+
+
+def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_family(client, app_server):
+    import urllib.request
+    page = urllib.request.urlopen(app_server.url + "config").read().decode()
+    config = json.loads(page)
+    radio = next(c for c in config["components"] if c.get("props", {}).get("label") == "Models")
+    assert radio["props"]["value"] == PHOTOS and [ch[0] for ch in radio["props"]["choices"]] == [PHOTOS, CIFAR]
+    for family, preset, classes in ((PHOTOS, "imagenette128", PHOTO_CLASSES), (CIFAR, "cifar10", None)):
+        out = client.predict(family, api_name="/controls")
+        upload, _, layer, head, qscale, row, col, int_scale, gen_class, lat_scale, _, _ = out
+        tiny = TINY[preset]
+        assert layer["maximum"] == tiny["dec_depth"] - 1 and head["maximum"] == tiny["dec_heads"] - 1
+        assert [int(c[0]) for c in qscale["choices"]] == [1, 2, 4, 8, 16] and row["maximum"] == int(qscale["value"]) - 1
+        assert [int(c[0]) for c in lat_scale["choices"]] == [1, 2, 4, 8, 16]
+        size = 128 if preset == "imagenette128" else 32
+        assert f"{size}x{size}" in upload["label"]
+        if classes:
+            assert [c[0] for c in gen_class["choices"]] == list(classes)
+
+
+def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client, photo):
+    inp, gallery, _, final, _, text = reconstruct(client, photo, family=PHOTOS)
+    assert [g["caption"].split(" ")[0] for g in gallery] == ["1x1", "2x2", "4x4", "8x8", "16x16"]
+    assert "128x128 px" in gallery[-1]["caption"] and "resized from 300 x 200" in text
+    grid, scales, text = client.predict(PHOTOS, "church", 2.0, 2, 0, 2, "HieraTok", api_name="/generate")
+    assert "2 samples of **church**" in text and len(scales) == 5
 
 
 def test_reconstruct_returns_every_scale_with_psnr(client, photo):
@@ -46,7 +76,7 @@ def test_reconstruct_side_by_side_and_single_scale(client, photo):
 
 def test_mask_endpoint_draws_each_mask(client):
     import numpy as np
-    images = {k: np.asarray(Image.open(client.predict(k, api_name="/mask")).convert("L"))
+    images = {k: np.asarray(Image.open(client.predict(CIFAR, k, api_name="/mask")).convert("L"))
               for k in ("scale_causal", "full", "scale_independent")}
     for img in images.values():
         assert img.shape == (341, 341)
@@ -57,7 +87,7 @@ def test_mask_endpoint_draws_each_mask(client):
 
 
 def test_attention_endpoint_reports_zero_mass_on_finer_scales(client, photo):
-    maps, bars, text = client.predict(handle_file(photo), 1, 2, 4, 1, 2, api_name="/attention")
+    maps, bars, text = client.predict(CIFAR, handle_file(photo), 1, 2, 4, 1, 2, api_name="/attention")
     mass = json.loads(bars["plot"])["data"][0]["y"]
     assert "query of scale 4x4" in text
     assert mass[3] == 0 and mass[4] == 0 and min(mass[:3]) > 0  # finer scales masked, coarser ones seen
@@ -67,33 +97,59 @@ def test_attention_endpoint_reports_zero_mass_on_finer_scales(client, photo):
 
 def test_interpolate_returns_steps_times_scales(client, photo, assets):
     other = str(next((assets / "examples").iterdir()))
-    items = client.predict(handle_file(photo), handle_file(other), "spherical", 4, "all", "HieraTok",
+    items = client.predict(CIFAR, handle_file(photo), handle_file(other), "spherical", 4, "all", "HieraTok",
                            api_name="/interpolate")
     assert len(items) == 4 * 5
-    items = client.predict(handle_file(photo), handle_file(other), "linear", 3, "8x8", "HieraTok",
+    items = client.predict(CIFAR, handle_file(photo), handle_file(other), "linear", 3, "8x8", "HieraTok",
                            api_name="/interpolate")
     assert len(items) == 3 and all(i["caption"].startswith("8x8") for i in items)
 
 
 def test_generate_returns_the_requested_number_of_samples(client):
-    grid, scales, text = client.predict("cat", 2.0, 3, 0, 6, "HieraTok", api_name="/generate")
+    grid, scales, text = client.predict(CIFAR, "cat", 2.0, 3, 0, 6, "HieraTok", api_name="/generate")
     assert Image.open(grid).size == (6 * 96, 96)
     assert len(scales) == 5 and "6 samples of **cat**" in text
-    grid, scales, _ = client.predict("cat", 2.0, 3, 0, 10, "Single-scale", api_name="/generate")
+    grid, scales, _ = client.predict(CIFAR, "cat", 2.0, 3, 0, 10, "Single-scale", api_name="/generate")
     assert Image.open(grid).size == (8 * 96, 2 * 96) and len(scales) == 1
 
 
 def test_latent_space_plots_every_point_and_places_the_upload(client, photo):
-    fig, text = client.predict("HieraTok", 16, handle_file(photo), api_name="/latent_space")
+    fig, text = client.predict(CIFAR, "HieraTok", 16, handle_file(photo), api_name="/latent_space")
     traces = json.loads(fig["plot"])["data"]
     points = sum(len(t["x"]) for t in traces if t["name"] != "your image")
     assert points == 40
     assert traces[-1]["name"] == "your image" and "lands among" in text
     assert "| Single-scale | 16x16 |" in text and "Gini" in text
-    fig, _ = client.predict("Single-scale", 16, None, api_name="/latent_space")
+    fig, _ = client.predict(CIFAR, "Single-scale", 16, None, api_name="/latent_space")
     assert all(t["name"] != "your image" for t in json.loads(fig["plot"])["data"])
     with pytest.raises(Exception, match="no 4x4 scale"):
-        client.predict("Single-scale", 4, None, api_name="/latent_space")
+        client.predict(CIFAR, "Single-scale", 4, None, api_name="/latent_space")
+
+
+@pytest.mark.parametrize("endpoint,args,message", [
+    ("/attention", [CIFAR, None, 1.5, 0, 4, 0, 0], "layer must be a whole number in 0..1"),
+    ("/attention", [CIFAR, None, 0, 7, 4, 0, 0], "head must be a whole number in 0..2"),
+    ("/attention", [CIFAR, None, 0, 0, 4, 9, 0], "query row (scale 4x4) must be a whole number in 0..3"),
+    ("/attention", [CIFAR, None, 0, 0, 3, 0, 0], "query scale must be one of 1, 2, 4, 8, 16"),
+    ("/interpolate", [CIFAR, None, None, "spherical", 8.5, "all", "HieraTok"], "steps must be a whole number"),
+    ("/interpolate", [CIFAR, None, None, "cubic", 4, "all", "HieraTok"], "interpolation must be one of"),
+    ("/generate", [CIFAR, "cat", 2.0, 3, 2 ** 70, 2, "HieraTok"], "seed must be a whole number"),
+    ("/generate", [CIFAR, "cat", 2.0, 3, 1.5, 2, "HieraTok"], "seed must be a whole number"),
+    ("/generate", [CIFAR, "unicorn", 2.0, 3, 0, 2, "HieraTok"], "class must be one of"),
+    ("/generate", [CIFAR, "cat", 2.0, 3, 0, 0, "HieraTok"], "samples must be a whole number in 1..64"),
+    ("/generate", [CIFAR, "cat", 2.0, 3, 0, 2, "Other"], "model must be one of"),
+    ("/generate", ["Nope", "cat", 2.0, 3, 0, 2, "HieraTok"], "Nope"),
+])
+def test_invalid_api_inputs_get_a_message_naming_the_parameter(client, photo, endpoint, args, message):
+    args = [handle_file(photo) if a is None and endpoint != "/generate" else a for a in args]
+    with pytest.raises(Exception) as err:
+        client.predict(*args, api_name=endpoint)
+    assert message in str(err.value)
+
+
+def test_an_empty_seed_means_a_random_one_reported_back(client):
+    _, _, text = client.predict(CIFAR, "cat", 2.0, 2, None, 1, "HieraTok", api_name="/generate")
+    assert "1 sample of **cat**" in text and "seed" in text
 
 
 @pytest.mark.parametrize("kind", list(GOOD) + list(BAD) + ["oversized"])

@@ -235,8 +235,13 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     evaluate.main([str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
                                     "--tokenizer", f"tok={tiny_tokenizer}", "--dit", f"tok={tmp_path}/dit/final",
                                     "--dit-tokenizer", f"tok={tmp_path}/dit/tokenizer", "--num-samples", 12,
-                                    "--sample-steps", 2, "--batch-size", 12, "--output", tmp_path / "eval"]])
+                                    "--sample-steps", 2, "--batch-size", 12, "--fit-data", image_folder,
+                                    "--fit-images", 20, "--output", tmp_path / "eval"]])
     report = json.loads((tmp_path / "eval.json").read_text())
+    # the linear reference of the tokenizer's latent size sits beside it, fitted on the --fit-data images
+    ref = report["tokenizers"]["linear-pca-C4"]
+    assert ref["kind"] == "linear" and ref["fit"]["images"] == 20 and list(ref["scales"]) == ["16x16"]
+    assert ref["scales"]["16x16"]["psnr"]["mean"] > 20
     assert 0 <= report["classifier"]["accuracy"]["mean"] <= 1
     tok = report["tokenizers"]["tok"]
     assert list(tok["scales"]) == ["1x1", "2x2", "4x4", "8x8", "16x16"]
@@ -248,7 +253,7 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     gen = report["generators"]["tok"]
     assert gen["gfd"] > 0 and 0 <= gen["class_accuracy"]["mean"] <= 1
     md = (tmp_path / "eval.md").read_text()
-    assert "rFD-cls" in md and "gFD-cls" in md and "PSNR 16x16" in md
+    assert "rFD-cls" in md and "gFD-cls" in md and "PSNR 16x16" in md and "linear-pca-C4" in md
     assert "| rFID" not in md and "| gFID" not in md  # without Inception weights, nothing is called FID
 
 

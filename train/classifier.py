@@ -44,7 +44,7 @@ def main(argv=None):
     run = Run(args, "classifier")
     dataset = run.dataset(args.image_size)
     cfg = ClassifierConfig(num_classes=len(dataset.classes), image_size=args.image_size,
-                           class_names=tuple(dataset.classes)).replace(**parse_overrides(args.set))
+                           class_names=tuple(dataset.class_names)).replace(**parse_overrides(args.set))
     model = Classifier(cfg).train()
     optimizer = adamw(list(model.parameters()), args, betas=(0.9, 0.99))
     scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps,

@@ -2,6 +2,7 @@
 per-sample flips derived from (seed, position), and unreadable files skipped and counted instead of crashing."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -26,6 +27,26 @@ def image_transform(image_size: int):
     ])
 
 
+def read_class_names(root: str, classes: list[str]) -> list[str]:
+    """Readable class names: a `classes.json` ({folder: name}, e.g. WordNet id -> name) in the dataset folder or
+    its parent, else the folder names themselves. A names file that lacks a class folder is an error."""
+    for folder in (root, os.path.dirname(os.path.abspath(root))):
+        path = os.path.join(folder, "classes.json")
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    names = json.load(f)
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path}: not a readable JSON file ({e})") from None
+            if not isinstance(names, dict):
+                raise DataError(f"{path}: expected a JSON object mapping class folders to names")
+            missing = [c for c in classes if c not in names]
+            if missing:
+                raise DataError(f"{path} has no name for the class folder(s) {missing[:5]}")
+            return [str(names[c]) for c in classes]
+    return list(classes)
+
+
 class FolderImages(Dataset):
     """ImageFolder layout (root/<class>/<image>); item (index, flip) -> (image, label) or None if unreadable."""
 
@@ -42,6 +63,7 @@ class FolderImages(Dataset):
         self.targets = [label for _, label in self.samples]
         self.transform = image_transform(image_size)
         self.root = root
+        self.class_names = read_class_names(root, self.classes)
 
     def __len__(self):
         return len(self.samples)
@@ -73,6 +95,7 @@ class TorchvisionCIFAR10(FolderImages):
             raise DataError(f"cifar10:{root}: could not load or download CIFAR-10 ({type(e).__name__}: {e}); "
                             f"pass an ImageFolder path with --data instead") from e
         self.classes, self.targets = self.base.classes, list(self.base.targets)
+        self.class_names = list(self.classes)
         self.samples = [(f"{root}#{i}", t) for i, t in enumerate(self.targets)]
         self.transform, self.root = image_transform(image_size), root
 

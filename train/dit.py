@@ -151,12 +151,12 @@ def main(argv=None):
 
     cfg = dit_config(args.preset, latent_channels=tokenizer.config.latent_channels,
                      latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
-                     **parse_overrides(args.set))
+                     class_names=tuple(dataset.class_names), **parse_overrides(args.set))
     if args.init_from:
         if args.set:
             raise SystemExit("error: --set and --init-from together: the architecture comes from --init-from")
         model = DiT.from_pretrained(args.init_from)
-        for key in ("latent_channels", "latent_size", "num_classes"):
+        for key in ("latent_channels", "latent_size", "num_classes", "class_names"):
             if getattr(model.config, key) != getattr(cfg, key):
                 raise SystemExit(f"error: --init-from {args.init_from} has {key}={getattr(model.config, key)}, "
                                  f"but this tokenizer and dataset need {getattr(cfg, key)}")
@@ -171,7 +171,8 @@ def main(argv=None):
     start = run.resume()
     run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "init_from": args.init_from,
                "latent_mean": mean.tolist(), "latent_std": std.tolist(),
-               "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes}})
+               "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes,
+                           "class_names": dataset.class_names}})
 
     for step, x1, y, gen in run.batches(latents, start):
         with run.autocast():

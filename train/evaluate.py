@@ -30,6 +30,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from hieratok import DiT, HieraTok, generate  # noqa: E402
 from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
+from hieratok.linear import PatchPCA  # noqa: E402
 from hieratok.losses import downsample_image, load_lpips  # noqa: E402
 from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit  # noqa: E402
 from train.data import DataError, build_dataset, eval_loader  # noqa: E402
@@ -130,6 +131,36 @@ class Evaluator:
         result["rfd"] = float(fd.compute()) if fd is not None else None
         return result
 
+    # ---- the linear reference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def linear_reference(self, patch_size: int, channels: int) -> dict:
+        """Patch PCA with the latent size of a tokenizer (p x p patches, C components), fitted on training images
+        (`--fit-data`), evaluated like a tokenizer at its one (finest) scale."""
+        a = self.args
+        fit = build_dataset(a.fit_data, a.image_size, split="train")
+        n = min(a.fit_images, len(fit))
+        subset = torch.utils.data.Subset(fit, torch.linspace(0, len(fit) - 1, n).long().tolist())
+        codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, a.batch_size) if x is not None), patch_size,
+                             channels)
+        values, fd = {"psnr": [], "ssim": []}, self.fd_metric()
+        for x, _, _ in tqdm(self.batches(), desc=f"linear reference p={patch_size} C={channels}"):
+            if x is None:
+                continue
+            x = x.to(self.device)
+            rec = codec.reconstruct(x).clamp(-1, 1)
+            values["psnr"].append(psnr(rec, x).cpu())
+            values["ssim"].append(ssim(rec, x).cpu())
+            if fd is not None:
+                fd.update(to_unit(x), real=True)
+                fd.update(to_unit(rec), real=False)
+        side = a.image_size // patch_size
+        return {"kind": "linear", "fit": {"data": a.fit_data, "images": n}, "patch_size": patch_size,
+                "latent_channels": channels, "decoder_tokens": side * side, "params": codec.components.numel(),
+                "scales": {f"{side}x{side}": {"pixels": a.image_size,
+                                               "psnr": mean_ci(torch.cat(values["psnr"])),
+                                               "ssim": mean_ci(torch.cat(values["ssim"]))}},
+                "lpips": None, "rfd": float(fd.compute()) if fd is not None else None}
+
     # ---- generator ------------------------------------------------------------------------------------------
     def real_fd_features(self):
         """An FD accumulator holding the evaluation images as the real set (computed once, cloned per DiT)."""
@@ -196,6 +227,9 @@ def markdown(report: dict) -> str:
                        else "—" for n in names]
                 lines.append(f"| {metric.upper()} {s} | " + " | ".join(row) + " |")
         lines.append("| LPIPS (finest) | " + " | ".join(fmt(toks[n]["lpips"], 4) for n in names) + " |")
+        lines.append("| PSNR, finest scale | " + " | ".join(
+            fmt(toks[n]["scales"][max(toks[n]["scales"], key=lambda k: int(k.split("x")[0]))]["psnr"])
+            for n in names) + " |")
         lines.append(f"| r{fd_name} | " + " | ".join(fmt(toks[n]["rfd"]) for n in names) + " |")
         for key in ("gini", "entropy"):
             for s in all_scales:
@@ -235,6 +269,10 @@ def parse_args(argv=None):
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-data", default=None,
+                    help="training images for the linear reference (patch PCA with each tokenizer's latent size); "
+                         "default: the 'train' folder beside --data")
+    ap.add_argument("--fit-images", type=int, default=2000, help="training images the linear reference is fitted on")
     ap.add_argument("--output", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     return ap.parse_args(argv)
 
@@ -260,6 +298,16 @@ def main(argv=None):
     if ev.classifier is not None:
         report["classifier"] = ev.classifier_accuracy()
     report["tokenizers"] = {n: ev.tokenizer(p) for n, p in tokenizers.items()}
+    if tokenizers:
+        if args.fit_data is None:
+            sibling = Path(args.data).parent / "train"
+            if ":" in args.data or not sibling.is_dir():
+                raise SystemExit("error: the linear reference needs training images: pass --fit-data PATH")
+            args.fit_data = str(sibling)
+        geometries = sorted({(t["config"]["patch_size"], t["config"]["latent_channels"])
+                             for t in report["tokenizers"].values()})
+        for p, c in geometries:
+            report["tokenizers"][f"linear-pca-C{c}"] = ev.linear_reference(p, c)
     report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def main(argv=None):
             density[name][str(s)] = latent_gini_entropy(z)
             print(f"{name} {s}x{s}: {density[name][str(s)]}  ({time.time() - t0:.0f} s)")
     tensors["labels"] = labels.to(torch.int16)
-    info = {"class_names": ds.classes, "num_images": len(labels), "data": args.data, "tokenizers": tokenizers,
+    info = {"class_names": ds.class_names, "num_images": len(labels), "data": args.data, "tokenizers": tokenizers,
             "density": density, "umap": {"n_neighbors": 15, "min_dist": 0.1, "seed": args.seed}}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

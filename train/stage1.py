@@ -16,8 +16,10 @@ import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
 from hieratok import VARIANTS, HieraTok, tokenizer_config  # noqa: E402
+from hieratok.linear import PatchPCA  # noqa: E402
 from hieratok.losses import ReconstructionLoss  # noqa: E402
 from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+from train.data import eval_loader  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,7 +28,28 @@ def parse_args(argv=None):
     ap.add_argument("--lpips-weights", default=None,
                     help="torchvision's vgg16-397923af.pth for the LPIPS backbone (default: torch hub cache)")
     ap.add_argument("--init-from", default=None, help="start from a from_pretrained directory's weights")
+    ap.add_argument("--shortcut-lr-scale", type=float, default=0.1,
+                    help="learning-rate factor of the linear shortcut (no weight decay on it)")
+    ap.add_argument("--linear-fit-images", type=int, default=2000,
+                    help="training images the patch-PCA codec is fitted on (models with linear_shortcut)")
     return ap.parse_args(argv)
+
+
+def linear_codec(run, dataset, cfg, num_images: int) -> PatchPCA:
+    """The patch-PCA codec the linear shortcut starts from: fitted once on a fixed subset of the training images
+    (deterministic, so every process fits the same one) and kept in the output folder."""
+    path = run.out / "linear_codec.safetensors"
+    if path.exists():
+        return PatchPCA.load(path)
+    n = min(num_images, len(dataset))
+    subset = torch.utils.data.Subset(dataset, torch.linspace(0, len(dataset) - 1, n).long().tolist())
+    codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, 64) if x is not None), cfg.patch_size,
+                         cfg.latent_channels)
+    if run.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        codec.save(path)
+    run.print(f"linear shortcut initialised to the patch-PCA codec of {n} training images ({path})")
+    return codec
 
 
 def save_scale_grid(path: Path, x: torch.Tensor, out, n: int = 8):
@@ -58,15 +81,19 @@ def main(argv=None):
     lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
 
     model = HieraTok.from_pretrained(args.init_from) if args.init_from else HieraTok(cfg)
+    if cfg.linear_shortcut and not args.init_from:
+        model.init_linear(linear_codec(run, dataset, cfg, args.linear_fit_images))
     model.train()
     loss_fn = ReconstructionLoss(cfg, lpips_module)
-    optimizer = adamw(list(model.parameters()), args)
+    optimizer = adamw(list(model.parameters()), args, slow=model.shortcut_parameters(),
+                      slow_lr_scale=args.shortcut_lr_scale)
     scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
     model, optimizer = run.prepare(model, optimizer)
     run.track(model, scheduler)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "lpips": lpips_module is not None, "lpips_note": lpips_note,
-               "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes}})
+               "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes,
+                           "class_names": dataset.class_names}})
 
     for step, x, _, gen in run.batches(dataset, start):
         with run.autocast():

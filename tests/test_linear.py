@@ -1,0 +1,86 @@
+"""The linear reference codec (patch PCA) and the tokenizer's linear shortcut initialised from it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hieratok import HieraTok, tokenizer_config
+from hieratok.linear import PatchPCA, patchify, unpatchify
+from hieratok.metrics import psnr
+
+
+def smooth_images(n=6, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    return F.avg_pool2d(x, 5, 1, 2)  # correlated neighbours, like photographs
+
+
+def test_patchify_round_trip_and_order():
+    x = torch.randn(2, 3, 16, 16)
+    v = patchify(x, 4)
+    assert v.shape == (2, 16, 48)
+    assert torch.equal(unpatchify(v, 4), x)
+    # (row, column, channel) order inside a patch: the first three entries are pixel (0, 0)'s RGB
+    assert torch.equal(v[0, 0, :3], x[0, :, 0, 0])
+
+
+def test_pca_is_exact_with_every_component_and_improves_with_more():
+    x = smooth_images()
+    full = PatchPCA.fit([x], 2, 12)
+    assert torch.allclose(full.reconstruct(x), x, atol=1e-4)
+    scores = [psnr(PatchPCA.fit([x], 2, c).reconstruct(x), x).mean().item() for c in (1, 2, 4, 8)]
+    assert scores == sorted(scores) and scores[-1] > scores[0] + 5
+    # whitened: unit variance per coefficient over the fitting patches
+    z = PatchPCA.fit([x], 2, 4).encode(x)
+    assert torch.allclose(z.transpose(0, 1).flatten(1).var(1, correction=0), torch.ones(4), atol=1e-3)
+
+
+def test_pca_fit_is_deterministic_and_saves_without_pickle(tmp_path):
+    x = smooth_images()
+    a, b = PatchPCA.fit([x[:3], x[3:]], 2, 4), PatchPCA.fit([x], 2, 4)  # batching does not matter
+    assert torch.allclose(a.components, b.components, atol=1e-5)
+    a.save(tmp_path / "codec.safetensors")
+    c = PatchPCA.load(tmp_path / "codec.safetensors")
+    assert c.patch_size == 2 and torch.equal(c.components, a.components)
+    with pytest.raises(ValueError, match="cannot keep 13 components"):
+        PatchPCA.fit([x], 2, 13)
+
+
+def test_shortcut_model_starts_as_the_codec_and_stays_scale_causal():
+    cfg = tokenizer_config("cifar10", linear_shortcut=True, enc_dim=32, enc_heads=2, dec_dim=48, dec_heads=3)
+    model = HieraTok(cfg).eval()
+    x = smooth_images()
+    codec = PatchPCA.fit([x], cfg.patch_size, cfg.latent_channels)
+    model.init_linear(codec)
+    with torch.no_grad():
+        assert torch.allclose(model.encode(x), codec.encode(x), atol=1e-5)
+        assert torch.allclose(model.reconstruct(x), codec.reconstruct(x), atol=1e-5)
+        z = model.encode(x)
+        full, prefix = model.decode(z), model.decode(z, num_scales=3)
+    for a, b in zip(prefix.images, full.images):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="needs patch 2 and 4"):
+        model.init_linear(PatchPCA.fit([x], 2, 3))
+    with pytest.raises(ValueError, match="no linear shortcut"):
+        HieraTok(tokenizer_config("cifar10")).init_linear(codec)
+
+
+def test_shortcut_model_learns_beyond_the_codec():
+    """A few steps of training from the codec improve on it (the transformers learn the residual)."""
+    torch.manual_seed(0)
+    cfg = tokenizer_config("cifar10", linear_shortcut=True, latent_channels=2, enc_dim=32, enc_heads=2,
+                           dec_dim=48, dec_heads=3, enc_depth=1, dec_depth=1, scales=(16,))
+    model = HieraTok(cfg)
+    x = smooth_images(8)
+    model.init_linear(PatchPCA.fit([x], 2, 2))
+    with torch.no_grad():
+        before = F.mse_loss(model.reconstruct(x), x).item()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(60):
+        out, _ = model(x, sample=False)
+        loss = F.mse_loss(out.reconstruction, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = F.mse_loss(model.reconstruct(x), x).item()
+    assert after < 0.8 * before
