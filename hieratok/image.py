@@ -2,8 +2,12 @@
 
 `load_image` accepts any file PIL can read — any size, EXIF-rotated, RGBA / LA / palette with transparency
 (composited on white), grayscale, 16-bit and 32-bit, CMYK, animated (first frame) — and says what it did. Corrupt
-files, non-images, empty files, files over the byte limit and decompression bombs raise `ImageError` with a message
-meant for the person who uploaded them.
+files, non-images, empty files, files over the byte limit, decompression bombs and extreme aspect ratios raise
+`ImageError` with a message meant for the person who uploaded them.
+
+It is the one loader of the project: the app, training (`train/data.py`) and evaluation all see an image the same
+way. The centred square is cropped *before* anything is converted or resized, so no intermediate is ever larger
+than the decoded source, whatever its shape.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_BYTES = 20 * 1024 * 1024          # 20 MB per upload
 MAX_PIXELS = 40_000_000               # ~ 6300 x 6300; larger is refused before decoding (decompression bombs)
+MAX_ASPECT = 20                       # long side / short side; stranger strips are refused with a message
 
 
 class ImageError(ValueError):
@@ -83,6 +88,11 @@ def load_image(source: str | os.PathLike | bytes, size: int, *, max_bytes: int =
         raise ImageError("the file is empty (0 bytes)")
     if len(data) > max_bytes:
         raise ImageError(f"the file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+    return from_bytes(data, size, max_pixels=max_pixels)
+
+
+def from_bytes(data: bytes, size: int, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Encoded image bytes -> LoadedImage (see `load_image`)."""
     notes: list[str] = []
     try:
         img = Image.open(io.BytesIO(data))
@@ -90,6 +100,9 @@ def load_image(source: str | os.PathLike | bytes, size: int, *, max_bytes: int =
         if w * h > max_pixels:
             raise ImageError(f"the image is {w} x {h} pixels ({w * h / 1e6:.0f} MP); the limit is "
                              f"{max_pixels / 1e6:.0f} MP")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise ImageError(f"the image is {w} x {h} pixels, an aspect ratio over {MAX_ASPECT}:1; crop it to "
+                             f"something closer to a square first")
         if getattr(img, "n_frames", 1) > 1:
             notes.append(f"animated image: first of {img.n_frames} frames used")
             img.seek(0)
@@ -98,6 +111,17 @@ def load_image(source: str | os.PathLike | bytes, size: int, *, max_bytes: int =
         if orientation not in (1, None):
             img = ImageOps.exif_transpose(img)
             notes.append(f"rotated according to its EXIF orientation ({orientation})")
+        original = img.size
+        if original[0] != original[1]:  # the centred square first: every later step works on at most this
+            side = min(original)
+            left, top = (original[0] - side) // 2, (original[1] - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        img = _to_rgb(img, notes)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            crop = " with a center crop" if original[0] != original[1] else ""
+            notes.append(f"resized from {original[0]} x {original[1]} to {size} x {size}{crop}")
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -105,19 +129,12 @@ def load_image(source: str | os.PathLike | bytes, size: int, *, max_bytes: int =
     except UnidentifiedImageError:
         raise ImageError("this file is not an image format we can read (PNG, JPEG, GIF, WebP, BMP, TIFF, ...)") \
             from None
+    except MemoryError:
+        raise ImageError("the image is too large to decode on this server") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"the image file is corrupt or truncated ({e})") from None
-    img = _to_rgb(img, notes)
-    original = img.size
-    if original != (size, size):
-        scale = size / min(original)
-        new = (max(size, round(original[0] * scale)), max(size, round(original[1] * scale)))
-        img = img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
-        left, top = (new[0] - size) // 2, (new[1] - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        crop = " with a center crop" if original[0] != original[1] else ""
-        notes.append(f"resized from {original[0]} x {original[1]} to {size} x {size}{crop}")
-    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+        raise ImageError(f"the image file is corrupt or truncated ({e or type(e).__name__})") from None
+    except Exception as e:  # any other decoder failure: still a readable message, never an empty one
+        raise ImageError(f"the image could not be decoded ({type(e).__name__}: {e or 'no details'})") from None
     return LoadedImage(arr / 127.5 - 1.0, original, notes)
 
 

@@ -95,3 +95,36 @@ def test_byte_limit_and_missing_path(tmp_path):
         load_image(tmp_path / "missing.png", 32)
     with pytest.raises(ImageError, match="no image"):
         load_image(None, 32)
+
+
+@pytest.mark.parametrize("w,h", [(1_000_000, 1), (1, 2_000_000), (500_000, 1)])
+def test_extreme_strips_are_refused_with_a_message_and_bounded_memory(w, h):
+    """A 3 KB strip PNG once made a 32,000,000 x 32 intermediate (5 GB); now it is refused before conversion, and
+    a separate process measures the peak memory of trying."""
+    import subprocess
+    import sys
+    code = f"""
+import io, resource, sys
+from PIL import Image
+from hieratok import ImageError, load_image
+buf = io.BytesIO(); Image.new("RGB", ({w}, {h}), (200, 10, 10)).save(buf, format="PNG"); data = buf.getvalue()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_image(data, 128)
+    print("LOADED")
+except ImageError as e:
+    print("ERROR", e)
+print("PEAK_MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1])).stdout
+    assert "ERROR" in out and "aspect ratio over 20:1" in out, out
+    peak = float(out.split("PEAK_MB")[1])
+    assert peak < 100, out  # the decoded strip is 3-6 MB; nothing near it is allocated on top
+
+
+def test_a_tall_photo_is_cropped_to_its_centre_square_before_resizing():
+    arr = np.zeros((300, 100, 3), np.uint8)
+    arr[100:200] = 255  # the middle third is white: the centre square
+    loaded = load_image(png_bytes(Image.fromarray(arr)), 32)
+    assert torch.allclose(loaded.tensor, torch.ones(3, 32, 32)) and "center crop" in loaded.notes[-1]

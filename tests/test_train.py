@@ -133,7 +133,42 @@ def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] >= 2  # 14 images, 28 drawn: each unreadable file is met twice
     assert summary["images_seen"] == 28 - summary["skipped"]
-    assert "unreadable" in capsys.readouterr().out
+    # each unreadable file is named once, in the log and in the summary
+    assert sorted(Path(p).name for p in summary["unreadable_files"]) == ["broken.png", "truncated.png"]
+    captured = capsys.readouterr()
+    assert "unreadable" in captured.out
+    assert captured.err.count("broken.png") == 1 and captured.err.count("truncated.png") == 1
+
+
+def test_training_and_the_app_load_awkward_files_alike(tmp_path):
+    """16-bit gray, transparent RGBA and EXIF-rotated files: the trainer's dataset gives the app's pixels."""
+    from hieratok import load_image
+    from tests.test_image import GOOD
+    from train.data import FolderImages
+    for kind in ("16-bit", "rgba", "exif-rotated"):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        (tmp_path / "c" / f"{kind}.png").write_bytes(GOOD[kind][0])
+    ds = FolderImages(str(tmp_path), 32)
+    for i, (path, _) in enumerate(ds.samples):
+        x, _ = ds[i]
+        torch.testing.assert_close(x, load_image(path, 32).tensor)
+    rgba = ds[[Path(p).stem for p, _ in ds.samples].index("rgba")][0]
+    assert torch.allclose(rgba, torch.ones_like(rgba))  # transparent red composited on white, not red
+
+
+def test_a_classes_json_names_the_classes(image_folder, tmp_path):
+    from train.data import DataError, FolderImages
+    data = tmp_path / "named"
+    (data / "train").mkdir(parents=True)
+    for c in image_folder.iterdir():
+        (data / "train" / c.name).symlink_to(c)
+    names = {"class0": "tench", "class1": "church", "class2": "golf ball"}
+    (data / "classes.json").write_text(json.dumps(names))
+    ds = FolderImages(str(data / "train"), 32)
+    assert ds.classes == ["class0", "class1", "class2"] and ds.class_names == ["tench", "church", "golf ball"]
+    (data / "classes.json").write_text(json.dumps({"class0": "tench"}))
+    with pytest.raises(DataError, match="no name for the class folder"):
+        FolderImages(str(data / "train"), 32)
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(image_folder, tmp_path, monkeypatch):

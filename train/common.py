@@ -539,6 +539,7 @@ class Run:
         stream = StreamBatches(len(dataset), self.args.batch_size, start_step, self.args.steps, self.args.seed,
                                acc.process_index, acc.num_processes, flip)
         loader = make_loader(dataset, stream, self.args.num_workers)
+        self._dataset = dataset
         self._bar = tqdm(total=self.args.steps, initial=start_step, disable=not self.is_main, dynamic_ncols=True,
                          desc=self.name)
         self._last_log_time, self._last_log_images = time.time(), self.state.images_seen
@@ -632,7 +633,9 @@ class Run:
             result.save_pretrained(tmp)
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
+            bad = getattr(getattr(self, "_dataset", None), "unreadable", {})
             summary = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1),
+                       "unreadable_files": {self._dataset.samples[i][0]: why for i, why in sorted(bad.items())},
                        "num_processes": self.accelerator.num_processes,
                        "distributed": str(self.accelerator.distributed_type), "rank_weight_sha256": rank_hashes}
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))

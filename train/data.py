@@ -2,29 +2,21 @@
 per-sample flips derived from (seed, position), and unreadable files skipped and counted instead of crashing."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from hieratok.image import ImageError, load_image
 
 
 class DataError(ValueError):
     """A dataset path that cannot be used; raised before training starts."""
-
-
-def image_transform(image_size: int):
-    """Resize the short side, center-crop, and map to [-1, 1]."""
-    return transforms.Compose([
-        transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize([0.5] * 3, [0.5] * 3),
-    ])
 
 
 def read_class_names(root: str, classes: list[str]) -> list[str]:
@@ -61,26 +53,26 @@ class FolderImages(Dataset):
         if not self.samples:
             raise DataError(f"dataset path {root!r} has class folders but no images ({', '.join(IMG_EXTENSIONS)})")
         self.targets = [label for _, label in self.samples]
-        self.transform = image_transform(image_size)
-        self.root = root
+        self.image_size, self.root = image_size, root
+        self.unreadable: dict[int, str] = {}  # index -> why, each file once
         self.class_names = read_class_names(root, self.classes)
 
     def __len__(self):
         return len(self.samples)
 
-    def load(self, index: int) -> Image.Image:
-        with open(self.samples[index][0], "rb") as f:
-            img = Image.open(f)
-            img.load()
-        return img.convert("RGB")
+    def read(self, index: int) -> bytes | str:
+        """The encoded image (or its path) for `hieratok.load_image`."""
+        return self.samples[index][0]
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
-        try:
-            img = self.load(index)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        try:  # the project's one loader: the app and evaluation see the same pixels
+            x = load_image(self.read(index), self.image_size).tensor
+        except ImageError as e:
+            if index not in self.unreadable:  # named once, however often the file is drawn
+                self.unreadable[index] = str(e)
+                print(f"warning: skipping unreadable image {self.samples[index][0]}: {e}", file=sys.stderr)
             return None  # skipped and counted by `collate`; the trainer reports the count
-        x = self.transform(img)
         return (x.flip(-1) if flip else x), self.targets[index]
 
 
@@ -97,10 +89,12 @@ class TorchvisionCIFAR10(FolderImages):
         self.classes, self.targets = self.base.classes, list(self.base.targets)
         self.class_names = list(self.classes)
         self.samples = [(f"{root}#{i}", t) for i, t in enumerate(self.targets)]
-        self.transform, self.root = image_transform(image_size), root
+        self.image_size, self.root, self.unreadable = image_size, root, {}
 
-    def load(self, index: int) -> Image.Image:
-        return self.base[index][0].convert("RGB")
+    def read(self, index: int) -> bytes:
+        buf = io.BytesIO()
+        self.base[index][0].save(buf, format="PNG")
+        return buf.getvalue()
 
 
 def build_dataset(spec: str, image_size: int, split: str = "train", max_images: int | None = None,

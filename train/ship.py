@@ -2,7 +2,11 @@
 the reconstruction PSNR of a fixed generated image per tokenizer, a DiT sample's statistics, the classifier's
 prediction.
 
-    python train/ship.py --runs runs --assets assets
+    python train/ship.py --family cifar10 --runs runs --assets assets
+    python train/ship.py --family imagenette128 --runs runs --assets assets
+
+A family's entries whose run folder does not exist yet are skipped (and said); assets/expected.json keeps every
+shipped family's fingerprints.
 """
 from __future__ import annotations
 
@@ -20,14 +24,25 @@ from hieratok import DiT, HieraTok, generate  # noqa: E402
 from hieratok.classifier import Classifier  # noqa: E402
 from hieratok.metrics import psnr  # noqa: E402
 
-# assets folder -> (class, folder under --runs)
-SHIPPED = {
-    "hieratok-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
-    "singlescale-cifar10": (HieraTok, "dit-singlescale/tokenizer"),
-    "dit-hieratok-cifar10": (DiT, "dit-hieratok-long/final"),
-    "dit-singlescale-cifar10": (DiT, "dit-singlescale-long/final"),
-    "classifier-cifar10": (Classifier, "classifier/final"),
+# family -> assets folder -> (class, folder under --runs); a tokenizer ships from its DiT run's copy, which holds
+# the latent statistics the generator needs
+FAMILIES = {
+    "cifar10": {
+        "hieratok-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
+        "singlescale-cifar10": (HieraTok, "dit-singlescale/tokenizer"),
+        "dit-hieratok-cifar10": (DiT, "dit-hieratok-long/final"),
+        "dit-singlescale-cifar10": (DiT, "dit-singlescale-long/final"),
+        "classifier-cifar10": (Classifier, "classifier/final"),
+    },
+    "imagenette128": {
+        "hieratok-imagenette128": (HieraTok, "dit-hieratok-imagenette128/tokenizer"),
+        "singlescale-imagenette128": (HieraTok, "dit-singlescale-imagenette128/tokenizer"),
+        "dit-hieratok-imagenette128": (DiT, "dit-hieratok-imagenette128/final"),
+        "dit-singlescale-imagenette128": (DiT, "dit-singlescale-imagenette128/final"),
+        "classifier-imagenette128": (Classifier, "classifier-imagenette128/final"),
+    },
 }
+SHIPPED = {name: entry for family in FAMILIES.values() for name, entry in family.items()}
 
 
 def fixed_image(size: int = 32) -> torch.Tensor:
@@ -42,34 +57,45 @@ def fixed_image(size: int = 32) -> torch.Tensor:
     return img * 2 - 1
 
 
+def tokenizer_of(dit_name: str) -> str:
+    """dit-<variant>-<family> -> <variant>-<family>"""
+    return dit_name.removeprefix("dit-")
+
+
 @torch.no_grad()
-def fingerprints(assets: Path) -> dict:
-    x = fixed_image()[None]
-    out = {}
-    for name in ("hieratok-cifar10", "singlescale-cifar10"):
+def fingerprint(assets: Path, name: str) -> dict:
+    """What test_assets re-checks for one shipped checkpoint."""
+    cls = SHIPPED[name][0]
+    if cls is HieraTok:
         tok = HieraTok.from_pretrained(assets / name)
-        out[name] = {"psnr_fixed_image": float(psnr(tok.reconstruct(x), x)[0])}
-    for name, tok_name in (("dit-hieratok-cifar10", "hieratok-cifar10"),
-                           ("dit-singlescale-cifar10", "singlescale-cifar10")):
-        z, _ = generate(DiT.from_pretrained(assets / name), HieraTok.from_pretrained(assets / tok_name), [3, 7],
-                        steps=4, guidance=2.0, seed=0)
-        out[name] = {"latent_mean": float(z.mean()), "latent_std": float(z.std())}
-    clf = Classifier.from_pretrained(assets / "classifier-cifar10")
-    out["classifier-cifar10"] = {"logits_fixed_image": clf(x)[0].tolist()}
-    return out
+        x = fixed_image(tok.config.image_size)[None]
+        return {"psnr_fixed_image": float(psnr(tok.reconstruct(x), x)[0])}
+    if cls is DiT:
+        z, _ = generate(DiT.from_pretrained(assets / name), HieraTok.from_pretrained(assets / tokenizer_of(name)),
+                        [3, 7], steps=4, guidance=2.0, seed=0)
+        return {"latent_mean": float(z.mean()), "latent_std": float(z.std())}
+    clf = Classifier.from_pretrained(assets / name)
+    return {"logits_fixed_image": clf(fixed_image(clf.config.image_size)[None])[0].tolist()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--family", default="cifar10", choices=sorted(FAMILIES))
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--assets", default="assets")
     args = ap.parse_args(argv)
     runs, assets = Path(args.runs), Path(args.assets)
-    for name, (cls, src) in SHIPPED.items():
+    path = assets / "expected.json"
+    expected = json.loads(path.read_text()) if path.exists() else {}
+    for name, (cls, src) in FAMILIES[args.family].items():
+        if not (runs / src).exists():
+            print(f"not shipped: {runs / src} does not exist")
+            continue
         cls.from_pretrained(runs / src).save_pretrained(assets / name, dtype=torch.float16)
+        expected[name] = fingerprint(assets, name)
         print(f"shipped {runs / src} -> {assets / name}")
-    (assets / "expected.json").write_text(json.dumps(fingerprints(assets), indent=2))
-    print(f"recorded {assets / 'expected.json'}")
+    path.write_text(json.dumps(expected, indent=2))
+    print(f"recorded {path}")
 
 
 if __name__ == "__main__":
