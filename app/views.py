@@ -270,5 +270,5 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
         for s, d in sorted(per.items(), key=lambda kv: int(kv[0])):
             rows.append(f"| {m} | {s}x{s} | {d['gini']:.4f} | {d['entropy']:.4f} |")
     text = ("Latent density: a 24x24 histogram over the first two principal components of the standardised "
-            "latents (hieratok.metrics.latent_density). " + note + "\n\n" + "\n".join(rows))
+            "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). " + note + "\n\n" + "\n".join(rows))
     return fig, text

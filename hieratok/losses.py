@@ -89,6 +89,9 @@ class ReconstructionLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, out: DecodeOutput, post: DiagonalGaussian | None) -> LossTerms:
         cfg, logs = self.cfg, {}
+        if tuple(out.scales) != tuple(cfg.scales):
+            raise ValueError(f"the loss was built for scales {cfg.scales} but the model decoded {out.scales}: build "
+                             f"ReconstructionLoss from the model's own config")
         total = x.new_zeros(())
         for s, w, pred, target in zip(out.scales, self.scale_weights, out.images, multiscale_targets(x, out)):
             pred = pred.float()

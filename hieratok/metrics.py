@@ -33,6 +33,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------
 DENSITY_BINS = 24
 DENSITY_RANGE = 3.0
+DENSITY_SAMPLES = 2000   # latents behind every reported Gini / entropy (see latent_gini_entropy)
 
 
 def latent_density(latents: torch.Tensor, bins: int = DENSITY_BINS) -> np.ndarray:
@@ -48,8 +49,14 @@ def latent_density(latents: torch.Tensor, bins: int = DENSITY_BINS) -> np.ndarra
     if x.shape[0] < 3:
         raise ValueError("the latent density needs at least 3 latents")
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
-    _, _, v = torch.pca_lowrank(x, q=2, center=False, niter=6)
-    pts = x @ v[:, :2]
+    # the first two principal directions by an exact eigendecomposition of the smaller Gram matrix (deterministic;
+    # a sign flip mirrors the symmetric grid and changes neither Gini nor entropy)
+    if x.shape[0] >= x.shape[1]:
+        _, vecs = torch.linalg.eigh(x.T @ x)
+        pts = x @ vecs[:, -2:].flip(1)
+    else:
+        vals, vecs = torch.linalg.eigh(x @ x.T)
+        pts = vecs[:, -2:].flip(1) * vals[-2:].flip(0).clamp_min(0).sqrt()
     pts = (pts / pts.std(0).clamp_min(1e-8)).clamp(-DENSITY_RANGE, DENSITY_RANGE * (1 - 1e-9))
     idx = ((pts + DENSITY_RANGE) / (2 * DENSITY_RANGE) * bins).long().clamp(0, bins - 1)
     counts = torch.bincount(idx[:, 0] * bins + idx[:, 1], minlength=bins * bins).double()
@@ -73,9 +80,16 @@ def normalized_entropy(p: np.ndarray) -> float:
     return float(-(nz * np.log(nz)).sum() / np.log(p.size))
 
 
-def latent_gini_entropy(latents: torch.Tensor) -> dict[str, float]:
+def latent_gini_entropy(latents: torch.Tensor, samples: int = DENSITY_SAMPLES) -> dict[str, float]:
+    """Gini and normalised entropy of `latent_density` at a fixed sample size: a histogram's Gini grows as its
+    sample shrinks (0.72 at 1,000 latents, 0.69 at 3,000, 0.675 at 10,000 for one tokenizer), so every number the
+    project reports uses the same `samples` latents, evenly spaced over the set given (all of them when fewer,
+    which the returned `samples` then says)."""
+    n = latents.shape[0]
+    if n > samples:
+        latents = latents[torch.linspace(0, n - 1, samples).round().long()]
     p = latent_density(latents)
-    return {"gini": gini(p), "entropy": normalized_entropy(p)}
+    return {"gini": gini(p), "entropy": normalized_entropy(p), "samples": int(min(n, samples))}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -84,3 +84,29 @@ def test_shortcut_model_learns_beyond_the_codec():
     with torch.no_grad():
         after = F.mse_loss(model.reconstruct(x), x).item()
     assert after < 0.8 * before
+
+
+def test_latent_gini_is_deterministic_and_defined_at_a_fixed_sample_size():
+    from hieratok.metrics import latent_gini_entropy
+    z = torch.randn(3000, 4, 4, 4) * torch.linspace(0.5, 2, 4)[None, :, None, None]
+    torch.manual_seed(1)
+    a = latent_gini_entropy(z)
+    torch.manual_seed(2)  # the global RNG does not enter (torch.pca_lowrank did)
+    b = latent_gini_entropy(z)
+    assert a == b and a["samples"] == 2000
+    assert latent_gini_entropy(z[:500])["samples"] == 500
+    # wide latents (fewer samples than dimensions) take the Gram-matrix path: the same histogram as projecting on
+    # the top two right singular vectors
+    import numpy as np
+    from hieratok.metrics import DENSITY_BINS, DENSITY_RANGE, latent_density
+    wide = z[:40].flatten(1)[:, :60].double()
+    x = (wide - wide.mean(0)) / wide.std(0)
+    pts = x @ torch.linalg.svd(x, full_matrices=False).Vh[:2].T
+    pts = (pts / pts.std(0)).clamp(-DENSITY_RANGE, DENSITY_RANGE * (1 - 1e-9))
+    idx = ((pts + DENSITY_RANGE) / (2 * DENSITY_RANGE) * DENSITY_BINS).long()
+    hist = torch.zeros(DENSITY_BINS, DENSITY_BINS, dtype=torch.float64)
+    for i, j in idx.tolist():
+        hist[i, j] += 1
+    ours = latent_density(wide.reshape(40, 60, 1, 1)).reshape(DENSITY_BINS, DENSITY_BINS)
+    flips = [hist, hist.flip(0), hist.flip(1), hist.flip(0).flip(1)]  # PCA signs are arbitrary
+    assert any(np.allclose(ours, (h / h.sum()).numpy()) for h in flips)

@@ -186,7 +186,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(image_folder, tmp_path,
 
     monkeypatch.setattr(ReconstructionLoss, "forward", nan_on_fourth_call)
     out = tmp_path / "s1"
-    with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 3.*step-00000002"):
+    with pytest.raises(NonFiniteLoss, match=r"loss became non-finite at step 3 .*nan.*step-00000002"):
         stage1(["--data", image_folder, "--output-dir", out, "--steps", 6, "--batch-size", 8, *TINY_TOK,
                 *FAST[:-2], "--ckpt-every", 2])
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -311,6 +311,68 @@ def test_two_processes_stay_in_sync_and_track_one_process(image_folder, tmp_path
     l1 = [r["loss"] for r in read_metrics(single)]
     l2 = [r["loss"] for r in read_metrics(double)]
     np.testing.assert_allclose(l2, l1, rtol=2e-3)
+
+
+def test_nan_on_one_of_two_processes_stops_both_cleanly(image_folder, tmp_path):
+    """A non-finite loss on rank 1 alone (injected) stops both processes at once with the message, exit non-zero
+    and no hang; the checkpoint written before it is intact and nothing is saved after it."""
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HIERATOK_FAULT_NAN": "1:3"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29523", "train/stage1.py", "--data", str(image_folder), "--steps", "6",
+                           "--batch-size", "8", *TINY_TOK, "--mixed-precision", "no", "--log-every", "1",
+                           "--sample-every", "0", "--ckpt-every", "2", "--output-dir", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("loss became non-finite at step 3 on 1 process(es)") == 2  # said by both ranks
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--steps", "-3"], "--steps must be at least 1, got -3"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--keep-ckpts", "0"], "--keep-ckpts must be at least 1, got 0"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--init-from", "/nonexistent/ckpt"], "--init-from /nonexistent/ckpt:"),
+])
+def test_nonsense_arguments_exit_non_zero_with_one_line(image_folder, tmp_path, flags, message):
+    proc = subprocess.run([sys.executable, "train/stage1.py", "--data", str(image_folder), "--output-dir",
+                           str(tmp_path / "x"), *flags], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x" / "final").exists()
+
+
+def test_init_from_takes_the_checkpoint_config_and_refuses_conflicting_flags(image_folder, tiny_tokenizer, tmp_path,
+                                                                           capsys):
+    with pytest.raises(SystemExit, match="--variant cannot be combined with --init-from"):
+        stage1(["--data", image_folder, "--output-dir", tmp_path / "a", "--init-from", tiny_tokenizer,
+                "--variant", "singlescale", *FAST, "--steps", 1])
+    with pytest.raises(SystemExit, match="--set cannot be combined with --init-from"):
+        stage1(["--data", image_folder, "--output-dir", tmp_path / "b", "--init-from", tiny_tokenizer,
+                "--set", "dec_depth=2", *FAST, "--steps", 1])
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    stage1(["--data", image_folder, "--output-dir", tmp_path / "c", "--init-from", tiny_tokenizer, "--steps", 2,
+            "--batch-size", 4, *FAST])
+    config = json.loads((tmp_path / "c" / "run_config.json").read_text())
+    assert config["model"] == HieraTok.from_pretrained(tiny_tokenizer).config.to_dict()
+    assert "l1_16" in read_metrics(tmp_path / "c")[0]  # every scale of the checkpoint's model is supervised
+
+
+def test_the_loss_refuses_a_model_whose_scales_it_was_not_built_for():
+    from hieratok import tokenizer_config
+    from hieratok.losses import ReconstructionLoss
+    tiny = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1, dec_heads=3)
+    model = HieraTok(tokenizer_config("cifar10", **tiny))
+    loss = ReconstructionLoss(tokenizer_config("cifar10", "singlescale", **tiny))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out, post = model(x)
+    with pytest.raises(ValueError, match="built for scales"):
+        loss(x, out, post)
 
 
 # ---------------------------------------------------------------------------------------------------------------

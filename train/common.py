@@ -119,6 +119,35 @@ def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> 
     return ap
 
 
+def validate_args(args) -> None:
+    """Refuse nonsense before anything starts: a message and exit status 2, no traceback."""
+    problems = []
+    for name, minimum in (("steps", 1), ("batch_size", 1), ("keep_ckpts", 1), ("log_every", 1),
+                          ("ckpt_every", 0), ("sample_every", 0), ("num_workers", 0)):
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            problems.append(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    if getattr(args, "lr", 1.0) <= 0:
+        problems.append(f"--lr must be positive, got {args.lr}")
+    if getattr(args, "warmup", None) is not None and args.warmup < 0:
+        problems.append(f"--warmup must be at least 0, got {args.warmup}")
+    if getattr(args, "max_images", None) is not None and args.max_images < 1:
+        problems.append(f"--max-images must be at least 1, got {args.max_images}")
+    if not 0 <= getattr(args, "ema_decay", 0.5) < 1:
+        problems.append(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
+
+
+def load_pretrained(cls, path: str, flag: str):
+    """`cls.from_pretrained(path)` for a command-line flag, its failure one readable line (no traceback)."""
+    from hieratok.hub import CheckpointError
+    try:
+        return cls.from_pretrained(path)
+    except (CheckpointError, OSError, ValueError) as e:
+        raise SystemExit(f"error: {flag} {path}: {e}") from None
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """`KEY=VALUE` strings -> a dict, values parsed as JSON where possible (numbers, lists, true/false)."""
     out = {}
@@ -339,6 +368,7 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------------------
 class Run:
     def __init__(self, args, name: str):
+        validate_args(args)
         self.args, self.name = args, name
         self.out = Path(args.output_dir)
         self._csv = CSVTracker(name, str(self.out)) if args.log_with == "csv" else None
@@ -545,12 +575,16 @@ class Run:
         self._last_log_time, self._last_log_images = time.time(), self.state.images_seen
         self._step_end = time.time()
         for step, (x, y, skipped) in zip(range(start_step, self.args.steps), loader):
-            skipped_all = int(acc.reduce(torch.tensor(skipped, device=self.device), "sum"))
+            # one collective: the skipped count and whether any process lost its whole share, so that every
+            # process takes the same decision (one leaving alone would leave the others blocked in a collective)
+            counts = acc.reduce(torch.tensor([skipped, int(x is None)], device=self.device), "sum")
+            skipped_all, empty_shares = int(counts[0]), int(counts[1])
             if skipped_all:
                 self.state.skipped += skipped_all
                 self.print(f"step {step}: skipped {skipped_all} unreadable image(s) ({self.state.skipped} so far)")
-            if x is None:  # every sample of this rank's share was unreadable: skip the step on all ranks alike
-                raise SystemExit(f"error: a whole batch at step {step} was unreadable; check the dataset")
+            if empty_shares:
+                raise SystemExit(f"error: every image of a batch share at step {step} was unreadable "
+                                 f"({empty_shares} process(es)); check the dataset")
             # the same on every process: draws are sliced per rank (hieratok.rng), so N processes use the noise
             # one process would use at the same global batch
             gen = torch.Generator(device=self.device).manual_seed(self.args.seed * 1_000_003 + step)
@@ -565,11 +599,19 @@ class Run:
         self._bar.close()
 
     def check_finite(self, loss: torch.Tensor, step: int):
-        if not torch.isfinite(loss.detach()).all():
+        """Stop every process when the loss of any of them is not finite (decided together: a process stopping
+        alone would leave the others waiting in the next collective)."""
+        bad = float(not torch.isfinite(loss.detach()).all())
+        fault = os.environ.get("HIERATOK_FAULT_NAN")  # fault injection for tests: "RANK:STEP"
+        if fault and fault == f"{self.accelerator.process_index}:{step}":
+            bad = 1.0
+        if self.accelerator.num_processes > 1:
+            bad = float(self.accelerator.reduce(torch.tensor(bad, device=self.device), "sum"))
+        if bad:
             last = self.checkpoints()
-            raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; stopping without saving. "
-                                f"Last good checkpoint: {last[-1] if last else 'none'} (resume from it with a lower "
-                                f"--lr or --grad-clip)")
+            raise NonFiniteLoss(f"loss became non-finite at step {step} on {int(bad)} process(es) (this one: "
+                                f"{loss.item()}); stopping without saving. Last good checkpoint: "
+                                f"{last[-1] if last else 'none'} (resume from it with a lower --lr or --grad-clip)")
 
     def step(self, loss: torch.Tensor, optimizer, scheduler, model, step: int, update_ema: bool = True):
         """NaN guard, backward, gradient clipping, optimizer and scheduler step, EMA update. Returns grad norm."""

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from hieratok import DiT, HieraTok, dit_config  # noqa: E402
 from hieratok.latent import channel_stats  # noqa: E402
-from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+from train.common import Run, adamw, base_parser, load_pretrained, parse_overrides, warmup_cosine  # noqa: E402
 from train.data import eval_loader  # noqa: E402
 
 
@@ -137,7 +137,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     run = Run(args, "dit")
-    tokenizer = HieraTok.from_pretrained(args.tokenizer).to(run.device).eval().requires_grad_(False)
+    tokenizer = load_pretrained(HieraTok, args.tokenizer, "--tokenizer").to(run.device).eval().requires_grad_(False)
     dataset = run.dataset(tokenizer.config.image_size)
     cache = Path(args.latent_cache) if args.latent_cache else run.out / "latents.safetensors"
     z, z_flip, labels = load_or_encode(run, tokenizer, dataset, cache, args.encode_batch_size)
@@ -155,7 +155,7 @@ def main(argv=None):
     if args.init_from:
         if args.set:
             raise SystemExit("error: --set and --init-from together: the architecture comes from --init-from")
-        model = DiT.from_pretrained(args.init_from)
+        model = load_pretrained(DiT, args.init_from, "--init-from")
         for key in ("latent_channels", "latent_size", "num_classes", "class_names"):
             if getattr(model.config, key) != getattr(cfg, key):
                 raise SystemExit(f"error: --init-from {args.init_from} has {key}={getattr(model.config, key)}, "

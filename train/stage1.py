@@ -18,7 +18,7 @@ from torchvision.utils import save_image  # noqa: E402
 from hieratok import VARIANTS, HieraTok, tokenizer_config  # noqa: E402
 from hieratok.linear import PatchPCA  # noqa: E402
 from hieratok.losses import ReconstructionLoss  # noqa: E402
-from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+from train.common import Run, adamw, base_parser, load_pretrained, parse_overrides, warmup_cosine  # noqa: E402
 from train.data import eval_loader  # noqa: E402
 
 
@@ -75,12 +75,26 @@ def sample_reconstructions(run, x: torch.Tensor, step: int):
 def main(argv=None):
     args = parse_args(argv)
     run = Run(args, "stage1")
-    cfg = tokenizer_config(args.preset, args.variant, **parse_overrides(args.set))
+    if args.init_from:
+        # the architecture and its training settings come from the checkpoint; flags that would contradict it
+        # are refused rather than half-applied (the loss would pair scales with the wrong weights)
+        given = [f for f, v in (("--set", args.set), ("--variant", args.variant != "hieratok"),
+                                ("--preset", args.preset != "cifar10")) if v]
+        if given:
+            raise SystemExit(f"error: {' and '.join(given)} cannot be combined with --init-from: the model config "
+                             f"comes from {args.init_from}/config.json")
+        model = load_pretrained(HieraTok, args.init_from, "--init-from")
+        cfg = model.config
+    else:
+        try:
+            cfg = tokenizer_config(args.preset, args.variant, **parse_overrides(args.set))
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: invalid model config: {e}") from None
+        model = HieraTok(cfg)
     dataset = run.dataset(cfg.image_size)
 
     lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
 
-    model = HieraTok.from_pretrained(args.init_from) if args.init_from else HieraTok(cfg)
     if cfg.linear_shortcut and not args.init_from:
         model.init_linear(linear_codec(run, dataset, cfg, args.linear_fit_images))
     model.train()

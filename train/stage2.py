@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from hieratok import HieraTok  # noqa: E402
 from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss,  # noqa: E402
                              hinge_g_loss)
-from train.common import Run, adamw, base_parser, warmup_cosine  # noqa: E402
+from train.common import Run, adamw, base_parser, load_pretrained, warmup_cosine  # noqa: E402
 from train.stage1 import sample_reconstructions  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main(argv=None):
     if args.set:
         raise SystemExit("--set is not available in stage 2: the architecture comes from --init-from")
     run = Run(args, "stage2")
-    model = HieraTok.from_pretrained(args.init_from)
+    model = load_pretrained(HieraTok, args.init_from, "--init-from")
     cfg = model.config
     dataset = run.dataset(cfg.image_size)
     lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
