@@ -118,6 +118,51 @@ def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in read_metrics(tmp_path / "resumed")] == \
         [r["loss"] for r in read_metrics(tmp_path / "straight")]
+    # the run's config history: the first config, then one record per resume
+    config = json.loads((tmp_path / "resumed" / "run_config.json").read_text())
+    assert config["started_at_step"] == 0 and [r["started_at_step"] for r in config["resumes"]] == [4]
+    # the checkpoint is safetensors + JSON only
+    ckpt = sorted((tmp_path / "resumed" / "checkpoints").iterdir())[-1]
+    assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json"}
+
+
+class _Payload:
+    """Unpickling this creates the file named by `marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_never_unpickles_files_planted_in_a_checkpoint(image_folder, tmp_path):
+    import pickle
+    out = tmp_path / "run"
+    common = ["--data", image_folder, "--batch-size", 8, "--ckpt-every", 2, *TINY_TOK, *FAST]
+    stage1(["--output-dir", out, "--steps", 2, *common, "--ckpt-every", 1])
+    ckpt = sorted((out / "checkpoints").iterdir())[-1]
+    markers = []
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin",
+                 "scheduler.bin", "pytorch_model.bin"):
+        marker = tmp_path / f"pwned-{name}"
+        markers.append(marker)
+        (ckpt / name).write_bytes(pickle.dumps(_Payload(str(marker))))
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    stage1(["--output-dir", out, "--steps", 4, *common, "--resume", str(ckpt)])
+    assert json.loads((out / "summary.json").read_text())["step"] == 4
+    assert not any(m.exists() for m in markers)
+    # sanity: the payload does run when something unpickles it
+    pickle.loads((ckpt / "optimizer.bin").read_bytes())
+    assert markers[3].exists()
+
+
+def test_a_checkpoint_without_state_is_refused_with_a_message(image_folder, tmp_path):
+    (tmp_path / "old" / "checkpoints" / "step-00000002").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no state.json"):
+        stage1(["--output-dir", tmp_path / "old", "--data", image_folder, "--steps", 3, "--batch-size", 4,
+                *TINY_TOK, *FAST])
 
 
 def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, capsys):

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/x.py` from a clone, no install
 
 from hieratok.losses import load_lpips  # noqa: E402
+from train.checkpoint import STATE_FILE, load_whole, read_state, save_whole, write_json  # noqa: E402
 from train.data import DataError, StreamBatches, build_dataset, make_loader  # noqa: E402
 
 
@@ -211,7 +212,7 @@ class CSVTracker(GeneralTracker):
         return self.path
 
     def store_init_configuration(self, values: dict):
-        (self.path.parent / "hparams.json").write_text(json.dumps(values, indent=2, default=str))
+        write_json(self.path.parent / "hparams.json", values)
 
     def log(self, values: dict, step: int | None = None, **kwargs):
         row = {"step": step, **values}
@@ -222,10 +223,7 @@ class CSVTracker(GeneralTracker):
                 with open(self.path, newline="") as f:
                     rows = list(csv.DictReader(f))
             self.columns = (self.columns or []) + new_columns
-            with open(self.path, "w", newline="") as f:
-                writer = csv.DictWriter(f, self.columns)
-                writer.writeheader()
-                writer.writerows(rows)
+            self._rewrite(rows)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(c, "") for c in self.columns])
 
@@ -236,10 +234,16 @@ class CSVTracker(GeneralTracker):
             return
         with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["step"] and int(float(r["step"])) <= step]
-        with open(self.path, "w", newline="") as f:
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]):
+        """Replace the file atomically (a crash keeps the old file or the new one)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.path)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -388,6 +392,9 @@ class Run:
         self.state = TrainState()
         self.ema: EMA | None = None
         self._models: list[nn.Module] = []
+        self._ckpt_models: list[nn.Module] = []
+        self._ckpt_optimizers: list = []
+        self._schedulers: list = []
         self.run_config: dict = {"script": name, "args": vars(args),
                                  "num_processes": self.accelerator.num_processes,
                                  "distributed": str(self.accelerator.distributed_type),
@@ -433,7 +440,9 @@ class Run:
         optimizer (`prepare(g, d, g_opt, d_opt)` works as with DDP), and BatchNorm layers become FSDP units of their
         own kept in fp32 (bf16 weights beside fp32 running statistics fail in batch_norm)."""
         if not self.fsdp:
-            return self.accelerator.prepare(*objs)
+            prepared = self.accelerator.prepare(*objs)
+            self._remember(prepared if isinstance(prepared, (tuple, list)) else (prepared,))
+            return prepared
         models = [i for i, o in enumerate(objs) if isinstance(o, nn.Module)]
         owner = {id(p): i for i in models for p in objs[i].parameters()}
         groups = {i: [i] for i in models}
@@ -460,7 +469,16 @@ class Run:
             prepared = self.accelerator.prepare(*(objs[k] for k in indices))
             for k, obj in zip(indices, prepared if isinstance(prepared, (tuple, list)) else (prepared,)):
                 out[k] = obj
+        self._remember(out)
         return tuple(out) if len(out) > 1 else out[0]
+
+    def _remember(self, prepared):
+        """The prepared models and optimizers, in the order checkpoints store them."""
+        for obj in prepared:
+            if isinstance(obj, nn.Module):
+                self._ckpt_models.append(obj)
+            elif isinstance(obj, (torch.optim.Optimizer, AcceleratedOptimizer)):
+                self._ckpt_optimizers.append(obj)
 
     def unwrap(self, model):
         return self.accelerator.unwrap_model(model)
@@ -475,11 +493,7 @@ class Run:
         if ema:
             # parameters only: buffers here are constants (masks, position tables, latent statistics)
             self.ema = EMA(self.unwrap(model), self.args.ema_decay, sharded=self.fsdp)
-            if not self.fsdp:  # sharded: written beside accelerate's state by save_checkpoint
-                self.accelerator.register_for_checkpointing(self.ema)
-        for obj in stateful:
-            self.accelerator.register_for_checkpointing(obj)
-        self.accelerator.register_for_checkpointing(self.state)
+        self._schedulers.extend(stateful)  # their state dicts go to the checkpoint's state.json
 
     def whole(self, model: nn.Module, averaged: bool = False) -> nn.Module | None:
         """`model` (or its EMA) as one whole, ordinary module. Under FSDP this gathers the shards: every process
@@ -511,7 +525,15 @@ class Run:
         self.run_config.update(config)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "run_config.json").write_text(json.dumps(self.run_config, indent=2, default=str))
+            path = self.out / "run_config.json"
+            record = {**json.loads(json.dumps(self.run_config, default=str)), "started_at_step": self.state.step,
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            if path.exists() and self.state.step > 0:  # a resume: the first config stays, one record per resume
+                history = json.loads(path.read_text())
+                history.setdefault("resumes", []).append(record)
+            else:
+                history = record
+            write_json(path, history)
         self.accelerator.init_trackers(self.name, config=_flat(self.run_config))
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
@@ -532,9 +554,20 @@ class Run:
             return 0
         if not path.is_dir():
             raise SystemExit(f"error: --resume {what}: no such checkpoint folder")
-        self.accelerator.load_state(str(path))
-        if self.ema is not None and self.ema.sharded:
-            self.ema.load_sharded(path / "ema")
+        try:
+            record = read_state(path)
+            if self.fsdp:  # sharded models and optimizers: torch.distributed.checkpoint, through accelerate
+                self.accelerator.load_state(str(path))
+                if self.ema is not None:
+                    self.ema.load_sharded(path / "ema")
+            else:
+                load_whole(path, record, [self.unwrap(m) for m in self._ckpt_models], self._ckpt_optimizers,
+                           self.ema)
+        except (ValueError, KeyError, OSError) as e:
+            raise SystemExit(f"error: cannot resume from {path}: {e}") from None
+        self.state.load_state_dict(record["train_state"])
+        for sched, sd in zip(self._schedulers, record["schedulers"]):
+            sched.load_state_dict(sd)
         if self._csv is not None and self.is_main:
             self._csv.truncate_after(self.state.step)
         self.print(f"resumed from {path} at step {self.state.step}")
@@ -546,11 +579,20 @@ class Run:
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))  # prepared models and optimizers (sharded under FSDP) + the below
-        if self.ema is not None and self.ema.sharded:
-            self.ema.save_sharded(tmp / "ema")
+        record = {"format": "hieratok-checkpoint-1", "train_state": self.state.state_dict(),
+                  "schedulers": [sched.state_dict() for sched in self._schedulers]}
+        if self.fsdp:  # every process writes its shards (torch.distributed.checkpoint)
+            self.accelerator.save_state(str(tmp))
+            if self.ema is not None:
+                self.ema.save_sharded(tmp / "ema")
+                record["ema"] = {"folder": "ema", "n_averaged": self.ema.n_averaged}
+        elif self.is_main:  # whole tensors, equal on every process
+            tmp.mkdir(parents=True, exist_ok=True)
+            record.update(save_whole(tmp, [self.unwrap(m) for m in self._ckpt_models], self._ckpt_optimizers,
+                                     self.ema))
         self.accelerator.wait_for_everyone()
         if self.is_main:  # atomic: a checkpoint folder exists only once complete
+            write_json(tmp / STATE_FILE, record)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -680,7 +722,7 @@ class Run:
                        "unreadable_files": {self._dataset.samples[i][0]: why for i, why in sorted(bad.items())},
                        "num_processes": self.accelerator.num_processes,
                        "distributed": str(self.accelerator.distributed_type), "rank_weight_sha256": rank_hashes}
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(self.out / "summary.json", summary)
             self.print(f"done: {summary}; exported {path}")
         # every process leaves together: a process tearing down its process group while another still exports
         # made gloo abort at exit ("terminate called without an active exception")
