@@ -9,6 +9,7 @@ import argparse
 import base64
 import functools
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -146,8 +147,8 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         mask_kind = gr.Radio(list(MASK_KINDS), value="scale_causal", label="Decoder mask")
-                        mask_img = gr.Image(label="Mask (rows: queries, columns: keys; white = attends)",
-                                            type="pil", height=341, format="png")
+                        mask_img = gr.Image(label="Decoder mask by scale (white = attends, dark = masked)",
+                                            type="pil", height=420, format="png", show_label=True)
                     with gr.Column(scale=2):
                         att_in = upload_image(c["upload"])
                         if examples:
@@ -169,7 +170,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                                  [att_row, att_col], api_name=False)
                 att_btn.click(guarded(lambda fam, *a: views.attention(catalog[fam], *a)),
                               [family, att_in, att_layer, att_head, att_scale, att_row, att_col],
-                              [att_maps, att_bars, att_text], api_name="attention")
+                              [att_maps, att_bars, att_text], api_name="attention", concurrency_id="heavy", concurrency_limit=1)
 
             # 3. Interpolate ------------------------------------------------------------------------------------
             with gr.Tab("Interpolate"):
@@ -190,7 +191,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                                          object_fit="contain", format="png")
                 int_btn.click(guarded(lambda fam, *a: views.interpolation(catalog[fam], *a)),
                               [family, int_a, int_b, int_method, int_steps, int_scale, int_model], int_gallery,
-                              api_name="interpolate")
+                              api_name="interpolate", concurrency_id="heavy", concurrency_limit=1)
 
             # 4. Generate ---------------------------------------------------------------------------------------
             with gr.Tab("Generate"):
@@ -213,12 +214,17 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
 
                 def do_generate(fam, cls, guidance, steps, seed, count, model, progress=gr.Progress()):
                     progress(0, desc="sampling")
+                    t0 = time.perf_counter()
+
+                    def report(i, n):  # progress with an estimate of the time left
+                        left = (time.perf_counter() - t0) / max(i, 1) * (n - i)
+                        progress(i / n, desc=f"step {i}/{n}, about {left:.0f} s left")
                     return views.generate_samples(catalog[fam], cls, guidance, steps, seed, count, model,
-                                                  progress=lambda i, n: progress(i / n, desc=f"step {i}/{n}"))
+                                                  progress=report)
 
                 gen_btn.click(guarded(do_generate), [family, gen_class, gen_guidance, gen_steps, gen_seed,
                                                      gen_count, gen_model], [gen_grid, gen_scales, gen_text],
-                              api_name="generate")
+                              api_name="generate", concurrency_id="heavy", concurrency_limit=1)
 
             # 5. Latent space -----------------------------------------------------------------------------------
             with gr.Tab("Latent space"):
@@ -263,9 +269,13 @@ def main(argv=None):
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     ap.add_argument("--assets", default=str(DEFAULT_ASSETS), help="folder with the checkpoints the app serves")
-    ap.add_argument("--concurrency", type=int, default=2, help="requests computed at once (the rest queue)")
+    ap.add_argument("--concurrency", type=int, default=2,
+                    help="light requests (reconstruct, latent space) computed at once; the heavy ones (generate, "
+                         "attention, interpolate) run one at a time on every core, the rest queue")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // args.concurrency))
+    # every core for each request: a lone Generate uses them all; heavy requests queue for their one slot instead of
+    # splitting the cores (which would oversubscribe them and slow every request)
+    torch.set_num_threads(os.cpu_count() or 1)
     demo = build_demo(Catalog(Path(args.assets)))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,

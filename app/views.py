@@ -95,11 +95,13 @@ def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: st
     out = tok.decode(z)
     gallery = [(missing_scale_tile(s), f"{s}x{s}: not a scale of {model}")
                for s in align_to if s not in out.scales and s < max(out.scales)]
+    per_scale = []
     for s, im in zip(out.scales, out.images):
         target = downsample_image(x, im.shape[-1])
         p = float(psnr(im, target)[0])
         px = im.shape[-1]
-        gallery.append((to_pil(im[0], DISPLAY, resample), f"{s}x{s} tokens -> {px}x{px} px | PSNR {p:.2f} dB"))
+        gallery.append((to_pil(im[0], DISPLAY, resample), f"{s}x{s} · {px} px · {p:.1f} dB"))
+        per_scale.append((s, px, p))
     final = out.reconstruction
     p, q = float(psnr(final, x)[0]), float(ssim(final, x)[0])
     c, h, w = tok.config.latent_shape
@@ -108,6 +110,8 @@ def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: st
              f"(compression {tok.config.compression_ratio:.1f}x); decoder tokens {tok.layout.num_tokens} "
              f"(scales {', '.join(f'{s}x{s}' for s in tok.layout.scales)})",
              f"input: {_caption_notes(loaded.notes)}; display upscaling: {resample}",
+             "| scale (tokens) | image | PSNR |\n|---|---:|---:|\n" +
+             "\n".join(f"| {s}x{s} ({s * s}) | {px}x{px} px | {p:.2f} dB |" for s, px, p in per_scale),
              "PSNR at each scale is against the input area-downsampled to that scale's size."]
     return (to_pil(x[0], DISPLAY, resample), gallery, to_pil(final[0], DISPLAY, resample),
             diff_heatmap(final[0], x[0]), "\n\n".join(lines))
@@ -116,19 +120,30 @@ def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: st
 # ------------------------------------------------------------------------------------------------------------
 #                                                Attention
 # ------------------------------------------------------------------------------------------------------------
-def mask_image(store: ModelStore, kind: str = "scale_causal", size: int = 341) -> Image.Image:
-    """The decoder mask as an image: white = may attend; red lines at scale boundaries."""
+def mask_image(store: ModelStore, kind: str = "scale_causal", cell: int = 64) -> Image.Image:
+    """The decoder mask as a block diagram: one equal-sized block per (query scale, key scale) pair, white where
+    those queries attend to those keys, labelled with each scale's token count (drawn to token scale, the 256
+    finest tokens would hide the coarse blocks)."""
     layout = store.tokenizer("HieraTok").layout
-    if kind not in MASK_KINDS:
-        raise AppError(f"unknown mask {kind!r}")
-    mask = layout.mask(kind).numpy()
-    img = Image.fromarray(np.where(mask, 245, 40).astype(np.uint8)).convert("RGB").resize(
-        (size, size), Image.Resampling.NEAREST)
+    choice(kind, "mask", MASK_KINDS)
+    mask = layout.mask(kind)
+    n, margin = layout.num_scales, 84
+    img = Image.new("RGB", (margin + n * cell + 8, margin + n * cell + 8), "white")
     draw = ImageDraw.Draw(img)
-    scale = size / layout.num_tokens
-    for off in layout.offsets[1:]:
-        draw.line([(off * scale, 0), (off * scale, size)], fill=(220, 40, 40))
-        draw.line([(0, off * scale), (size, off * scale)], fill=(220, 40, 40))
+    for a in range(n):
+        for b in range(n):
+            block = mask[layout.slice(a), layout.slice(b)]
+            frac = float(block.float().mean())
+            shade = int(40 + 205 * frac)  # all attend: white; none: dark; partly (block-diagonal): in between
+            x0, y0 = margin + b * cell, margin + a * cell
+            draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=(shade, shade, shade), outline=(150, 150, 160))
+    for i, s in enumerate(layout.scales):
+        label = f"{s}x{s}"
+        draw.text((margin - 6, margin + i * cell + cell // 2 - 6), label, fill=(20, 20, 20), anchor="rm")
+        draw.text((margin - 6, margin + i * cell + cell // 2 + 7), f"{s * s} tok", fill=(110, 110, 120), anchor="rm")
+        draw.text((margin + i * cell + cell // 2, margin - 18), label, fill=(20, 20, 20), anchor="mm")
+        draw.text((margin + i * cell + cell // 2, margin - 6), f"{s * s}", fill=(110, 110, 120), anchor="mm")
+    draw.text((4, 4), "query scale (rows) x key scale (columns)", fill=(60, 60, 70))
     return img
 
 
@@ -156,6 +171,11 @@ def attention(store: ModelStore, source, layer: int, head: int, query_scale: int
         m = weights[layout.slice(i)].view(s, s).tolist()
         fig.add_trace(go.Heatmap(z=m, colorscale="Viridis", showscale=i == layout.num_scales - 1,
                                  zmin=0, zmax=float(weights.max())), row=1, col=i + 1)
+        # the query's position on every map: its own cell at its scale, the same image region elsewhere
+        k = s / query_scale
+        y0, x0 = row * k - 0.5, col * k - 0.5
+        fig.add_shape(type="rect", x0=x0, x1=x0 + max(k, 1.0), y0=y0, y1=y0 + max(k, 1.0), row=1, col=i + 1,
+                      line=dict(color="#ff3355" if s == query_scale else "#ff99aa", width=2))
         fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor=f"x{i + 1}", row=1, col=i + 1)
         fig.update_xaxes(showticklabels=False, row=1, col=i + 1)
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10),

@@ -23,8 +23,7 @@ PHOTO_CLASSES = ("tench", "English springer", "cassette player", "chain saw", "c
 # the tiny decoders differ between the families (2 layers x 3 heads, 3 layers x 2 heads), so the tests see every
 # control follow the picked model
 TINY = {"cifar10": dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3),
-        "imagenette128": dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=3, dec_heads=2,
-                              latent_channels=8)}
+        "imagenette128": dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=3, dec_heads=2)}
 FAMILY_LABELS = {"imagenette128": "Photos (ImageNet subset, 128 px)", "cifar10": "CIFAR-10 (32 px)"}
 
 

@@ -47,7 +47,7 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
 def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client, photo):
     inp, gallery, _, final, _, text = reconstruct(client, photo, family=PHOTOS)
     assert [g["caption"].split(" ")[0] for g in gallery] == ["1x1", "2x2", "4x4", "8x8", "16x16"]
-    assert "128x128 px" in gallery[-1]["caption"] and "resized from 300 x 200" in text
+    assert "128 px" in gallery[-1]["caption"] and "resized from 300 x 200" in text
     grid, scales, text = client.predict(PHOTOS, "church", 2.0, 2, 0, 2, "HieraTok", api_name="/generate")
     assert "2 samples of **church**" in text and len(scales) == 5
 
@@ -56,11 +56,14 @@ def test_reconstruct_returns_every_scale_with_psnr(client, photo):
     inp, gallery, other, final, diff, text = reconstruct(client, photo)
     assert len(gallery) == 5
     assert [g["caption"].split(" ")[0] for g in gallery] == ["1x1", "2x2", "4x4", "8x8", "16x16"]
-    assert all("PSNR" in g["caption"] and "dB" in g["caption"] for g in gallery)
+    assert all(g["caption"].endswith(" dB") for g in gallery)
     for g in gallery:
         assert Image.open(g["image"]).size == (192, 192)
     assert Image.open(final).size == (192, 192) and Image.open(diff).size == (192, 192)
     assert "compression 3.0x" in text and "resized from 300 x 200" in text and "341" in text
+    # each scale's PSNR as readable text, in a table beside the gallery
+    for s, px in ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32)):
+        assert f"| {s}x{s} ({s * s}) | {px}x{px} px |" in text
 
 
 def test_reconstruct_side_by_side_and_single_scale(client, photo):
@@ -69,7 +72,7 @@ def test_reconstruct_side_by_side_and_single_scale(client, photo):
     # the single-scale baseline has only the 16x16 scale: stand-in tiles keep it under HieraTok's 16x16 image
     assert len(gallery) == 5 and len(other["value"]) == 5
     assert [g["caption"] for g in other["value"][:4]] == [f"{s}x{s}: not a scale of Single-scale" for s in (1, 2, 4, 8)]
-    assert other["value"][4]["caption"].startswith("16x16 tokens") and "PSNR" in other["value"][4]["caption"]
+    assert other["value"][4]["caption"].startswith("16x16 · 32 px") and "dB" in other["value"][4]["caption"]
     _, gallery, _, _, _, text = reconstruct(client, photo, model="Single-scale")
     assert len(gallery) == 5 and "256" in text
 
@@ -78,12 +81,16 @@ def test_mask_endpoint_draws_each_mask(client):
     import numpy as np
     images = {k: np.asarray(Image.open(client.predict(CIFAR, k, api_name="/mask")).convert("L"))
               for k in ("scale_causal", "full", "scale_independent")}
+    # one equal-sized block per (query scale, key scale): 84 px of labels, then 64 px per block
+    block = lambda a, b: (84 + 64 * a + 32, 84 + 64 * b + 32)  # noqa: E731  (row, column) pixel of a block
     for img in images.values():
-        assert img.shape == (341, 341)
-    # top-right corner: the 1x1 query looking at 16x16 keys: masked except in full attention
-    assert images["scale_causal"][2, 300] < 100 and images["full"][2, 300] > 200
+        assert img.shape == (412, 412)
+    # top-right: the 1x1 query looking at 16x16 keys: masked except in full attention
+    assert images["scale_causal"][block(0, 4)] < 100 and images["full"][block(0, 4)] > 200
     # bottom-left: a 16x16 query looking at the 1x1 key: visible except when scales are independent
-    assert images["scale_causal"][300, 0] > 200 and images["scale_independent"][300, 0] < 100
+    assert images["scale_causal"][block(4, 0)] > 200 and images["scale_independent"][block(4, 0)] < 100
+    # the diagonal is seen in every mask
+    assert all(img[block(2, 2)] > 200 for img in images.values())
 
 
 def test_attention_endpoint_reports_zero_mass_on_finer_scales(client, photo):

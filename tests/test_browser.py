@@ -35,9 +35,23 @@ def upload(page, photo, index=0):
 def test_reconstruct_shows_five_scales(page, photo):
     upload(page, photo)
     page.get_by_role("button", name="Reconstruct").click()
-    for s, px in ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32)):
-        sync_api.expect(page.get_by_text(f"{s}x{s} tokens -> {px}x{px} px", exact=False).first).to_be_visible()
-    sync_api.expect(page.get_by_text("compression 3.0x", exact=False)).to_be_visible()
+    # the 128-px photographs model is the default; each scale's PSNR is visible text
+    for s, px in ((1, 8), (2, 16), (4, 32), (8, 64), (16, 128)):
+        sync_api.expect(page.get_by_role("cell", name=f"{px}x{px} px", exact=True)).to_be_visible()
+    sync_api.expect(page.get_by_text("compression 12.0x", exact=False)).to_be_visible()
+
+
+def test_no_control_offers_a_value_the_model_rejects(page, photo):
+    """The Attention sliders stop at the decoder's last layer and head: the largest values work."""
+    page.get_by_role("tab", name="Attention").click()
+    upload(page, photo)
+    for label in ("Layer", "Head"):
+        number = page.get_by_label(label, exact=True).first
+        maximum = number.get_attribute("max")
+        number.fill(maximum)
+        number.press("Enter")
+    page.get_by_role("button", name="Show attention").click()
+    sync_api.expect(page.get_by_text("Mass:", exact=False)).to_be_visible()
 
 
 def test_every_other_tab_runs_once(page, photo):

@@ -61,6 +61,7 @@ def main(argv=None):
             loss = F.cross_entropy(logits.float(), y, label_smoothing=0.1)
         run.step(loss, optimizer, scheduler, model, step)
         run.log(step, {"loss": loss.item(), "train_acc": (logits.argmax(1) == y).float().mean().item()}, scheduler)
+        run.maybe_export(step)
         run.maybe_checkpoint(step)
 
     run.finish(model)

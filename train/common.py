@@ -114,6 +114,8 @@ def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> 
     ap.add_argument("--sample-every", type=int, default=500, help="save an image grid every N steps (0: never)")
     ap.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
     ap.add_argument("--keep-ckpts", type=int, default=2, help="checkpoints kept on disk")
+    ap.add_argument("--export-at", type=int, nargs="*", default=[], metavar="STEP",
+                    help="also export the EMA model as <output-dir>/exports/step-N at these steps (learning curves)")
     ap.add_argument("--log-with", default="csv", choices=["csv", "tensorboard", "wandb", "none"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override config fields, e.g. --set latent_channels=8 kl_weight=1e-5")
@@ -598,6 +600,21 @@ class Run:
             os.replace(tmp, final)
             for old in self.checkpoints()[: -self.args.keep_ckpts]:
                 shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def maybe_export(self, step: int):
+        """Export the EMA (or model) as `exports/step-N`, a from_pretrained directory, at the `--export-at` steps
+        (every process takes part: under FSDP the shards are gathered)."""
+        if step + 1 not in self.args.export_at:
+            return
+        model = self.whole(self._models[0], averaged=self.ema is not None)
+        if self.is_main:
+            path = self.out / "exports" / f"step-{step + 1:08d}"
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
         self.accelerator.wait_for_everyone()
 
     def maybe_checkpoint(self, step: int):

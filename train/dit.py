@@ -190,6 +190,7 @@ def main(argv=None):
             (run.out / "samples").mkdir(parents=True, exist_ok=True)
             save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, run.out / "samples" / f"step-{step + 1:08d}.png",
                        nrow=per_class)
+        run.maybe_export(step)
         run.maybe_checkpoint(step)
 
     run.finish(model)

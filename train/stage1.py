@@ -116,6 +116,7 @@ def main(argv=None):
         run.step(terms.total, optimizer, scheduler, model, step)
         run.log(step, terms.logs, scheduler)
         sample_reconstructions(run, x, step)
+        run.maybe_export(step)
         run.maybe_checkpoint(step)
 
     run.finish(model)

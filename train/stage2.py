@@ -90,6 +90,7 @@ def main(argv=None):
         logs.update(d_loss=d_loss.item(), loss=loss.item())
         run.log(step, logs, g_sched)
         sample_reconstructions(run, x, step)
+        run.maybe_export(step)
         run.maybe_checkpoint(step)
 
     run.finish(model)

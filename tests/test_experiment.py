@@ -1,0 +1,65 @@
+"""The experiment driver on a tiny grid: records, skips finished runs, resumes an interrupted one; the interval."""
+import json
+import math
+import shutil
+
+import pytest
+
+from tests.test_train import image_folder  # noqa: F401  (the synthetic ImageFolder fixture)
+
+TINY = ["--preset", "cifar10", "--steps", "4", "--batch-size", "4", "--curve-images", "8", "--set", "enc_dim=32",
+        "enc_depth=1", "enc_heads=2", "dec_dim=48", "dec_depth=1", "dec_heads=3"]
+
+
+def test_t_interval_against_a_hand_computed_example():
+    from train.experiment import t_interval
+    r = t_interval([1.0, 2.0, 3.0])
+    # mean 2, sample sd 1, t(0.975, 2 df) = 4.302653: half-width 4.302653 / sqrt(3)
+    assert r["mean"] == 2.0 and r["n"] == 3 and math.isclose(r["ci95"], 4.302653 / math.sqrt(3), rel_tol=1e-5)
+    assert math.isnan(t_interval([5.0])["ci95"])
+
+
+def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_path, capsys):  # noqa: F811
+    from train import experiment
+    args = ["--data", str(image_folder), "--val", str(image_folder), "--output-dir", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "eval" / "exp"), "--arms", "hieratok", "singlescale", "--seeds", "0", "1",
+            *TINY, "--stage1-args", "--mixed-precision", "no"]
+    experiment.main(args)
+    report = json.loads((tmp_path / "eval" / "exp.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in report["records"]) == [
+        ("hieratok", 0), ("hieratok", 1), ("singlescale", 0), ("singlescale", 1)]
+    for r in report["records"]:
+        assert [p["step"] for p in r["curve"]] == [1, 2, 4] and r["budget"]["steps"] == 4
+        assert set(r["final"]["psnr_scales"]) == ({"16x16"} if r["arm"] == "singlescale" else
+                                                   {"1x1", "2x2", "4x4", "8x8", "16x16"})
+        assert r["step_time_s"] > 0 and r["final"]["images"] == 36
+    # the two seeds differ (initialisation and data order)
+    h = [r for r in report["records"] if r["arm"] == "hieratok"]
+    assert h[0]["final"]["psnr"] != h[1]["final"]["psnr"]
+    s = report["summary"]
+    assert s["hieratok"]["psnr"]["n"] == 2 and "psnr_minus_hieratok" in s["singlescale"]
+    md = (tmp_path / "eval" / "exp.md").read_text()
+    assert "| singlescale | 2 |" in md and (tmp_path / "eval" / "exp-curves.html").exists()
+
+    # a second call runs nothing
+    capsys.readouterr()
+    experiment.main(args)
+    out = capsys.readouterr().out
+    assert out.count("done, skipped") == 4 and "stage1.py" not in out
+
+    # an interrupted run (no final export, no record, its checkpoint kept) resumes from its checkpoint
+    run = tmp_path / "runs" / "singlescale" / "seed-1"
+    shutil.rmtree(run / "final")
+    report["records"] = [r for r in report["records"] if (r["arm"], r["seed"]) != ("singlescale", 1)]
+    (tmp_path / "eval" / "exp.json").write_text(json.dumps(report))
+    experiment.main(args)
+    assert (run / "final" / "model.safetensors").exists()
+    config = json.loads((run / "run_config.json").read_text())
+    assert [r["started_at_step"] for r in config["resumes"]] == [3]  # from its newest checkpoint, not from scratch
+    assert len(json.loads((tmp_path / "eval" / "exp.json").read_text())["records"]) == 4
+
+
+def test_bad_seeds_are_refused():
+    from train import experiment
+    with pytest.raises(SystemExit):
+        experiment.parse_args(["--data", "x", "--val", "y", "--output-dir", "z", "--seeds", "1", "1"])

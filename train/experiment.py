@@ -1,0 +1,287 @@
+"""The controlled experiment: does multi-scale tokenization help at matched cost?
+
+Every arm (the method, its baselines and ablations) over several seeds, the same images seen, optimizer, schedule
+and batch for all; each run evaluated at fixed points of its budget on a fixed validation subset and at the end on
+all validation images; per arm a mean with a 95% t-interval over seeds, and paired differences against `hieratok`.
+
+    python train/experiment.py --data ../shared/data/imagenette/train --val ../shared/data/imagenette/val \
+        --output-dir runs/experiment --tier cpu --arms hieratok singlescale singlescale-flopmatched no-mss --seeds 0 1 2
+    # on GPUs: --tier gpu --launch "accelerate launch --num_processes 8"
+
+Resumable: a run with a recorded final evaluation is skipped, an unfinished one resumes from its newest checkpoint
+(stage 1 resumes by default), and the results file is rewritten after every run. Results: `--results PREFIX` writes
+PREFIX.json (one record per run: arm, variant, seed, budget, curve, final metrics, step time) and PREFIX.md (the
+table), and PREFIX-curves.html (plotly; PREFIX-curves.png too where kaleido is installed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from hieratok import HieraTok  # noqa: E402
+from hieratok.losses import downsample_image  # noqa: E402
+from hieratok.metrics import latent_gini_entropy, psnr, ssim  # noqa: E402
+from train.checkpoint import write_json  # noqa: E402
+from train.data import DataError, build_dataset, eval_loader  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# arm -> (tokenizer variant, config overrides)
+ARMS = {
+    "hieratok": ("hieratok", {}),
+    "singlescale": ("singlescale", {}),
+    "singlescale-flopmatched": ("singlescale-flopmatched", {}),
+    "no-mss": ("no-mss", {}),
+    "interp": ("interp", {}),
+    "full-attn": ("full-attn", {}),
+    "independent-attn": ("independent-attn", {}),
+    # multi-scale supervision with the finest scale carrying half the reconstruction loss
+    "finest-weighted": ("hieratok", {"scale_loss_weights": [0.125, 0.125, 0.125, 0.125, 0.5]}),
+}
+KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
+
+# model size and budget per hardware tier (the imagenette128 geometry: 128 px, patch 8, 16 x 16 x 16 latent)
+TIERS = {
+    "cpu": {"preset": "imagenette128", "steps": 1500, "batch_size": 32, "lr": 4e-4, "curve_images": 256,
+            "set": {"enc_dim": 96, "enc_depth": 2, "enc_heads": 4, "dec_dim": 96, "dec_depth": 3, "dec_heads": 4}},
+    "gpu": {"preset": "imagenette128", "steps": 20000, "batch_size": 128, "lr": 4e-4, "curve_images": 1000,
+            "set": {}},
+}
+CURVE_POINTS = (0.25, 0.5, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Statistics
+# ------------------------------------------------------------------------------------------------------------
+def t_interval(values: list[float], level: float = 0.95) -> dict:
+    """Mean and the half-width of a Student-t confidence interval over independent runs (seeds)."""
+    from scipy import stats
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "ci95": float("nan"), "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "ci95": float(half), "n": n}
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                               Evaluation
+# ------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(path: Path, images: torch.Tensor, batch: int = 64) -> dict:
+    """Per-scale PSNR, finest SSIM and the finest latent's Gini / entropy of a tokenizer on fixed images."""
+    tok = HieraTok.from_pretrained(path).eval()
+    per_scale = {s: [] for s in tok.layout.scales}
+    ssims, latents = [], []
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch]
+        z = tok.encode(x)
+        latents.append(z)
+        out = tok.decode(z)
+        for s, im in zip(out.scales, out.images):
+            per_scale[s].append(psnr(im, downsample_image(x, im.shape[-1])))
+        ssims.append(ssim(out.reconstruction, x))
+    finest = tok.layout.finest
+    psnrs = {f"{s}x{s}": float(torch.cat(v).mean()) for s, v in per_scale.items()}
+    return {"psnr": psnrs[f"{finest}x{finest}"], "psnr_scales": psnrs, "ssim": float(torch.cat(ssims).mean()),
+            "latent_density": latent_gini_entropy(torch.cat(latents)), "images": len(images)}
+
+
+def load_images(spec: str, size: int, limit: int | None) -> torch.Tensor:
+    """The first `limit` images of a fixed, evenly spaced order over the set (all of them when None)."""
+    try:
+        ds = build_dataset(spec, size, split="test")
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    if limit is not None and limit < len(ds):
+        keep = torch.linspace(0, len(ds) - 1, limit).round().long().tolist()
+        ds = torch.utils.data.Subset(ds, keep)
+    return torch.cat([x for x, _, _ in eval_loader(ds, 100) if x is not None])
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                 Runs
+# ------------------------------------------------------------------------------------------------------------
+def budget(args) -> dict:
+    tier = TIERS[args.tier]
+    return {"preset": args.preset or tier["preset"], "steps": args.steps or tier["steps"],
+            "batch_size": args.batch_size or tier["batch_size"], "lr": args.lr or tier["lr"],
+            "set": {**tier["set"], **dict(kv.split("=", 1) for kv in args.set)},
+            "curve_images": args.curve_images or tier["curve_images"]}
+
+
+def export_steps(steps: int) -> list[int]:
+    return sorted({max(1, round(steps * f)) for f in CURVE_POINTS if f < 1})
+
+
+def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
+    variant, overrides = ARMS[arm]
+    sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**b["set"], **overrides}.items()]
+    cmd = [*shlex.split(args.launch), str(ROOT / "train" / "stage1.py"), "--preset", b["preset"],
+           "--variant", variant, "--data", args.data, "--output-dir", str(out), "--seed", str(seed),
+           "--steps", str(b["steps"]), "--batch-size", str(b["batch_size"]), "--lr", str(b["lr"]),
+           "--ckpt-every", str(max(1, b["steps"] // 10)), "--sample-every", "0", "--log-every", "25",
+           "--export-at", *map(str, export_steps(b["steps"])), *(["--set", *sets] if sets else []),
+           *args.stage1_args]
+    print(f"[{arm} seed {seed}] {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: the {arm} run (seed {seed}) failed with exit status {proc.returncode}; rerun "
+                         f"the same command to resume it")
+
+
+def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x: torch.Tensor) -> dict:
+    out = Path(args.output_dir) / arm / f"seed-{seed}"
+    if not (out / "final" / "model.safetensors").exists():
+        train_one(args, b, arm, seed, out)
+    curve = []
+    for step in export_steps(b["steps"]):
+        m = evaluate(out / "exports" / f"step-{step:08d}", curve_x)
+        curve.append({"step": step, "images_seen": step * b["batch_size"], **m})
+    m = evaluate(out / "final", curve_x)
+    curve.append({"step": b["steps"], "images_seen": b["steps"] * b["batch_size"], **m})
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = HieraTok.from_pretrained(out / "final").config
+    return {"arm": arm, "variant": ARMS[arm][0], "seed": seed, "budget": b, "config": cfg.to_dict(),
+            "decoder_tokens": cfg.layout.num_tokens, "curve": curve, "final": evaluate(out / "final", val_x),
+            "step_time_s": summary["wall_s"] / max(1, summary["step"]), "path": str(out)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                Report
+# ------------------------------------------------------------------------------------------------------------
+def summarize(records: list[dict]) -> dict:
+    """Per arm: mean and 95% t-interval over seeds of each final metric; paired differences against hieratok."""
+    arms = {}
+    for r in records:
+        arms.setdefault(r["arm"], []).append(r)
+    out = {}
+    base = {r["seed"]: r for r in arms.get("hieratok", [])}
+    for arm, rs in arms.items():
+        row = {"seeds": sorted(r["seed"] for r in rs),
+               "psnr": t_interval([r["final"]["psnr"] for r in rs]),
+               "ssim": t_interval([r["final"]["ssim"] for r in rs]),
+               "gini": t_interval([r["final"]["latent_density"]["gini"] for r in rs]),
+               "entropy": t_interval([r["final"]["latent_density"]["entropy"] for r in rs]),
+               "step_time_s": t_interval([r["step_time_s"] for r in rs])}
+        paired = [r["final"]["psnr"] - base[r["seed"]]["final"]["psnr"] for r in rs if r["seed"] in base]
+        if arm != "hieratok" and paired:
+            row["psnr_minus_hieratok"] = t_interval(paired)
+        out[arm] = row
+    return out
+
+
+def fmt(m: dict, d: int = 2) -> str:
+    if m is None:
+        return "—"
+    ci = "" if math.isnan(m["ci95"]) else f" ± {m['ci95']:.{d}f}"
+    return f"{m['mean']:.{d}f}{ci}"
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [f"# Controlled experiment ({report['tier']} tier)", "",
+             f"Budget per run: {report['budget']['steps']} steps x {report['budget']['batch_size']} images, "
+             f"preset {report['budget']['preset']} with {report['budget']['set'] or 'its own sizes'}; final metrics "
+             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.", "",
+             "| arm | seeds | PSNR finest (dB) | Δ PSNR vs hieratok (paired) | SSIM | latent Gini | latent entropy "
+             "| step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, row in s.items():
+        lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['psnr'])} | {fmt(row.get('psnr_minus_hieratok'))} | "
+                     f"{fmt(row['ssim'], 4)} | {fmt(row['gini'], 4)} | {fmt(row['entropy'], 4)} | "
+                     f"{fmt(row['step_time_s'], 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_figure(records: list[dict]):
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    arms = sorted({r["arm"] for r in records})
+    for arm in arms:
+        rs = [r for r in records if r["arm"] == arm]
+        xs = [p["images_seen"] for p in rs[0]["curve"]]
+        ys = [[r["curve"][i]["psnr"] for r in rs] for i in range(len(xs))]
+        mean = [sum(v) / len(v) for v in ys]
+        ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
+        fig.add_trace(go.Scatter(x=xs, y=mean, name=arm, mode="lines+markers",
+                                 error_y=dict(type="data", array=ci, visible=True)))
+    fig.update_layout(xaxis_title="images seen", yaxis_title="PSNR, finest scale (dB)", height=420,
+                      title="Learning curves (mean ± 95% t-interval over seeds, fixed validation subset)")
+    return fig
+
+
+def write_report(prefix: Path, report: dict) -> None:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    write_json(prefix.with_suffix(".json"), report)
+    prefix.with_suffix(".md").write_text(markdown(report))
+    fig = curves_figure(report["records"])
+    fig.write_html(str(prefix.with_name(prefix.name + "-curves.html")), include_plotlyjs="cdn")
+    try:
+        fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=900, height=420)
+    except Exception as e:  # kaleido (and a browser) are optional: the HTML and the JSON carry the same data
+        print(f"note: no PNG of the curves ({type(e).__name__}: {e})")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="training images (ImageFolder)")
+    ap.add_argument("--val", required=True, help="validation images (ImageFolder)")
+    ap.add_argument("--output-dir", required=True, help="runs go to OUTPUT/<arm>/seed-<seed>")
+    ap.add_argument("--results", default="assets/eval/experiment", help="output prefix for .json / .md / curves")
+    ap.add_argument("--tier", default="cpu", choices=sorted(TIERS), help="model size and budget")
+    ap.add_argument("--arms", nargs="+", default=KEY_ARMS, choices=sorted(ARMS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--preset", default=None, help="override the tier's preset")
+    ap.add_argument("--steps", type=int, default=None, help="override the tier's steps per run")
+    ap.add_argument("--batch-size", type=int, default=None, help="override the tier's batch")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides for every arm")
+    ap.add_argument("--curve-images", type=int, default=None, help="validation images behind each curve point")
+    ap.add_argument("--val-images", type=int, default=None, help="final evaluation images (default: all)")
+    ap.add_argument("--launch", default=sys.executable, help='how to start a run, e.g. "accelerate launch"')
+    ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
+                    help="anything after this is passed to every stage-1 run")
+    args = ap.parse_args(argv)
+    if min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
+        ap.error("--seeds must be distinct non-negative integers")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    b = budget(args)
+    from hieratok import tokenizer_config
+    size = tokenizer_config(b["preset"]).image_size
+    prefix = Path(args.results)
+    old = json.loads(prefix.with_suffix(".json").read_text()) if prefix.with_suffix(".json").exists() else {}
+    records = [r for r in old.get("records", []) if r["budget"] == b]  # results of another budget are not mixed in
+    curve_x = load_images(args.val, size, b["curve_images"])
+    val_x = load_images(args.val, size, args.val_images)
+    t0 = time.time()
+    for seed in args.seeds:          # seeds outermost: a partial grid has every arm at the same number of seeds
+        for arm in args.arms:
+            if any(r["arm"] == arm and r["seed"] == seed for r in records):
+                print(f"[{arm} seed {seed}] done, skipped")
+                continue
+            records.append(run_record(args, b, arm, seed, curve_x, val_x))
+            report = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
+                      "records": records, "summary": summarize(records)}
+            write_report(prefix, report)
+            print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
+    if records:
+        print(markdown({"tier": args.tier, "budget": b, "val_images": len(val_x), "summary": summarize(records)}))
+
+
+if __name__ == "__main__":
+    main()
