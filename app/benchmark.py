@@ -25,24 +25,46 @@ from app.main import example_images  # noqa: E402
 from app.models import DEFAULT_ASSETS, Catalog  # noqa: E402
 
 
-def cold_start(assets: Path, port: int) -> float:
-    import subprocess
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("main.py")), "--assets", str(assets),
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+class Server:
+    """The app in a subprocess; `first_page_s` is the time from launch to its first page."""
+
+    def __init__(self, assets: Path, port: int):
+        import subprocess
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        self.url = f"http://127.0.0.1:{port}/"
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("main.py")), "--assets",
+                                      str(assets), "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         while time.perf_counter() - t0 < 120:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
                     if r.status == 200:
-                        return time.perf_counter() - t0
+                        self.first_page_s = time.perf_counter() - t0
+                        return
             except OSError:
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError("the app did not serve its first page within 120 s")
-    finally:
-        proc.terminate()
-        proc.wait(10)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def generate_latency(url: str, family: str, class_name: str, users: int, steps: int) -> float:
+    """Median seconds per Generate request (16 samples) through the app's queue with `users` at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    from gradio_client import Client
+    clients = [Client(url, verbose=False) for _ in range(users)]
+    clients[0].predict(family, class_name, 2.0, steps, 0, 16, "HieraTok", api_name="/generate")  # warm-up
+
+    def one(i):
+        t0 = time.perf_counter()
+        clients[i].predict(family, class_name, 2.0, steps, i, 16, "HieraTok", api_name="/generate")
+        return time.perf_counter() - t0
+    with ThreadPoolExecutor(users) as pool:
+        return statistics.median(pool.map(one, range(users)))
 
 
 def median_time(fn, repeats: int) -> float:
@@ -74,8 +96,19 @@ def main(argv=None):
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     print(f"CPU: {cpu}; {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; median of {args.repeats}; "
           f"assets {assets}")
-    print(f"first page after launch: {cold_start(assets, args.port):.2f} s (target <= 15)")
     steps = args.steps or views.DEFAULT_STEPS
+    server = Server(assets, args.port)
+    try:
+        print(f"first page after launch: {server.first_page_s:.2f} s (target <= 15)")
+        print("\nGenerate through the running app (16 samples, HieraTok), median seconds per request:\n")
+        print("| models | alone | 4 users at once |\n|---|---:|---:|")
+        for label in catalog.labels:
+            names = catalog[label].class_names()
+            alone = generate_latency(server.url, label, names[0], 1, steps)
+            four = generate_latency(server.url, label, names[0], 4, steps)
+            print(f"| {label} | {alone:.2f} | {four:.2f} |")
+    finally:
+        server.stop()
     for label in catalog.labels:
         store = catalog[label]
         tok = store.tokenizer("HieraTok")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
+import logging
 import os
 import time
 import sys
@@ -44,6 +45,28 @@ class UploadImage(gr.Image):
         return payload.path
 
 
+def unchecked(component: type) -> type:
+    """A Gradio input component whose value reaches the view as sent: the views check every input against the
+    loaded model and answer with a message naming the parameter and its range or choices (Gradio's own checks
+    name neither, log a traceback, and round 1.5 to 2 silently)."""
+
+    class Unchecked(component):
+        is_template = True  # rendered by the frontend as the base component
+
+        @classmethod
+        def get_component_class_id(cls) -> str:
+            return component.get_component_class_id()
+
+        def preprocess(self, payload):
+            return payload
+
+    Unchecked.__name__ = Unchecked.__qualname__ = component.__name__
+    return Unchecked
+
+
+Slider, Number, Radio = unchecked(gr.Slider), unchecked(gr.Number), unchecked(gr.Radio)
+
+
 def upload_image(label: str) -> UploadImage:
     return UploadImage(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"])
 
@@ -68,15 +91,24 @@ def example_images(assets: Path) -> list[str]:
     return photos + ours
 
 
+log = logging.getLogger("hieratok.app")
+
+
 def guarded(fn):
-    """Run a view: under inference mode, with its AppError shown to the user (the server keeps serving)."""
+    """Run a view under inference mode. A user error (AppError: a bad upload or value) is shown to the user and
+    logged as one line; anything else is a fault of ours, logged with its traceback. The server keeps serving."""
     @functools.wraps(fn)  # keeps the signature, so Gradio still sees a `progress=gr.Progress()` parameter
     def run(*args, **kwargs):
         try:
             with torch.inference_mode():
                 return fn(*args, **kwargs)
         except AppError as e:
-            raise gr.Error(str(e)) from None
+            log.info("user error in %s: %s", getattr(fn, "__name__", "view"), e)
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:
+            log.exception("fault in %s", getattr(fn, "__name__", "view"))
+            raise gr.Error(f"Something went wrong on our side ({type(e).__name__}); it has been logged.",
+                           print_exception=False) from None
     return run
 
 
@@ -102,7 +134,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
         gr.Markdown("# HieraTok Explorer\nA multi-scale ViT tokenizer (arXiv 2509.23736): one 16x16 latent, "
                     "downsampled to 8x8, 4x4, 2x2, 1x1, decoded coarse -> fine with scale-causal attention into an "
                     "image at every scale. Weights trained by this project (see assets/README.md).")
-        family = gr.Radio(catalog.labels, value=catalog.default, label="Models")
+        family = Radio(catalog.labels, value=catalog.default, label="Models")
         with gr.Tabs():
             # 1. Reconstruct ------------------------------------------------------------------------------------
             with gr.Tab("Reconstruct"):
@@ -111,9 +143,9 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                         rec_in = upload_image(c["upload"])
                         if examples:
                             gr.Examples(examples, inputs=rec_in)
-                        rec_model = gr.Radio(list(MODELS), value="HieraTok", label="Tokenizer")
+                        rec_model = Radio(list(MODELS), value="HieraTok", label="Tokenizer")
                         rec_both = gr.Checkbox(False, label="Side by side with the other tokenizer")
-                        rec_resample = gr.Radio(["nearest", "bicubic"], value="nearest", label="Display upscaling")
+                        rec_resample = Radio(["nearest", "bicubic"], value="nearest", label="Display upscaling")
                         rec_btn = gr.Button("Reconstruct", variant="primary")
                     with gr.Column(scale=3):
                         rec_gallery = gr.Gallery(label="Reconstruction from each scale (coarse -> fine)",
@@ -146,7 +178,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
             with gr.Tab("Attention"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        mask_kind = gr.Radio(list(MASK_KINDS), value="scale_causal", label="Decoder mask")
+                        mask_kind = Radio(list(MASK_KINDS), value="scale_causal", label="Decoder mask")
                         mask_img = gr.Image(label="Decoder mask by scale (white = attends, dark = masked)",
                                             type="pil", height=420, format="png", show_label=True)
                     with gr.Column(scale=2):
@@ -154,12 +186,12 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                         if examples:
                             gr.Examples(examples, inputs=att_in)
                         with gr.Row():
-                            att_layer = gr.Slider(0, c["layers"] - 1, value=0, step=1, label="Layer")
-                            att_head = gr.Slider(0, c["heads"] - 1, value=0, step=1, label="Head")
+                            att_layer = Slider(0, c["layers"] - 1, value=0, step=1, label="Layer")
+                            att_head = Slider(0, c["heads"] - 1, value=0, step=1, label="Head")
                             att_scale = gr.Dropdown(c["scales"], value=c["query_scale"], label="Query scale",
                                                     allow_custom_value=True)  # checked by the view, per model
-                            att_row = gr.Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query row")
-                            att_col = gr.Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query column")
+                            att_row = Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query row")
+                            att_col = Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query column")
                         att_btn = gr.Button("Show attention", variant="primary")
                         att_maps = gr.Plot(label="Attention over every scale")
                         att_bars = gr.Plot(label="Attention mass per scale")
@@ -181,11 +213,11 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                     gr.Examples([[a, b] for a, b in zip(examples, examples[1:] + examples[:1])],
                                 inputs=[int_a, int_b], examples_per_page=4)
                 with gr.Row():
-                    int_method = gr.Radio(["spherical", "linear"], value="spherical", label="Interpolation")
-                    int_steps = gr.Slider(2, 16, value=8, step=1, label="Steps")
+                    int_method = Radio(["spherical", "linear"], value="spherical", label="Interpolation")
+                    int_steps = Slider(2, 16, value=8, step=1, label="Steps")
                     int_scale = gr.Dropdown(["all"] + [f"{s}x{s}" for s in c["scales"]], value="all",
                                             label="Scale", allow_custom_value=True)
-                    int_model = gr.Radio(list(MODELS), value="HieraTok", label="Tokenizer")
+                    int_model = Radio(list(MODELS), value="HieraTok", label="Tokenizer")
                 int_btn = gr.Button("Interpolate", variant="primary")
                 int_gallery = gr.Gallery(label="Decoded along the latent path", columns=8, height=520,
                                          object_fit="contain", format="png")
@@ -199,12 +231,12 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                     with gr.Column(scale=1):
                         gen_class = gr.Dropdown(c["classes"], value=c["classes"][0], label="Class",
                                                 allow_custom_value=True)
-                        gen_guidance = gr.Slider(1.0, 8.0, value=views.DEFAULT_GUIDANCE, step=0.25,
+                        gen_guidance = Slider(1.0, 8.0, value=views.DEFAULT_GUIDANCE, step=0.25,
                                                  label="Guidance scale")
-                        gen_steps = gr.Slider(2, 100, value=views.DEFAULT_STEPS, step=1, label="Sampler steps (Heun)")
-                        gen_seed = gr.Number(0, precision=0, label="Seed")
-                        gen_count = gr.Slider(1, 32, value=16, step=1, label="Samples")
-                        gen_model = gr.Radio(list(MODELS), value="HieraTok", label="Generator (DiT on its tokenizer)")
+                        gen_steps = Slider(2, 100, value=views.DEFAULT_STEPS, step=1, label="Sampler steps (Heun)")
+                        gen_seed = Number(0, precision=0, label="Seed (empty: random)")
+                        gen_count = Slider(1, 32, value=16, step=1, label="Samples")
+                        gen_model = Radio(list(MODELS), value="HieraTok", label="Generator (DiT on its tokenizer)")
                         gen_btn = gr.Button("Generate", variant="primary")
                     with gr.Column(scale=2):
                         gen_grid = gr.Image(label="Samples", type="pil", format="png")
@@ -230,7 +262,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
             with gr.Tab("Latent space"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        lat_model = gr.Radio(list(MODELS), value="HieraTok", label="Tokenizer")
+                        lat_model = Radio(list(MODELS), value="HieraTok", label="Tokenizer")
                         lat_scale = gr.Dropdown(c["scales"], value=c["scales"][-1], label="Scale",
                                                 allow_custom_value=True)
                         lat_in = upload_image("Place your image (optional)")
@@ -273,6 +305,8 @@ def main(argv=None):
                     help="light requests (reconstruct, latent space) computed at once; the heavy ones (generate, "
                          "attention, interpolate) run one at a time on every core, the rest queue")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # our one-line user errors; other libraries stay at warnings
     # every core for each request: a lone Generate uses them all; heavy requests queue for their one slot instead of
     # splitting the cores (which would oversubscribe them and slow every request)
     torch.set_num_threads(os.cpu_count() or 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.main import example_images  # noqa: E402
 from app.models import DEFAULT_ASSETS  # noqa: E402
 from tests.app_fixtures import AppServer  # noqa: E402
 
@@ -23,7 +24,7 @@ def main(argv=None):
     from playwright.sync_api import expect, sync_playwright
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    examples = sorted((Path(args.assets) / "examples").glob("*.png"))
+    examples = example_images(Path(args.assets))  # photographs first (astronaut, chelsea, coffee, rocket, ...)
     server = AppServer(Path(args.assets), out / "app.log")
     try:
         with sync_playwright() as pw:
@@ -40,7 +41,7 @@ def main(argv=None):
             upload(0, examples[0])
             page.get_by_role("checkbox", name="Side by side with the other tokenizer").check()
             page.get_by_role("button", name="Reconstruct").click()
-            expect(page.get_by_text("compression 3.0x", exact=False).first).to_be_visible()
+            expect(page.get_by_text("compression", exact=False).first).to_be_visible()
             page.screenshot(path=str(out / "reconstruct.png"), full_page=True)
 
             page.get_by_role("tab", name="Attention").click()
@@ -51,7 +52,7 @@ def main(argv=None):
 
             page.get_by_role("tab", name="Interpolate").click()
             upload(0, examples[2])
-            upload(1, examples[5])
+            upload(1, examples[3])
             page.get_by_role("button", name="Interpolate").click()
             expect(page.get_by_text("t=1.00", exact=False).first).to_be_attached()
             page.screenshot(path=str(out / "interpolate.png"), full_page=True)

@@ -89,6 +89,7 @@ def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: st
     `align_to`: scales to lay the gallery out by; those the tokenizer lacks get a `missing_scale_tile`, so the
     single-scale baseline's one image sits under HieraTok's 16x16 one."""
     tok = store.tokenizer(model)
+    choice(resample, "display upscaling", ("nearest", "bicubic"))
     loaded = _load(store, source, model)
     x = loaded.tensor[None]
     z = tok.encode(x)

@@ -140,12 +140,14 @@ def test_latent_space_plots_every_point_and_places_the_upload(client, photo):
     ("/attention", [CIFAR, None, 0, 0, 3, 0, 0], "query scale must be one of 1, 2, 4, 8, 16"),
     ("/interpolate", [CIFAR, None, None, "spherical", 8.5, "all", "HieraTok"], "steps must be a whole number"),
     ("/interpolate", [CIFAR, None, None, "cubic", 4, "all", "HieraTok"], "interpolation must be one of"),
+    ("/interpolate", [CIFAR, None, None, "linear", 4, "3x3", "HieraTok"], "scale must be one of all, 1x1"),
     ("/generate", [CIFAR, "cat", 2.0, 3, 2 ** 70, 2, "HieraTok"], "seed must be a whole number"),
     ("/generate", [CIFAR, "cat", 2.0, 3, 1.5, 2, "HieraTok"], "seed must be a whole number"),
     ("/generate", [CIFAR, "unicorn", 2.0, 3, 0, 2, "HieraTok"], "class must be one of"),
     ("/generate", [CIFAR, "cat", 2.0, 3, 0, 0, "HieraTok"], "samples must be a whole number in 1..64"),
     ("/generate", [CIFAR, "cat", 2.0, 3, 0, 2, "Other"], "model must be one of"),
-    ("/generate", ["Nope", "cat", 2.0, 3, 0, 2, "HieraTok"], "Nope"),
+    ("/generate", ["Nope", "cat", 2.0, 3, 0, 2, "HieraTok"], "model set must be one of"),
+    ("/latent_space", [CIFAR, "HieraTok", 3, None], "no 3x3 scale"),
 ])
 def test_invalid_api_inputs_get_a_message_naming_the_parameter(client, photo, endpoint, args, message):
     args = [handle_file(photo) if a is None and endpoint != "/generate" else a for a in args]
@@ -178,3 +180,13 @@ def test_bad_input_corpus_gets_a_result_or_a_clear_error_and_the_server_keeps_se
                 or "413" in message or "exceeds" in message.lower()), message
     _, gallery, _, _, _, _ = reconstruct(client, photo)  # a valid request right after succeeds
     assert len(gallery) == 5
+
+
+def test_user_errors_are_logged_as_one_line_each_without_tracebacks(client, app_server):
+    """Runs after the bad-input tests above: each user error left one log line and no traceback."""
+    with pytest.raises(Exception):
+        client.predict(CIFAR, "cat", 2.0, 3, 0, 0, "HieraTok", api_name="/generate")
+    app_server.log.flush()
+    text = open(app_server.log.name).read()
+    assert text.count("user error in") >= 10, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]

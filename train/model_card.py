@@ -1,6 +1,8 @@
-"""Write assets/README.md, the model card, from the files the runs and the evaluation wrote (no number typed in).
+"""Write a model family's card, assets/cards/<family>.md, from the files the runs and the evaluation wrote (no
+number typed in), with the hand-written notes assets/notes/<family>.md appended.
 
-    python train/model_card.py --runs runs --assets assets --eval assets/eval/cifar10.json
+    python train/model_card.py --family cifar10 --runs runs --assets assets --eval assets/eval/cifar10.json
+    python train/model_card.py --family imagenette128 --runs runs --assets assets --eval assets/eval/imagenette128.json
 """
 from __future__ import annotations
 
@@ -18,13 +20,26 @@ from hieratok import HieraTok  # noqa: E402
 from hieratok.cost import cost_of  # noqa: E402
 from train.evaluate import markdown  # noqa: E402
 
-RUNS = [  # (checkpoint shipped, run folders that made it, in order)
-    ("hieratok-cifar10", ["hieratok-s1", "hieratok-s2"]),
-    ("singlescale-cifar10", ["singlescale-s1", "singlescale-s2"]),
-    ("dit-hieratok-cifar10", ["dit-hieratok", "dit-hieratok-long"]),
-    ("dit-singlescale-cifar10", ["dit-singlescale", "dit-singlescale-long"]),
-    ("classifier-cifar10", ["classifier"]),
-]
+RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
+    "cifar10": [
+        ("hieratok-cifar10", ["hieratok-s1", "hieratok-s2"]),
+        ("singlescale-cifar10", ["singlescale-s1", "singlescale-s2"]),
+        ("dit-hieratok-cifar10", ["dit-hieratok", "dit-hieratok-long"]),
+        ("dit-singlescale-cifar10", ["dit-singlescale", "dit-singlescale-long"]),
+        ("classifier-cifar10", ["classifier"]),
+    ],
+    "imagenette128": [
+        ("hieratok-imagenette128", ["hieratok-imagenette128-s1"]),
+        ("singlescale-imagenette128", ["singlescale-imagenette128-s1"]),
+        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128"]),
+        ("dit-singlescale-imagenette128", ["dit-singlescale-imagenette128"]),
+        ("classifier-imagenette128", ["classifier-imagenette128"]),
+    ],
+}
+TITLES = {"cifar10": ("CIFAR-10, 32 x 32", "`../shared/data/cifar10/train` (50,000 images)",
+                      "train/reproduce_cifar10.sh"),
+          "imagenette128": ("Imagenette photographs, 128 x 128", "`../shared/data/imagenette/train` (9,469 "
+                            "photographs of ten ImageNet classes)", "train/reproduce_imagenette.sh")}
 
 
 def command_line(cfg: dict) -> str:
@@ -37,13 +52,22 @@ def command_line(cfg: dict) -> str:
     return f"python {script} " + " ".join(parts)
 
 
-def targets(report: dict):
+def targets(report: dict, family: str):
     toks, gens = report.get("tokenizers", {}), report.get("generators", {})
     finest = toks.get("hieratok", {}).get("scales", {}).get("16x16", {}).get("psnr", {}).get("mean")
     acc = report.get("classifier", {}).get("accuracy", {}).get("mean")
     gen_acc = (gens.get("hieratok", {}).get("class_accuracy") or {}).get("mean")
-    return [("HieraTok finest-scale PSNR >= 28 dB (C = 4)", finest, 28.0),
-            ("classifier test accuracy >= 85%", None if acc is None else 100 * acc, 85.0),
+    if family == "cifar10":
+        return [("HieraTok finest-scale PSNR >= 28 dB (C = 4)", finest, 28.0),
+                ("classifier test accuracy >= 85%", None if acc is None else 100 * acc, 85.0),
+                ("HieraTok DiT sample class accuracy >= 40%", None if gen_acc is None else 100 * gen_acc, 40.0)]
+    linear = next((t for n, t in toks.items() if n.startswith("linear-pca")), {})
+    ref = linear.get("scales", {}).get("16x16", {}).get("psnr", {}).get("mean")
+    coarse = [t["psnr"]["mean"] for k, t in toks.get("hieratok", {}).get("scales", {}).items() if k != "16x16"]
+    return [("HieraTok finest PSNR >= linear reference + 1 dB",
+             None if finest is None or ref is None else finest - ref, 1.0),
+            ("every coarser HieraTok scale >= 18 dB", min(coarse) if coarse else None, 18.0),
+            ("classifier val accuracy >= 75%", None if acc is None else 100 * acc, 75.0),
             ("HieraTok DiT sample class accuracy >= 40%", None if gen_acc is None else 100 * gen_acc, 40.0)]
 
 
@@ -53,26 +77,31 @@ def size_mb(path: Path) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--family", default="cifar10", choices=sorted(RUNS))
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--assets", default="assets")
-    ap.add_argument("--eval", default="assets/eval/cifar10.json")
+    ap.add_argument("--eval", default=None, help="default: assets/eval/<family>.json")
+    ap.add_argument("--cpu", default=None, help="the CPU the runs trained on (default: this machine's)")
     args = ap.parse_args(argv)
-    runs, assets = Path(args.runs), Path(args.assets)
-    report = json.loads(Path(args.eval).read_text())
-    lines = ["# Shipped weights (CIFAR-10, 32 x 32)", "",
-             "Every checkpoint here was trained by this repository's `train/` scripts on "
-             "`../shared/data/cifar10/train` (50,000 images), on a 2-core CPU "
-             f"({platform.processor() or platform.machine()}, torch {torch.__version__}, bf16 autocast, one thread "
-             "per run, two runs side by side). No GPU was used. `bash train/reproduce_cifar10.sh` runs every "
-             "command below in order. Each folder loads with `from_pretrained` (weights stored in float16; "
-             "loading upcasts to float32).", "",
+    runs, assets, family = Path(args.runs), Path(args.assets), args.family
+    report = json.loads(Path(args.eval or assets / "eval" / f"{family}.json").read_text())
+    title, data, script = TITLES[family]
+    cpu = args.cpu or _cpu_name()
+    lines = [f"# Shipped weights ({title})", "",
+             f"Every checkpoint here was trained by this repository's `train/` scripts on {data}, on a 2-core CPU "
+             f"({cpu}, torch {torch.__version__}, one thread per run, two runs side by side; precision in each "
+             f"run's run_config.json). No GPU was used. `bash {script}` runs every command below in order. Each "
+             "folder loads with `from_pretrained` (weights stored in float16; loading upcasts to float32).", "",
              "| checkpoint | params | GFLOPs / image | decoder tokens | run | steps | images seen | wall time | size |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     commands = []
-    for name, folders in RUNS:
+    for name, folders in RUNS[family]:
         path = assets / name
+        if not path.exists():
+            lines.append(f"| {name} | not shipped yet | | | | | | | |")
+            continue
         params = None
-        if name.endswith("-cifar10") and "dit" not in name and "classifier" not in name:
+        if "dit" not in name and "classifier" not in name:
             tok = HieraTok.from_pretrained(path)
             cost = cost_of(tok.config)
             params, gflops, tokens = cost.params, f"{cost.gflops:.3f}", str(cost.decoder_tokens)
@@ -100,18 +129,30 @@ def main(argv=None):
               f"- Fréchet distances: {report['notes']['fd']}. Numbers are comparable between the two tokenizers "
               "and DiTs here, not with published FIDs.",
               "", "## Evaluation", "",
-              f"`{report['command']}` wrote [eval/cifar10.json](eval/cifar10.json) (all numbers, with 95% "
-              "intervals over images) and [eval/cifar10.md](eval/cifar10.md); the table:", ""]
+              f"`{report['command']}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, with 95% "
+              f"intervals over images) and [eval/{family}.md](../eval/{family}.md); the table:", ""]
     lines += markdown(report).splitlines()[1:]
-    lines += ["", "## Targets (issue #4)", "", "| target | measured | met |", "|---|---:|:---:|"]
-    for label, value, bar in targets(report):
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
+    for label, value, bar in targets(report, family):
         lines.append(f"| {label} | {'n/a' if value is None else f'{value:.4g}'} | "
                      f"{'n/a' if value is None else ('yes' if value >= bar else 'no')} |")
-    notes = assets / "NOTES.md"
+    notes = assets / "notes" / f"{family}.md"
     if notes.exists():  # the hand-written part: what limits the numbers, and what we would do next
         lines += ["", notes.read_text().strip()]
-    (assets / "README.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {assets / 'README.md'}")
+    out = assets / "cards" / f"{family}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
