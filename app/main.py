@@ -119,7 +119,7 @@ def controls(store) -> dict:
     names = store.class_names()
     size = cfg.image_size
     return {
-        "upload": f"Image (any size; resized and center-cropped to {size}x{size})",
+        "upload": f"Image (center-cropped, resized to {size}x{size})",
         "layers": cfg.dec_depth, "heads": cfg.dec_heads, "scales": scales,
         "query_scale": scales[-2] if len(scales) > 1 else scales[-1],
         "classes": names,

@@ -24,7 +24,7 @@ chain() {
 dit() {
   v=$1
   done_ $R/dit-$v-$P || $PY train/dit.py --preset $P --tokenizer $R/$v-$P-s1/final --data $D/train \
-      --output-dir $R/dit-$v-$P --steps ${DIT_STEPS:-1000} --batch-size 128 --ckpt-every 100 --sample-every 400 \
+      --output-dir $R/dit-$v-$P --steps ${DIT_STEPS:-800} --batch-size 128 --ckpt-every 100 --sample-every 400 \
       --log-every 25
 }
 classifier() {
