@@ -46,7 +46,7 @@ def test_no_control_offers_a_value_the_model_rejects(page, photo):
     page.get_by_role("tab", name="Attention").click()
     upload(page, photo)
     for label in ("Layer", "Head"):
-        number = page.get_by_label(label, exact=True).first
+        number = page.get_by_label(f"number input for {label}", exact=True).first
         maximum = number.get_attribute("max")
         number.fill(maximum)
         number.press("Enter")
