@@ -14,6 +14,7 @@ import torch.nn as nn
 from .config import DiTConfig
 from .hub import HubCheckpointMixin
 from .layers import Attention, Mlp, init_weights, sincos_2d, timestep_embedding
+from .linear import unpatchify
 from .rng import Shard, sharded
 
 SAMPLERS = ("euler", "heun")
@@ -115,8 +116,7 @@ class DiT(nn.Module, HubCheckpointMixin,
         for blk in self.blocks:
             x = blk(x, c)
         x = self.final(x, c)  # (B, N, p*p*C)
-        B, p, C, g = x.shape[0], cfg.patch_size, cfg.latent_channels, self.grid
-        return x.view(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, g * p, g * p)
+        return unpatchify(x, cfg.patch_size, cfg.latent_channels)
 
     def forward_cfg(self, x, t, y, guidance: float) -> torch.Tensor:
         """Guided velocity v_null + w * (v_cond - v_null); w = 1 is exactly the conditional prediction."""
