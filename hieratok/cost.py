@@ -9,6 +9,7 @@ multiply-add counts as 2 FLOPs.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +61,19 @@ def flop_matched_singlescale(cfg: HieraTokConfig, tolerance: float = 0.05) -> Hi
     """A single-scale config whose decoder is grown (depth, then width) until its forward FLOPs match `cfg`'s.
 
     This is the control the paper's reviewers asked for: does HieraTok win because of its extra decoder compute?
-    Candidates keep the head width of `cfg`; the closest one within `tolerance` is returned.
+    Candidates keep the head width of `cfg`; the closest one within `tolerance` is returned. The search counts
+    FLOPs of many candidates (seconds), so its answer is kept per config for the life of the process.
     """
+    key = (json.dumps(cfg.to_dict(), sort_keys=True), tolerance)
+    if key not in _FLOP_MATCHED:
+        _FLOP_MATCHED[key] = _search_flop_matched(cfg, tolerance)
+    return _FLOP_MATCHED[key].replace()  # a copy: callers may change it
+
+
+_FLOP_MATCHED: dict[tuple[str, float], HieraTokConfig] = {}
+
+
+def _search_flop_matched(cfg: HieraTokConfig, tolerance: float) -> HieraTokConfig:
     target = cost_of(cfg).gflops
     single = cfg.replace(scales=(cfg.grid_size,), name="singlescale-flopmatched")
     head_dim = cfg.dec_dim // cfg.dec_heads

@@ -82,3 +82,25 @@ def test_dit_checkpoint_is_not_a_tokenizer(tmp_path):
     DiT(dit_config("cifar10", dim=64, depth=1, heads=2)).save_pretrained(tmp_path / "dit")
     with pytest.raises(CheckpointError):
         HieraTok.from_pretrained(tmp_path / "dit")
+
+
+def test_the_package_builds_as_a_wheel_and_imports_from_outside_the_repository(tmp_path):
+    """`pip install hieratok` from this repository: a wheel with the library alone, usable from any folder."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(root)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("hieratok-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hieratok/tokenizer.py" in names and not any(n.startswith(("app/", "train/", "tests/")) for n in names)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    code = ("import hieratok, torch; from hieratok import HieraTok, tokenizer_config; "
+            "m = HieraTok(tokenizer_config('cifar10', enc_dim=32, enc_heads=2, dec_dim=48, dec_heads=3)); "
+            "print(hieratok.__file__, tuple(m.reconstruct(torch.zeros(1, 3, 32, 32)).shape))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}, check=True).stdout
+    assert str(tmp_path / "site") in out and "(1, 3, 32, 32)" in out
