@@ -3,7 +3,7 @@
     python train/evaluate.py --data ../shared/data/cifar10/test --classifier assets/classifier-cifar10 \
         --tokenizer hieratok=assets/hieratok-cifar10 --tokenizer singlescale=assets/singlescale-cifar10 \
         --dit hieratok=assets/dit-hieratok-cifar10 --dit singlescale=assets/dit-singlescale-cifar10 \
-        --output assets/eval
+        --output assets/eval/cifar10          (writes assets/eval/cifar10.json and .md)
 
 Tokenizer: PSNR and SSIM at every scale (against the input area-downsampled to that scale), LPIPS on the finest
 scale when its VGG backbone is available, rFD (Fréchet distance between reconstructions and inputs), and the Gini
