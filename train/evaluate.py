@@ -262,7 +262,8 @@ def parse_args(argv=None):
     ap.add_argument("--classifier", default=None, help="classifier directory (FD-cls, sample class accuracy)")
     ap.add_argument("--lpips-weights", default=None, help="torchvision's vgg16-397923af.pth")
     ap.add_argument("--inception-weights", default=None, help="torch-fidelity's pt_inception-2015-12-05 weights")
-    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="evaluation image size (default: the first tokenizer's, else the classifier's)")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--num-samples", type=int, default=10_000)
@@ -287,6 +288,17 @@ def main(argv=None):
                              f"--dit-tokenizer {name}=PATH")
     if dits and args.classifier is None and args.inception_weights is None:
         print("warning: no --classifier and no --inception-weights: generator metrics limited")
+    if args.image_size is None:
+        from hieratok.classifier import ClassifierConfig
+        from hieratok.config import HieraTokConfig
+        first = next(iter({**tokenizers, **dit_toks}.values()), None)
+        if first is not None:
+            args.image_size = HieraTokConfig.from_dict(json.loads((Path(first) / "config.json").read_text())).image_size
+        elif args.classifier:
+            args.image_size = ClassifierConfig.from_dict(
+                json.loads((Path(args.classifier) / "config.json").read_text())).image_size
+        else:
+            args.image_size = 32
     ev = Evaluator(args)
     if ev.lpips is None:
         print(f"warning: {ev.lpips_note}")
