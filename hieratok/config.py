@@ -122,7 +122,7 @@ TOKENIZER_PRESETS: dict[str, HieraTokConfig] = {
         grad_checkpointing=True, lpips_weight=1.0, kl_weight=1e-6),
     # Photographs at 128 px (Imagenette, ten ImageNet classes): patch 8 -> the same 16 x 16 latent grid and 341
     # decoder tokens as cifar10, so a step costs about what a cifar10 step costs. C = 16 was chosen by a
-    # calibration against the linear reference (assets/README.md).
+    # calibration against the linear reference (assets/notes/imagenette128.md).
     "imagenette128": HieraTokConfig(image_size=128, patch_size=8, latent_channels=16, linear_shortcut=True),
 }
 

@@ -15,7 +15,7 @@ done_() { [ -f "$1/final/model.safetensors" ]; }
 
 # Stage 1 for both tokenizers at the same budget (2,000 steps x 32 = 64,000 images), linear shortcut initialised
 # to the patch-PCA codec of 2,000 training images; HieraTok's finest scale carries half the reconstruction loss
-# (the calibration in assets/README.md: with equal weights the finest scale stalls at the linear codec).
+# (the calibration in assets/notes/imagenette128.md: with equal weights the finest scale drifted below the codec).
 chain() {
   v=$1; shift
   done_ $R/$v-$P-s1 || $PY train/stage1.py --preset $P --variant $v --data $D/train --output-dir $R/$v-$P-s1 \
