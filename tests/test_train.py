@@ -443,8 +443,15 @@ def test_fsdp_shards_resumes_bit_identically_and_tracks_one_process(image_folder
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distributed"] == "DistributedType.FSDP" and summary["num_processes"] == 2
     ckpt = out / "checkpoints" / "step-00000004"
-    for sharded in ("pytorch_model_fsdp_0", "optimizer_0", "ema"):  # one file per process, no whole copies
-        assert sorted(p.name for p in (ckpt / sharded).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    # one safetensors file per process for the model, the optimizer and the EMA; no pickle, no whole copies
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        [f"{kind}-rank{r}-of2.safetensors" for kind in ("model_0", "optimizer_0", "ema") for r in (0, 1)] +
+        ["state.json"])
+    from safetensors.torch import load_file
+    shard = load_file(str(ckpt / "model_0-rank0-of2.safetensors"))
+    whole = weights(tmp_path / "one" / "final")
+    name = next(k for k in whole if whole[k].ndim == 2 and whole[k].shape[0] % 2 == 0)
+    assert shard[name].shape[0] == whole[name].shape[0] // 2  # a shard, half of the rows
     # the exported EMA is whole and matches what one process trains at the same global batch
     one, two = weights(tmp_path / "one" / "final"), weights(out / "final")
     assert one.keys() == two.keys()

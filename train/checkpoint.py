@@ -3,13 +3,13 @@
 A checkpoint folder `step-N/` holds
 
     state.json                  step counters, scheduler states, EMA count, the layout of the files below
-    model_<i>.safetensors       each prepared model's state dict (whole: one process or DDP)
-    optimizer_<i>.safetensors   each optimizer's per-parameter tensors (exp_avg, ...), keyed "<param>/<name>"
-    ema.safetensors             the EMA's averaged parameters
+    model_<i><part>.safetensors       each prepared model's parameters and buffers
+    optimizer_<i><part>.safetensors   each optimizer's per-parameter tensors (exp_avg, ...), keyed "<param>/<name>"
+    ema<part>.safetensors             the EMA's averaged parameters
 
-Under FSDP2 the models, optimizers and EMA are sharded over the processes and are written with
-torch.distributed.checkpoint by every process (accelerate's `save_state`, and `EMA.save_sharded`); `state.json` is
-the same. Nothing in a folder is read unless it is listed here, so files such as accelerate's `*.pkl` / `*.bin`
+With one process or DDP the tensors are whole and written once (`<part>` is empty). Under FSDP2 every process
+writes its own shards (`<part>` = `-rank<r>-of<n>`), and a sharded checkpoint resumes with the same number of
+processes. Nothing in a folder is read unless it is listed here, so files such as accelerate's `*.pkl` / `*.bin`
 placed in a checkpoint folder are never loaded: resuming from a folder someone else wrote cannot run code.
 
 The random state needs no saving: every random draw of a step comes from a generator seeded by (seed, step), and
@@ -34,12 +34,22 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: the local shard of an FSDP2 DTensor, the tensor itself otherwise."""
+    from torch.distributed.tensor import DTensor
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return {k: _local(v.detach()).cpu().contiguous() for k, v in state.items()}
+
+
+def _model_tensors(model) -> dict:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
 def save_optimizer(optimizer, path: Path) -> dict:
-    """Tensors of the optimizer state into `path` (safetensors); returns the JSON part (param groups, scalars)."""
+    """Tensors of the optimizer state (this process's shards) into `path`; returns the JSON part."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, entries in sd["state"].items():
@@ -53,49 +63,72 @@ def save_optimizer(optimizer, path: Path) -> dict:
 
 
 def load_optimizer(optimizer, path: Path, meta: dict) -> None:
+    """Inverse of `save_optimizer`; a state tensor of a sharded parameter becomes a DTensor laid out like it."""
+    from torch.distributed.tensor import DTensor
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     tensors = load_file(str(path))
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, name = key.split("/", 1)
+        p = params[int(pid)]
+        if torch.is_tensor(value) and isinstance(p, DTensor) and value.ndim == p.ndim and value.ndim > 0:
+            value = DTensor.from_local(value.to(p.device), p.device_mesh, p.placements, run_check=False,
+                                       shape=p.shape, stride=p.stride())
         state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_whole(folder: Path, models: list, optimizers: list, ema) -> dict:
-    """Models, optimizers and EMA as safetensors (call on the main process); returns what state.json records."""
-    record = {"models": [], "optimizers": []}
+def save_state(folder: Path, models: list, optimizers: list, ema, part: str = "") -> dict:
+    """Models, optimizers and EMA as safetensors (this process's part); returns what state.json records."""
+    record = {"models": [], "optimizers": [], "part": part}
     for i, model in enumerate(models):
-        name = f"model_{i}.safetensors"
-        save_file(_tensors(model.state_dict()), str(folder / name))
+        name = f"model_{i}{part}.safetensors"
+        save_file(_tensors(_model_tensors(model)), str(folder / name))
         record["models"].append(name)
     for i, opt in enumerate(optimizers):
-        name = f"optimizer_{i}.safetensors"
+        name = f"optimizer_{i}{part}.safetensors"
         record["optimizers"].append({"file": name, **save_optimizer(opt, folder / name)})
     if ema is not None:
-        save_file(_tensors(dict(zip(ema.names, ema.shadow))), str(folder / "ema.safetensors"))
-        record["ema"] = {"file": "ema.safetensors", "n_averaged": ema.n_averaged}
+        save_file(_tensors(dict(zip(ema.names, ema.shadow))), str(folder / f"ema{part}.safetensors"))
+        record["ema"] = {"file": f"ema{part}.safetensors", "n_averaged": ema.n_averaged}
     return record
 
 
-def load_whole(folder: Path, record: dict, models: list, optimizers: list, ema) -> None:
+@torch.no_grad()
+def load_state(folder: Path, record: dict, models: list, optimizers: list, ema) -> None:
+    """Inverse of `save_state` for this process's part (`record` as that process wrote it)."""
     if len(record["models"]) != len(models) or len(record["optimizers"]) != len(optimizers):
         raise ValueError(f"{folder} holds {len(record['models'])} model(s) and {len(record['optimizers'])} "
                          f"optimizer(s); this run has {len(models)} and {len(optimizers)}")
     for name, model in zip(record["models"], models):
-        model.load_state_dict(load_file(str(folder / name)), strict=True)
+        saved, own = load_file(str(folder / name)), _model_tensors(model)
+        if set(saved) != set(own):
+            raise ValueError(f"{folder / name} does not fit this model (differing keys: "
+                             f"{sorted(set(saved) ^ set(own))[:5]})")
+        for key, t in own.items():
+            _local(t.data).copy_(saved[key])
     for meta, opt in zip(record["optimizers"], optimizers):
         load_optimizer(opt, folder / meta["file"], meta)
     if ema is not None:
         if "ema" not in record:
             raise ValueError(f"{folder} holds no EMA")
-        ema.load_state_dict({"n_averaged": record["ema"]["n_averaged"],
-                             "shadow": load_file(str(folder / record["ema"]["file"]))})
+        saved = load_file(str(folder / record["ema"]["file"]))
+        for name, t in zip(ema.names, ema.shadow):
+            _local(t).copy_(saved[name])
+        ema.n_averaged = int(record["ema"]["n_averaged"])
 
 
-def read_state(folder: Path) -> dict:
+def read_state(folder: Path, part: str = "") -> dict:
+    """state.json, with this process's file layout when the checkpoint is sharded (`parts` by rank)."""
     path = folder / STATE_FILE
     if not path.is_file():
         raise ValueError(f"{folder} is not a checkpoint of this project (no {STATE_FILE}; checkpoints written "
                          f"before the safetensors format cannot be resumed, start the run from its final/ export "
                          f"with --init-from instead)")
-    return json.loads(path.read_text())
+    state = json.loads(path.read_text())
+    if "parts" in state:  # sharded: one file layout per process
+        if part not in state["parts"]:
+            raise ValueError(f"{folder} was written by {len(state['parts'])} processes with other ranks "
+                             f"({sorted(state['parts'])}); resume it with the same number of processes")
+        state.update(state["parts"][part])
+    return state

@@ -18,7 +18,7 @@ data order is a pure function of (seed, step) (see `data.StreamBatches`), and a 
 optimizer, scheduler, step and RNG states. Checkpoints are written to a temporary folder and renamed.
 
 Under FSDP2 (`accelerate launch --config_file train/configs/fsdp.yaml`) parameters, gradients, optimizer state and
-the EMA are sharded over the processes; checkpoints are sharded (torch.distributed.checkpoint) and the exported model
+the EMA are sharded over the processes; checkpoints hold each process's shards (safetensors) and the exported model
 is gathered whole. accelerate applies FSDP only on accelerators; on CPUs it would quietly run DDP instead, so Run
 switches FSDP2 on over gloo there itself (`enable_fsdp_on_cpu`): the FSDP path is the same code on CPUs and GPUs,
 and the tests exercise it without a GPU.
@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/x.py` from a clone, no install
 
 from hieratok.losses import load_lpips  # noqa: E402
-from train.checkpoint import STATE_FILE, load_whole, read_state, save_whole, write_json  # noqa: E402
+from train.checkpoint import STATE_FILE, load_state, read_state, save_state, write_json  # noqa: E402
 from train.data import DataError, StreamBatches, build_dataset, make_loader  # noqa: E402
 
 
@@ -276,7 +276,7 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float, sharded: bool):
         self.decay, self.sharded, self.n_averaged = decay, sharded, 0
         self.names = [n for n, _ in model.named_parameters()]
-        if sharded:   # DTensors with the parameters' placements: checkpointed with torch.distributed.checkpoint
+        if sharded:   # DTensors with the parameters' placements: checkpointed per process
             self.module = None
             self.shadow = [p.detach().clone() for p in model.parameters()]
         else:
@@ -294,7 +294,7 @@ class EMA:
             torch._foreach_lerp_(shadow, params, 1.0 - min(self.decay, (1.0 + n) / (10.0 + n)))
         self.n_averaged += 1
 
-    # ---- checkpoints: accelerate's custom-object protocol (whole tensors) or a sharded DCP folder -----------------
+    # ---- checkpoints (train/checkpoint.py) --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"n_averaged": self.n_averaged, "shadow": dict(zip(self.names, self.shadow))}
 
@@ -305,17 +305,6 @@ class EMA:
             raise KeyError(f"the checkpoint's EMA lacks {missing[:5]}")
         for name, t in zip(self.names, self.shadow):
             t.copy_(state["shadow"][name])
-        self.n_averaged = int(state["n_averaged"])
-
-    def save_sharded(self, path: Path):
-        import torch.distributed.checkpoint as dcp
-        dcp.save({"shadow": dict(zip(self.names, self.shadow)),
-                  "n_averaged": torch.tensor(self.n_averaged)}, checkpoint_id=str(path))
-
-    def load_sharded(self, path: Path):
-        import torch.distributed.checkpoint as dcp
-        state = {"shadow": dict(zip(self.names, self.shadow)), "n_averaged": torch.tensor(0)}
-        dcp.load(state, checkpoint_id=str(path))  # in place, re-sharded to this run's layout
         self.n_averaged = int(state["n_averaged"])
 
     def full_parameters(self, keep: bool) -> dict[str, torch.Tensor]:
@@ -432,6 +421,12 @@ class Run:
             self.print(f"warning: {note}; training without the LPIPS term (recorded in run_config.json)")
             return None, note
         return module.to(self.device), note
+
+    @property
+    def _part(self) -> str:
+        """The file suffix of this process's shards in a sharded checkpoint ("" when tensors are whole)."""
+        acc = self.accelerator
+        return f"-rank{acc.process_index}-of{acc.num_processes}" if self.fsdp else ""
 
     @property
     def fsdp(self) -> bool:
@@ -557,14 +552,8 @@ class Run:
         if not path.is_dir():
             raise SystemExit(f"error: --resume {what}: no such checkpoint folder")
         try:
-            record = read_state(path)
-            if self.fsdp:  # sharded models and optimizers: torch.distributed.checkpoint, through accelerate
-                self.accelerator.load_state(str(path))
-                if self.ema is not None:
-                    self.ema.load_sharded(path / "ema")
-            else:
-                load_whole(path, record, [self.unwrap(m) for m in self._ckpt_models], self._ckpt_optimizers,
-                           self.ema)
+            record = read_state(path, self._part)
+            load_state(path, record, [self.unwrap(m) for m in self._ckpt_models], self._ckpt_optimizers, self.ema)
         except (ValueError, KeyError, OSError) as e:
             raise SystemExit(f"error: cannot resume from {path}: {e}") from None
         self.state.load_state_dict(record["train_state"])
@@ -583,15 +572,16 @@ class Run:
         self.accelerator.wait_for_everyone()
         record = {"format": "hieratok-checkpoint-1", "train_state": self.state.state_dict(),
                   "schedulers": [sched.state_dict() for sched in self._schedulers]}
-        if self.fsdp:  # every process writes its shards (torch.distributed.checkpoint)
-            self.accelerator.save_state(str(tmp))
-            if self.ema is not None:
-                self.ema.save_sharded(tmp / "ema")
-                record["ema"] = {"folder": "ema", "n_averaged": self.ema.n_averaged}
+        models = [self.unwrap(m) for m in self._ckpt_models]
+        if self.fsdp:  # every process writes its own shards
+            if self.is_main:
+                tmp.mkdir(parents=True, exist_ok=True)
+            self.accelerator.wait_for_everyone()
+            layouts = gather_object([save_state(tmp, models, self._ckpt_optimizers, self.ema, self._part)])
+            record["parts"] = {layout["part"]: layout for layout in layouts}
         elif self.is_main:  # whole tensors, equal on every process
             tmp.mkdir(parents=True, exist_ok=True)
-            record.update(save_whole(tmp, [self.unwrap(m) for m in self._ckpt_models], self._ckpt_optimizers,
-                                     self.ema))
+            record.update(save_state(tmp, models, self._ckpt_optimizers, self.ema))
         self.accelerator.wait_for_everyone()
         if self.is_main:  # atomic: a checkpoint folder exists only once complete
             write_json(tmp / STATE_FILE, record)
