@@ -24,13 +24,13 @@ chain() {
 dit() {
   v=$1
   done_ $R/dit-$v-$P || $PY train/dit.py --preset $P --tokenizer $R/$v-$P-s1/final --data $D/train \
-      --output-dir $R/dit-$v-$P --steps ${DIT_STEPS:-800} --batch-size 128 --ckpt-every 100 --sample-every 400 \
+      --output-dir $R/dit-$v-$P --steps ${DIT_STEPS:-600} --batch-size 128 --ckpt-every 100 --sample-every 400 \
       --log-every 25
 }
 classifier() {
   # ResNet-9 on 64-px copies of the photographs (it resizes any input to 64 px): FD-cls and sample accuracy
   done_ $R/classifier-$P || $PY train/classifier.py --image-size 64 --data $D/train --output-dir $R/classifier-$P \
-      --steps ${CLS_STEPS:-1200} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
+      --steps ${CLS_STEPS:-1000} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
 }
 { chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok; } &
 { chain singlescale; classifier; dit singlescale; } &
