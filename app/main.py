@@ -112,6 +112,11 @@ def guarded(fn):
     return run
 
 
+def index_range(n: int) -> dict:
+    """Slider settings for an index in 0..n-1 (a one-value range is shown fixed: Gradio needs max > min)."""
+    return {"minimum": 0, "maximum": max(n - 1, 1), "value": 0, "interactive": n > 1}
+
+
 def controls(store) -> dict:
     """What each control offers for a family's models: ranges, choices and labels read from the checkpoints."""
     tok = store.tokenizer(MODELS[0])
@@ -128,12 +133,16 @@ def controls(store) -> dict:
 
 def build_demo(catalog: Catalog) -> gr.Blocks:
     examples = example_images(catalog.assets)
-    first = controls(catalog[catalog.default])
-    c = first
+    try:
+        c, missing = controls(catalog[catalog.default]), ""
+    except AppError as e:  # no usable weights: the app still starts and each view says what is missing
+        c = {"upload": "Image", "layers": 1, "heads": 1, "scales": [1, 2, 4, 8, 16], "query_scale": 8,
+             "classes": [str(i) for i in range(10)]}
+        missing = f"\n\n**{e}**"
     with gr.Blocks(title="HieraTok Explorer") as demo:
         gr.Markdown("# HieraTok Explorer\nA multi-scale ViT tokenizer (arXiv 2509.23736): one 16x16 latent, "
                     "downsampled to 8x8, 4x4, 2x2, 1x1, decoded coarse -> fine with scale-causal attention into an "
-                    "image at every scale. Weights trained by this project (see assets/README.md).")
+                    "image at every scale. Weights trained by this project (see assets/README.md)." + missing)
         family = Radio(catalog.labels, value=catalog.default, label="Models")
         with gr.Tabs():
             # 1. Reconstruct ------------------------------------------------------------------------------------
@@ -186,20 +195,21 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                         if examples:
                             gr.Examples(examples, inputs=att_in)
                         with gr.Row():
-                            att_layer = Slider(0, c["layers"] - 1, value=0, step=1, label="Layer")
-                            att_head = Slider(0, c["heads"] - 1, value=0, step=1, label="Head")
+                            att_layer = Slider(step=1, label="Layer", **index_range(c["layers"]))
+                            att_head = Slider(step=1, label="Head", **index_range(c["heads"]))
                             att_scale = gr.Dropdown(c["scales"], value=c["query_scale"], label="Query scale",
                                                     allow_custom_value=True)  # checked by the view, per model
-                            att_row = Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query row")
-                            att_col = Slider(0, c["query_scale"] - 1, value=0, step=1, label="Query column")
+                            att_row = Slider(step=1, label="Query row", **index_range(c["query_scale"]))
+                            att_col = Slider(step=1, label="Query column", **index_range(c["query_scale"]))
                         att_btn = gr.Button("Show attention", variant="primary")
                         att_maps = gr.Plot(label="Attention over every scale")
                         att_bars = gr.Plot(label="Attention mass per scale")
                         att_text = gr.Markdown()
                 mask_kind.change(guarded(lambda fam, k: views.mask_image(catalog[fam], k)), [family, mask_kind],
                                  mask_img, api_name="mask")
-                att_scale.change(lambda s: (gr.update(maximum=int(s) - 1, value=0),) * 2, att_scale,
-                                 [att_row, att_col], api_name=False)
+                att_scale.change(
+                    guarded(lambda s: (gr.update(**index_range(views.integer(s, "query scale", 1, 4096))),) * 2),
+                    att_scale, [att_row, att_col], api_name=False)
                 att_btn.click(guarded(lambda fam, *a: views.attention(catalog[fam], *a)),
                               [family, att_in, att_layer, att_head, att_scale, att_row, att_col],
                               [att_maps, att_bars, att_text], api_name="attention", concurrency_id="heavy", concurrency_limit=1)
@@ -281,9 +291,8 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
             k = controls(store)
             q = k["query_scale"]
             return (gr.update(label=k["upload"]), gr.update(label=k["upload"]),
-                    gr.update(maximum=k["layers"] - 1, value=0), gr.update(maximum=k["heads"] - 1, value=0),
-                    gr.update(choices=k["scales"], value=q), gr.update(maximum=q - 1, value=0),
-                    gr.update(maximum=q - 1, value=0),
+                    gr.update(**index_range(k["layers"])), gr.update(**index_range(k["heads"])),
+                    gr.update(choices=k["scales"], value=q), gr.update(**index_range(q)), gr.update(**index_range(q)),
                     gr.update(choices=["all"] + [f"{s}x{s}" for s in k["scales"]], value="all"),
                     gr.update(choices=k["classes"], value=k["classes"][0]),
                     gr.update(choices=k["scales"], value=k["scales"][-1]),

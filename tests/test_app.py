@@ -190,3 +190,11 @@ def test_user_errors_are_logged_as_one_line_each_without_tracebacks(client, app_
     text = open(app_server.log.name).read()
     assert text.count("user error in") >= 10, text[-2000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_the_app_starts_without_weights_and_says_what_is_missing(tmp_path):
+    from app.main import build_demo
+    from app.models import Catalog
+    demo = build_demo(Catalog(tmp_path))
+    intro = next(b for b in demo.blocks.values() if type(b).__name__ == "Markdown")
+    assert "weights are missing" in intro.value and str(tmp_path) in intro.value
