@@ -166,21 +166,28 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                             rec_final = gr.Image(label="Final reconstruction (finest scale)", type="pil",
                                                  height=220, format="png")
                             rec_diff = gr.Image(label="|difference| (brighter = larger)", type="pil", height=220, format="png")
-                        rec_text = gr.Markdown()
+                        with gr.Row():
+                            rec_plot = gr.Plot(label="PSNR at each scale, both tokenizers")
+                            rec_text = gr.Markdown()
 
                 def do_reconstruct(fam, source, model, both, resample):
                     store = catalog[fam]
                     grid = store.tokenizer(MODELS[0]).layout.scales  # HieraTok's: every scale either model has
-                    inp, gal, final, diff, text = views.reconstruct(store, source, model, resample, grid)
-                    if not both:
-                        return inp, gal, gr.update(visible=False, value=None), final, diff, text
+                    inp, gal, final, diff, text, points = views.reconstruct(store, source, model, resample,
+                                                                            grid)
                     other = MODELS[1 - MODELS.index(model)]
-                    _, gal2, _, _, text2 = views.reconstruct(store, source, other, resample, grid)
-                    return inp, gal, gr.update(visible=True, value=gal2, label=other), final, diff, \
+                    curves = {model: points}
+                    if store.has_tokenizer(other):
+                        _, gal2, _, _, text2, curves[other] = views.reconstruct(store, source, other, resample,
+                                                                                grid)
+                    plot = views.psnr_figure(dict(sorted(curves.items(), key=lambda kv: MODELS.index(kv[0]))))
+                    if not both or other not in curves:
+                        return inp, gal, gr.update(visible=False, value=None), final, diff, plot, text
+                    return inp, gal, gr.update(visible=True, value=gal2, label=other), final, diff, plot, \
                         text + "\n\n---\n\n" + text2
 
                 rec_btn.click(guarded(do_reconstruct), [family, rec_in, rec_model, rec_both, rec_resample],
-                              [rec_input, rec_gallery, rec_gallery2, rec_final, rec_diff, rec_text],
+                              [rec_input, rec_gallery, rec_gallery2, rec_final, rec_diff, rec_plot, rec_text],
                               api_name="reconstruct")
 
             # 2. Attention --------------------------------------------------------------------------------------

@@ -115,7 +115,21 @@ def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: st
              "\n".join(f"| {s}x{s} ({s * s}) | {px}x{px} px | {p:.2f} dB |" for s, px, p in per_scale),
              "PSNR at each scale is against the input area-downsampled to that scale's size."]
     return (to_pil(x[0], DISPLAY, resample), gallery, to_pil(final[0], DISPLAY, resample),
-            diff_heatmap(final[0], x[0]), "\n\n".join(lines))
+            diff_heatmap(final[0], x[0]), "\n\n".join(lines), per_scale)
+
+
+def psnr_figure(curves: dict[str, list[tuple[int, int, float]]]) -> go.Figure:
+    """PSNR against each scale's image size, one trace per tokenizer (the single-scale one is a single point)."""
+    fig = go.Figure()
+    for name, points in curves.items():
+        fig.add_trace(go.Scatter(x=[px for _, px, _ in points], y=[p for _, _, p in points], name=name,
+                                 mode="lines+markers+text", text=[f"{p:.1f}" for _, _, p in points],
+                                 textposition="top center", marker=dict(size=9)))
+    sizes = sorted({px for points in curves.values() for _, px, _ in points})
+    fig.update_xaxes(type="log", tickvals=sizes, ticktext=[f"{px} px" for px in sizes], title="image side")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="PSNR (dB)",
+                      title="PSNR at each scale", legend=dict(orientation="h", y=-0.35))
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------------------

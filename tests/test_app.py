@@ -45,7 +45,7 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
 
 
 def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client, photo):
-    inp, gallery, _, final, _, text = reconstruct(client, photo, family=PHOTOS)
+    inp, gallery, _, final, _, _, text = reconstruct(client, photo, family=PHOTOS)
     assert [g["caption"].split(" ")[0] for g in gallery] == ["1x1", "2x2", "4x4", "8x8", "16x16"]
     assert "128 px" in gallery[-1]["caption"] and "resized from 300 x 200" in text
     grid, scales, text = client.predict(PHOTOS, "church", 2.0, 2, 0, 2, "HieraTok", api_name="/generate")
@@ -53,7 +53,7 @@ def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client,
 
 
 def test_reconstruct_returns_every_scale_with_psnr(client, photo):
-    inp, gallery, other, final, diff, text = reconstruct(client, photo)
+    inp, gallery, other, final, diff, plot, text = reconstruct(client, photo)
     assert len(gallery) == 5
     assert [g["caption"].split(" ")[0] for g in gallery] == ["1x1", "2x2", "4x4", "8x8", "16x16"]
     assert all(g["caption"].endswith(" dB") for g in gallery)
@@ -61,19 +61,23 @@ def test_reconstruct_returns_every_scale_with_psnr(client, photo):
         assert Image.open(g["image"]).size == (192, 192)
     assert Image.open(final).size == (192, 192) and Image.open(diff).size == (192, 192)
     assert "compression 3.0x" in text and "resized from 300 x 200" in text and "341" in text
+    # the per-scale PSNR curve of HieraTok beside the single-scale point, always
+    traces = json.loads(plot["plot"])["data"]
+    assert [t["name"] for t in traces] == ["HieraTok", "Single-scale"]
+    assert traces[0]["x"] == [2, 4, 8, 16, 32] and traces[1]["x"] == [32]
     # each scale's PSNR as readable text, in a table beside the gallery
     for s, px in ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32)):
         assert f"| {s}x{s} ({s * s}) | {px}x{px} px |" in text
 
 
 def test_reconstruct_side_by_side_and_single_scale(client, photo):
-    _, gallery, other, _, _, text = reconstruct(client, photo, both=True)
+    _, gallery, other, _, _, plot, text = reconstruct(client, photo, both=True)
     assert other["visible"] and other["label"] == "Single-scale"  # a component update: shown, relabelled
     # the single-scale baseline has only the 16x16 scale: stand-in tiles keep it under HieraTok's 16x16 image
     assert len(gallery) == 5 and len(other["value"]) == 5
     assert [g["caption"] for g in other["value"][:4]] == [f"{s}x{s}: not a scale of Single-scale" for s in (1, 2, 4, 8)]
     assert other["value"][4]["caption"].startswith("16x16 · 32 px") and "dB" in other["value"][4]["caption"]
-    _, gallery, _, _, _, text = reconstruct(client, photo, model="Single-scale")
+    _, gallery, _, _, _, _, text = reconstruct(client, photo, model="Single-scale")
     assert len(gallery) == 5 and "256" in text
 
 
@@ -170,7 +174,7 @@ def test_bad_input_corpus_gets_a_result_or_a_clear_error_and_the_server_keeps_se
     else:
         path.write_bytes((GOOD.get(kind) or BAD[kind])[0])
     if kind in GOOD:
-        _, gallery, _, _, _, text = reconstruct(client, str(path))
+        _, gallery, _, _, _, _, text = reconstruct(client, str(path))
         assert len(gallery) == 5 and GOOD[kind][1] in text
     else:
         with pytest.raises(Exception) as err:
@@ -178,7 +182,7 @@ def test_bad_input_corpus_gets_a_result_or_a_clear_error_and_the_server_keeps_se
         message = str(err.value)
         assert ("Could not use this image" in message or "too large" in message.lower()
                 or "413" in message or "exceeds" in message.lower()), message
-    _, gallery, _, _, _, _ = reconstruct(client, photo)  # a valid request right after succeeds
+    _, gallery, _, _, _, _, _ = reconstruct(client, photo)  # a valid request right after succeeds
     assert len(gallery) == 5
 
 
