@@ -83,11 +83,14 @@ def main(argv=None):
     ap.add_argument("--family", default="cifar10", choices=sorted(FAMILIES))
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--assets", default="assets")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NAME", help="ship only these assets folders")
     args = ap.parse_args(argv)
     runs, assets = Path(args.runs), Path(args.assets)
     path = assets / "expected.json"
     expected = json.loads(path.read_text()) if path.exists() else {}
     for name, (cls, src) in FAMILIES[args.family].items():
+        if args.only is not None and name not in args.only:
+            continue
         if not (runs / src).exists():
             print(f"not shipped: {runs / src} does not exist")
             continue
