@@ -42,12 +42,14 @@ def main(argv=None):
             page.get_by_role("checkbox", name="Side by side with the other tokenizer").check()
             page.get_by_role("button", name="Reconstruct").click()
             expect(page.get_by_text("compression", exact=False).first).to_be_visible()
+            page.wait_for_timeout(2500)  # images and the plot arrive after the text
             page.screenshot(path=str(out / "reconstruct.png"), full_page=True)
 
             page.get_by_role("tab", name="Attention").click()
             upload(0, examples[1])
             page.get_by_role("button", name="Show attention").click()
             expect(page.get_by_text("Mass:", exact=False)).to_be_visible()
+            page.wait_for_timeout(2500)
             page.screenshot(path=str(out / "attention.png"), full_page=True)
 
             page.get_by_role("tab", name="Interpolate").click()
@@ -55,11 +57,13 @@ def main(argv=None):
             upload(1, examples[3])
             page.get_by_role("button", name="Interpolate").click()
             expect(page.get_by_text("t=1.00", exact=False).first).to_be_attached()
+            page.wait_for_timeout(2500)
             page.screenshot(path=str(out / "interpolate.png"), full_page=True)
 
             page.get_by_role("tab", name="Generate").click()
             page.get_by_role("button", name="Generate").click()
             expect(page.get_by_text("samples of", exact=False)).to_be_visible()
+            page.wait_for_timeout(2500)
             page.screenshot(path=str(out / "generate.png"), full_page=True)
 
             page.get_by_role("tab", name="Latent space").click()
