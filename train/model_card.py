@@ -46,9 +46,11 @@ def command_line(cfg: dict) -> str:
     args = cfg["args"]
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
-    keep = ["variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps", "batch_size", "lr",
-            "warmup", "gan_start"]
+    keep = ["preset", "variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps",
+            "batch_size", "lr", "warmup", "gan_start", "image_size"]
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
+    if args.get("set"):
+        parts.append("--set " + " ".join(f"'{kv}'" for kv in args["set"]))
     return f"python {script} " + " ".join(parts)
 
 
