@@ -20,10 +20,12 @@ def test_t_interval_against_a_hand_computed_example():
 
 
 def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_path, capsys):  # noqa: F811
+    from hieratok.classifier import Classifier, ClassifierConfig
     from train import experiment
+    Classifier(ClassifierConfig(image_size=32, width=4)).save_pretrained(tmp_path / "classifier")
     args = ["--data", str(image_folder), "--val", str(image_folder), "--output-dir", str(tmp_path / "runs"),
             "--results", str(tmp_path / "eval" / "exp"), "--arms", "hieratok", "singlescale", "--seeds", "0", "1",
-            *TINY, "--stage1-args", "--mixed-precision", "no"]
+            "--classifier", str(tmp_path / "classifier"), *TINY, "--stage1-args", "--mixed-precision", "no"]
     experiment.main(args)
     report = json.loads((tmp_path / "eval" / "exp.json").read_text())
     assert sorted((r["arm"], r["seed"]) for r in report["records"]) == [
@@ -33,11 +35,13 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
         assert set(r["final"]["psnr_scales"]) == ({"16x16"} if r["arm"] == "singlescale" else
                                                    {"1x1", "2x2", "4x4", "8x8", "16x16"})
         assert r["step_time_s"] > 0 and r["final"]["images"] == 36
+        assert r["final"]["rfd_cls"] > 0 and r["curve"][0]["rfd_cls"] is None  # FD needs the full set
     # the two seeds differ (initialisation and data order)
     h = [r for r in report["records"] if r["arm"] == "hieratok"]
     assert h[0]["final"]["psnr"] != h[1]["final"]["psnr"]
     s = report["summary"]
     assert s["hieratok"]["psnr"]["n"] == 2 and "psnr_minus_hieratok" in s["singlescale"]
+    assert s["singlescale"]["rfd_cls"]["n"] == 2
     md = (tmp_path / "eval" / "exp.md").read_text()
     assert "| singlescale | 2 |" in md and (tmp_path / "eval" / "exp-curves.html").exists()
 

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from hieratok import HieraTok  # noqa: E402
 from hieratok.losses import downsample_image  # noqa: E402
-from hieratok.metrics import latent_gini_entropy, psnr, ssim  # noqa: E402
+from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
+from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit  # noqa: E402
 from train.checkpoint import write_json  # noqa: E402
 from train.data import DataError, build_dataset, eval_loader  # noqa: E402
 
@@ -79,11 +80,13 @@ def t_interval(values: list[float], level: float = 0.95) -> dict:
 #                                               Evaluation
 # ------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(path: Path, images: torch.Tensor, batch: int = 64) -> dict:
-    """Per-scale PSNR, finest SSIM and the finest latent's Gini / entropy of a tokenizer on fixed images."""
+def evaluate(path: Path, images: torch.Tensor, batch: int = 64, classifier: Classifier | None = None) -> dict:
+    """Per-scale PSNR, finest SSIM and the finest latent's Gini / entropy of a tokenizer on fixed images; with a
+    classifier also rFD-cls, the Fréchet distance between its features of the images and of the reconstructions."""
     tok = HieraTok.from_pretrained(path).eval()
     per_scale = {s: [] for s in tok.layout.scales}
     ssims, latents = [], []
+    fd = frechet_distance_metric(FeatureExtractor(classifier)) if classifier is not None else None
     for i in range(0, len(images), batch):
         x = images[i:i + batch]
         z = tok.encode(x)
@@ -92,10 +95,14 @@ def evaluate(path: Path, images: torch.Tensor, batch: int = 64) -> dict:
         for s, im in zip(out.scales, out.images):
             per_scale[s].append(psnr(im, downsample_image(x, im.shape[-1])))
         ssims.append(ssim(out.reconstruction, x))
+        if fd is not None:
+            fd.update(to_unit(x), real=True)
+            fd.update(to_unit(out.reconstruction), real=False)
     finest = tok.layout.finest
     psnrs = {f"{s}x{s}": float(torch.cat(v).mean()) for s, v in per_scale.items()}
     return {"psnr": psnrs[f"{finest}x{finest}"], "psnr_scales": psnrs, "ssim": float(torch.cat(ssims).mean()),
-            "latent_density": latent_gini_entropy(torch.cat(latents)), "images": len(images)}
+            "latent_density": latent_gini_entropy(torch.cat(latents)), "images": len(images),
+            "rfd_cls": float(fd.compute()) if fd is not None else None}
 
 
 def load_images(spec: str, size: int, limit: int | None) -> torch.Tensor:
@@ -141,7 +148,8 @@ def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
                          f"the same command to resume it")
 
 
-def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x: torch.Tensor) -> dict:
+def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x: torch.Tensor,
+               classifier: Classifier | None) -> dict:
     out = Path(args.output_dir) / arm / f"seed-{seed}"
     if not (out / "final" / "model.safetensors").exists():
         train_one(args, b, arm, seed, out)
@@ -154,7 +162,8 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
     summary = json.loads((out / "summary.json").read_text())
     cfg = HieraTok.from_pretrained(out / "final").config
     return {"arm": arm, "variant": ARMS[arm][0], "seed": seed, "budget": b, "config": cfg.to_dict(),
-            "decoder_tokens": cfg.layout.num_tokens, "curve": curve, "final": evaluate(out / "final", val_x),
+            "decoder_tokens": cfg.layout.num_tokens, "curve": curve,
+            "final": evaluate(out / "final", val_x, classifier=classifier),
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "path": str(out)}
 
 
@@ -174,6 +183,8 @@ def summarize(records: list[dict]) -> dict:
                "ssim": t_interval([r["final"]["ssim"] for r in rs]),
                "gini": t_interval([r["final"]["latent_density"]["gini"] for r in rs]),
                "entropy": t_interval([r["final"]["latent_density"]["entropy"] for r in rs]),
+               "rfd_cls": (t_interval([r["final"]["rfd_cls"] for r in rs])
+                           if all(r["final"].get("rfd_cls") is not None for r in rs) else None),
                "step_time_s": t_interval([r["step_time_s"] for r in rs])}
         paired = [r["final"]["psnr"] - base[r["seed"]]["final"]["psnr"] for r in rs if r["seed"] in base]
         if arm != "hieratok" and paired:
@@ -196,11 +207,11 @@ def markdown(report: dict) -> str:
              f"preset {report['budget']['preset']} with {report['budget']['set'] or 'its own sizes'}; final metrics "
              f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.", "",
              "| arm | seeds | PSNR finest (dB) | Δ PSNR vs hieratok (paired) | SSIM | latent Gini | latent entropy "
-             "| step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| rFD-cls | step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, row in s.items():
         lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['psnr'])} | {fmt(row.get('psnr_minus_hieratok'))} | "
                      f"{fmt(row['ssim'], 4)} | {fmt(row['gini'], 4)} | {fmt(row['entropy'], 4)} | "
-                     f"{fmt(row['step_time_s'], 3)} |")
+                     f"{fmt(row.get('rfd_cls'))} | {fmt(row['step_time_s'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +244,18 @@ def write_report(prefix: Path, report: dict) -> None:
         print(f"note: no PNG of the curves ({type(e).__name__}: {e})")
 
 
+def load_classifier(spec: str | None, preset: str) -> Classifier | None:
+    if spec == "none":
+        return None
+    path = Path(spec) if spec else ROOT / "assets" / f"classifier-{preset}"
+    if not (path / "model.safetensors").exists():
+        if spec:
+            raise SystemExit(f"error: --classifier {spec}: no model.safetensors there")
+        print(f"note: no classifier at {path}: rFD-cls is not measured")
+        return None
+    return Classifier.from_pretrained(path).eval()
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="training images (ImageFolder)")
@@ -249,6 +272,9 @@ def parse_args(argv=None):
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides for every arm")
     ap.add_argument("--curve-images", type=int, default=None, help="validation images behind each curve point")
     ap.add_argument("--val-images", type=int, default=None, help="final evaluation images (default: all)")
+    ap.add_argument("--classifier", default=None,
+                    help="a classifier from_pretrained directory for rFD-cls at the final evaluation (default: "
+                         "assets/classifier-<preset> when it exists; 'none' to skip)")
     ap.add_argument("--launch", default=sys.executable, help='how to start a run, e.g. "accelerate launch"')
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
@@ -268,13 +294,14 @@ def main(argv=None):
     records = [r for r in old.get("records", []) if r["budget"] == b]  # results of another budget are not mixed in
     curve_x = load_images(args.val, size, b["curve_images"])
     val_x = load_images(args.val, size, args.val_images)
+    classifier = load_classifier(args.classifier, b["preset"])
     t0 = time.time()
     for seed in args.seeds:          # seeds outermost: a partial grid has every arm at the same number of seeds
         for arm in args.arms:
             if any(r["arm"] == arm and r["seed"] == seed for r in records):
                 print(f"[{arm} seed {seed}] done, skipped")
                 continue
-            records.append(run_record(args, b, arm, seed, curve_x, val_x))
+            records.append(run_record(args, b, arm, seed, curve_x, val_x, classifier))
             report = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
                       "records": records, "summary": summarize(records)}
             write_report(prefix, report)
