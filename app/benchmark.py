@@ -11,50 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
+from hieratok.explorer import views
+from hieratok.explorer.models import Catalog
+from hieratok.explorer.server import AppServer
+from hieratok.explorer.ui import example_images
 
-from app import views  # noqa: E402
-from app.main import example_images  # noqa: E402
-from app.models import DEFAULT_ASSETS, Catalog  # noqa: E402
-
-
-class Server:
-    """The app in a subprocess; `first_page_s` is the time from launch to its first page."""
-
-    def __init__(self, assets: Path, port: int):
-        import subprocess
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
-        self.url = f"http://127.0.0.1:{port}/"
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("main.py")), "--assets",
-                                      str(assets), "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        while time.perf_counter() - t0 < 120:
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        self.first_page_s = time.perf_counter() - t0
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the app did not serve its first page within 120 s")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def generate_latency(url: str, family: str, class_name: str, users: int, steps: int) -> float:
     """Median seconds per Generate request (16 samples) through the app's queue with `users` at once."""
     from concurrent.futures import ThreadPoolExecutor
+
     from gradio_client import Client
     clients = [Client(url, verbose=False) for _ in range(users)]
     clients[0].predict(family, class_name, 2.0, steps, 0, 16, "HieraTok", api_name="/generate")  # warm-up
@@ -79,9 +52,8 @@ def median_time(fn, repeats: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--assets", default=str(DEFAULT_ASSETS))
+    ap.add_argument("--assets", default=str(ASSETS))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--port", type=int, default=7899)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps for the generation timing "
                                                              "(default: the app's default)")
     args = ap.parse_args(argv)
@@ -97,7 +69,7 @@ def main(argv=None):
     print(f"CPU: {cpu}; {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; median of {args.repeats}; "
           f"assets {assets}")
     steps = args.steps or views.DEFAULT_STEPS
-    server = Server(assets, args.port)
+    server = AppServer(assets)
     try:
         print(f"first page after launch: {server.first_page_s:.2f} s (target <= 15)")
         print("\nGenerate through the running app (16 samples, HieraTok), median seconds per request:\n")

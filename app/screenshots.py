@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.main import example_images  # noqa: E402
-from app.models import DEFAULT_ASSETS  # noqa: E402
-from tests.app_fixtures import AppServer  # noqa: E402
+from hieratok.explorer.server import AppServer
+from hieratok.explorer.ui import example_images
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--assets", default=str(DEFAULT_ASSETS))
+    ap.add_argument("--assets", default=str(Path(__file__).resolve().parents[1] / "assets"))
     ap.add_argument("--output", default=str(Path(__file__).with_name("screenshots")))
     args = ap.parse_args(argv)
     from playwright.sync_api import expect, sync_playwright

@@ -5,18 +5,17 @@ penultimate features of this classifier, trained by `train/classifier.py` on the
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from .config import _from_dict
+from .config import ConfigMixin
 from .hub import HubCheckpointMixin
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(ConfigMixin):
     num_classes: int = 10
     image_size: int = 32
     width: int = 32            # channels of the first stage; stages use width x (1, 2, 4, 8)
@@ -31,17 +30,6 @@ class ClassifierConfig:
     def feature_dim(self) -> int:
         return 8 * self.width
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["class_names"] = list(self.class_names)
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        return _from_dict(cls, d)
 
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:

@@ -3,27 +3,37 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 from .scales import MASK_KINDS, ScaleLayout
 
 DOWNSAMPLERS = ("conv", "interp")
 
 
-def _from_dict(cls, d: dict[str, Any]):
-    """Build a config dataclass from a JSON dict, naming unknown keys instead of failing obscurely."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__} does not know the keys {unknown}")
-    return cls(**d)
+class ConfigMixin:
+    """`replace`, `to_dict` (JSON-ready: tuples as lists) and `from_dict` (unknown keys named) for the config
+    dataclasses (tokenizer, DiT, classifier)."""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__} does not know the keys {unknown}")
+        return cls(**d)
 
 
 # ------------------------------------------------------------------------------------------------------------
 #                                              Tokenizer
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
-class HieraTokConfig:
+class HieraTokConfig(ConfigMixin):
     """Everything that defines a tokenizer (architecture) and how it is trained on reconstruction."""
 
     image_size: int = 32                 # input side in pixels
@@ -99,17 +109,6 @@ class HieraTokConfig:
         c, h, w = self.latent_shape
         return self.in_channels * self.image_size ** 2 / (c * h * w)
 
-    def replace(self, **changes) -> "HieraTokConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HieraTokConfig":
-        return _from_dict(cls, d)
-
 
 TOKENIZER_PRESETS: dict[str, HieraTokConfig] = {
     # Sized to train on 2 CPU cores in bf16: 32 px CIFAR-10, patch 2 -> a 16 x 16 latent grid.
@@ -126,50 +125,45 @@ TOKENIZER_PRESETS: dict[str, HieraTokConfig] = {
     "imagenette128": HieraTokConfig(image_size=128, patch_size=8, latent_channels=16, linear_shortcut=True),
 }
 
-# Variants of any preset: the baseline and the ablations from the paper and its reviews.
-VARIANTS = ("hieratok", "singlescale", "singlescale-flopmatched", "interp", "full-attn",
-            "independent-attn", "no-mss")
+def _flop_matched(base: HieraTokConfig) -> HieraTokConfig:
+    from .cost import flop_matched_singlescale  # cost imports the model; keep config import-light
+    return flop_matched_singlescale(base)
+
+
+# Variants of any preset: the baseline and the ablations from the paper and its reviews (name -> builder).
+VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
+    # the method: conv downsampling, scale-causal decoder, multi-scale supervision
+    "hieratok": lambda c: c,
+    # the baseline: only the finest latent, no downsampler (256 decoder tokens at a 16 x 16 grid)
+    "singlescale": lambda c: c.replace(scales=(c.grid_size,), name="singlescale"),
+    # single-scale with a decoder grown until its forward FLOPs match HieraTok's (<= 5%; searched once, cached)
+    "singlescale-flopmatched": _flop_matched,
+    # area interpolation instead of learnable downsampling
+    "interp": lambda c: c.replace(downsample="interp", name="hieratok-interp"),
+    # every decoder token sees every scale
+    "full-attn": lambda c: c.replace(attention="full", name="hieratok-full-attn"),
+    # each scale sees only itself
+    "independent-attn": lambda c: c.replace(attention="scale_independent", name="hieratok-independent-attn"),
+    # multi-scale tokens but only the finest image supervised (the reviewers' ablation)
+    "no-mss": lambda c: c.replace(multiscale_supervision=False, name="hieratok-no-mss"),
+}
+VARIANTS = tuple(VARIANT_BUILDERS)
 
 
 def tokenizer_config(preset: str = "cifar10", variant: str = "hieratok", **overrides) -> HieraTokConfig:
-    """A preset's config turned into one of `VARIANTS`, then with field overrides applied.
-
-    hieratok                 the method: conv downsampling, scale-causal decoder, multi-scale supervision
-    singlescale              the baseline: only the finest 16 x 16 latent, no downsampler (256 decoder tokens)
-    singlescale-flopmatched  single-scale with a decoder grown until its forward FLOPs match HieraTok's (<= 5%)
-    interp                   area interpolation instead of learnable downsampling
-    full-attn                every decoder token sees every scale
-    independent-attn         each scale sees only itself
-    no-mss                   multi-scale tokens but only the finest image supervised (the reviewers' ablation)
-    """
+    """A preset's config with field overrides applied, then turned into one of `VARIANTS` (`VARIANT_BUILDERS`)."""
     if preset not in TOKENIZER_PRESETS:
         raise ValueError(f"unknown tokenizer preset {preset!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
-    base = TOKENIZER_PRESETS[preset].replace(**overrides)
-    if variant == "hieratok":
-        cfg = base
-    elif variant == "singlescale":
-        cfg = base.replace(scales=(base.grid_size,), name="singlescale")
-    elif variant == "singlescale-flopmatched":
-        from .cost import flop_matched_singlescale  # cost imports the model; keep config import-light
-        cfg = flop_matched_singlescale(base)
-    elif variant == "interp":
-        cfg = base.replace(downsample="interp", name="hieratok-interp")
-    elif variant == "full-attn":
-        cfg = base.replace(attention="full", name="hieratok-full-attn")
-    elif variant == "independent-attn":
-        cfg = base.replace(attention="scale_independent", name="hieratok-independent-attn")
-    elif variant == "no-mss":
-        cfg = base.replace(multiscale_supervision=False, name="hieratok-no-mss")
-    else:
+    if variant not in VARIANT_BUILDERS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    return cfg
+    return VARIANT_BUILDERS[variant](TOKENIZER_PRESETS[preset].replace(**overrides))
 
 
 # ------------------------------------------------------------------------------------------------------------
 #                                                DiT
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
-class DiTConfig:
+class DiTConfig(ConfigMixin):
     """A class-conditional DiT (adaLN-Zero) trained with rectified flow on the normalised finest latent."""
 
     latent_channels: int = 4
@@ -198,18 +192,6 @@ class DiTConfig:
     @property
     def num_tokens(self) -> int:
         return (self.latent_size // self.patch_size) ** 2
-
-    def replace(self, **changes) -> "DiTConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["class_names"] = list(self.class_names)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
-        return _from_dict(cls, d)
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {

@@ -4,18 +4,17 @@ FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on a model built
 no weights), so even the paper-scale preset is costed in well under a second. Like the paper, one
 multiply-add counts as 2 FLOPs.
 
-    python -m hieratok.cost            # cifar10 and imagenet256: HieraTok vs single-scale vs FLOP-matched
+    python train/cost.py               # every preset: HieraTok vs single-scale vs FLOP-matched
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import TOKENIZER_PRESETS, HieraTokConfig, tokenizer_config
+from .config import HieraTokConfig, tokenizer_config
 
 # Paper Table 7 (arXiv 2509.23736), ImageNet 256 x 256: HieraTok vs single-scale
 PAPER_TABLE7 = {"hieratok": dict(params_m=401.0, gflops=230.45, tokens=341),
@@ -130,14 +129,3 @@ def format_report(presets=("cifar10", "imagenet256")) -> str:
                       f"parameters sit; our downsampler adds {ours.params_m - single.params_m:.2f}M."]
         lines.append("")
     return "\n".join(lines)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=list(TOKENIZER_PRESETS), choices=list(TOKENIZER_PRESETS))
-    args = ap.parse_args(argv)
-    print(format_report(args.presets))
-
-
-if __name__ == "__main__":
-    main()

@@ -66,6 +66,12 @@ class ScaleLayout:
         except ValueError:
             raise ValueError(f"scale {scale} is not one of {self.scales}") from None
 
+    def position(self, scale: int, row: int, col: int) -> int:
+        """Sequence position of the token at (row, col) of the `scale` x `scale` map (row-major within a scale)."""
+        if not (0 <= row < scale and 0 <= col < scale):
+            raise ValueError(f"({row}, {col}) is outside the {scale}x{scale} map")
+        return self.offsets[self.level_of(scale)] + row * scale + col
+
     def prefix(self, num_scales: int) -> "ScaleLayout":
         """The layout of the `num_scales` coarsest scales."""
         if not 1 <= num_scales <= self.num_scales:

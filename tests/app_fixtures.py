@@ -1,12 +1,6 @@
 """A tiny, randomly initialised set of app assets and a live app server on a free local port (for app tests)."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -63,41 +57,3 @@ def make_assets(root: Path, data: Path) -> Path:
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(assets / "examples" / f"ex{i}.png")
     return assets
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppServer:
-    def __init__(self, assets: Path, log: Path):
-        self.assets = assets
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "main.py"), "--assets", str(assets),
-                                      "--port", str(self.port)], cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.proc.returncode}; see {log}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the app did not answer on {self.url} within 120 s; see {log}")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()

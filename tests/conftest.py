@@ -10,7 +10,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -23,9 +22,12 @@ def _seed():
 # ---- the live app (test_app.py, test_browser.py share one set of tiny assets and one server) ------------------
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
-    from tests.app_fixtures import AppServer, make_assets
+    from hieratok.explorer.server import AppServer
+    from tests.app_fixtures import make_assets
     assets = make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
-    server = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log")
+    # the README's entry point, as a user starts it
+    server = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log",
+                       command=[sys.executable, str(ROOT / "app" / "main.py")], env={"OMP_NUM_THREADS": "1"})
     yield server
     server.stop()
 

@@ -197,8 +197,8 @@ def test_user_errors_are_logged_as_one_line_each_without_tracebacks(client, app_
 
 
 def test_the_app_starts_without_weights_and_says_what_is_missing(tmp_path):
-    from app.main import build_demo
-    from app.models import Catalog
+    from hieratok.explorer.models import Catalog
+    from hieratok.explorer.ui import build_demo
     demo = build_demo(Catalog(tmp_path))
     intro = next(b for b in demo.blocks.values() if type(b).__name__ == "Markdown")
     assert "weights are missing" in intro.value and str(tmp_path) in intro.value

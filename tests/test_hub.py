@@ -95,7 +95,8 @@ def test_the_package_builds_as_a_wheel_and_imports_from_outside_the_repository(t
                     str(tmp_path / "dist"), str(root)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("hieratok-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "hieratok/tokenizer.py" in names and not any(n.startswith(("app/", "train/", "tests/")) for n in names)
+    assert {"hieratok/tokenizer.py", "hieratok/training/run.py", "hieratok/explorer/ui.py"} <= set(names)
+    assert not any(n.startswith(("app/", "train/", "tests/", "assets/")) for n in names)
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True, timeout=300)
     code = ("import hieratok, torch; from hieratok import HieraTok, tokenizer_config; "
@@ -104,3 +105,12 @@ def test_the_package_builds_as_a_wheel_and_imports_from_outside_the_repository(t
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}, check=True).stdout
     assert str(tmp_path / "site") in out and "(1, 3, 32, 32)" in out
+    # the repository's scripts run from any folder on the installed package alone: no sys.path manipulation
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    for script in ("app/main.py", "train/stage1.py"):
+        proc = subprocess.run([sys.executable, str(root / script), "--help"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "hieratok.explorer", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "--assets" in proc.stdout, proc.stderr[-2000:]

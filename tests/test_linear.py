@@ -98,6 +98,7 @@ def test_latent_gini_is_deterministic_and_defined_at_a_fixed_sample_size():
     # wide latents (fewer samples than dimensions) take the Gram-matrix path: the same histogram as projecting on
     # the top two right singular vectors
     import numpy as np
+
     from hieratok.metrics import DENSITY_BINS, DENSITY_RANGE, latent_density
     wide = z[:40].flatten(1)[:, :60].double()
     x = (wide - wide.mean(0)) / wide.std(0)

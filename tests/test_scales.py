@@ -22,6 +22,19 @@ def test_default_layout_counts_and_offsets():
     assert layout.slice(3) == slice(21, 85)
 
 
+def test_position_of_a_token_round_trips_through_split():
+    layout = ScaleLayout()
+    seq = torch.arange(layout.num_tokens)[None, :, None].float()     # (1, L, 1): each token holds its position
+    maps = layout.split(seq)
+    for i, s in enumerate(layout.scales):
+        for row, col in ((0, 0), (s - 1, 0), (0, s - 1), (s // 2, s - 1)):
+            assert layout.position(s, row, col) == int(maps[i].reshape(-1, s, s)[0, row, col])
+    with pytest.raises(ValueError, match="outside the 4x4 map"):
+        layout.position(4, 4, 0)
+    with pytest.raises(ValueError, match="scale 3 is not one of"):
+        layout.position(3, 0, 0)
+
+
 @pytest.mark.parametrize("scales", [(1, 2, 4, 8, 16), (1, 3, 6), (2, 4)])
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_masks_follow_their_rules(scales, kind):

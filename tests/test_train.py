@@ -61,11 +61,12 @@ def weights(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def test_stage1_tiny_run_writes_everything(image_folder, tmp_path, capsys):
+def test_stage1_tiny_run_writes_everything(image_folder, tmp_path, caplog):
     out = tmp_path / "s1"
     stage1(["--data", image_folder, "--output-dir", out, "--steps", 4, "--batch-size", 8, *TINY_TOK,
             "--mixed-precision", "bf16", "--log-every", 2, "--sample-every", 2, "--ckpt-every", 2])
-    assert "LPIPS unavailable" in capsys.readouterr().out  # the missing backbone is said, once, and training goes on
+    # the missing backbone is said, once, and training goes on
+    assert [r.levelname for r in caplog.records if "LPIPS unavailable" in r.getMessage()] == ["WARNING"]
     model = HieraTok.from_pretrained(out / "final")
     assert model.config.enc_dim == 32 and model.layout.num_tokens == 341
     rows = read_metrics(out)
@@ -93,7 +94,7 @@ def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
               "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0]
     stage1(["--output-dir", tmp_path / "straight", *common])
 
-    from train.common import Run
+    from hieratok.training.run import Run
     original = Run.step
 
     def killed_at_step_5(self, loss, *args, **kwargs):
@@ -165,7 +166,7 @@ def test_a_checkpoint_without_state_is_refused_with_a_message(image_folder, tmp_
                 *TINY_TOK, *FAST])
 
 
-def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, capsys):
+def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, caplog):
     data = tmp_path / "data"
     for c in image_folder.iterdir():
         (data / c.name).mkdir(parents=True)
@@ -180,16 +181,16 @@ def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, capsys):
     assert summary["images_seen"] == 28 - summary["skipped"]
     # each unreadable file is named once, in the log and in the summary
     assert sorted(Path(p).name for p in summary["unreadable_files"]) == ["broken.png", "truncated.png"]
-    captured = capsys.readouterr()
-    assert "unreadable" in captured.out
-    assert captured.err.count("broken.png") == 1 and captured.err.count("truncated.png") == 1
+    assert any("skipped" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("broken.png" in m for m in warned) == 1 and sum("truncated.png" in m for m in warned) == 1
 
 
 def test_training_and_the_app_load_awkward_files_alike(tmp_path):
     """16-bit gray, transparent RGBA and EXIF-rotated files: the trainer's dataset gives the app's pixels."""
     from hieratok import load_image
+    from hieratok.training.data import FolderImages
     from tests.test_image import GOOD
-    from train.data import FolderImages
     for kind in ("16-bit", "rgba", "exif-rotated"):
         (tmp_path / "c").mkdir(exist_ok=True)
         (tmp_path / "c" / f"{kind}.png").write_bytes(GOOD[kind][0])
@@ -202,7 +203,7 @@ def test_training_and_the_app_load_awkward_files_alike(tmp_path):
 
 
 def test_a_classes_json_names_the_classes(image_folder, tmp_path):
-    from train.data import DataError, FolderImages
+    from hieratok.training.data import DataError, FolderImages
     data = tmp_path / "named"
     (data / "train").mkdir(parents=True)
     for c in image_folder.iterdir():
@@ -218,7 +219,7 @@ def test_a_classes_json_names_the_classes(image_folder, tmp_path):
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(image_folder, tmp_path, monkeypatch):
     from hieratok.losses import ReconstructionLoss
-    from train.common import NonFiniteLoss
+    from hieratok.training.run import NonFiniteLoss
     original = ReconstructionLoss.forward
     calls = {"n": 0}
 
@@ -305,6 +306,7 @@ def test_classifier_learns_the_synthetic_classes(image_folder, tmp_path):
 
 def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     from accelerate.state import AcceleratorState
+
     from train import classifier, dit, evaluate
     classifier.main([str(a) for a in ["--data", image_folder, "--output-dir", tmp_path / "cls", "--steps", 5,
                                       "--batch-size", 12, "--set", "width=8", *FAST]])
@@ -421,8 +423,8 @@ def test_the_loss_refuses_a_model_whose_scales_it_was_not_built_for():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FSDP2: accelerate shards only on accelerators; Run switches FSDP2 on over gloo on CPUs (train.common), so the
-# sharded path -- parameters, optimizer state, EMA, checkpoints, export -- runs here with the shipped config.
+# FSDP2: accelerate shards only on accelerators; Run switches FSDP2 on over gloo on CPUs
+# (hieratok.training.distributed), so the sharded path -- parameters, optimizer state, EMA, checkpoints, export -- runs here with the shipped config.
 def fsdp_launch(script: str, args: list, port: int, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -494,7 +496,7 @@ def test_fsdp_stage2_dit_and_classifier(image_folder, tiny_tokenizer, tmp_path):
     # each process encoded its share of the latents; the cache holds them in dataset order
     from safetensors.torch import load_file
 
-    from train.data import build_dataset
+    from hieratok.training.data import build_dataset
     cache = load_file(str(tmp_path / "dit" / "latents.safetensors"))
     assert cache["labels"].tolist() == [0] * 12 + [1] * 12 + [2] * 12
     ds, tok = build_dataset(str(image_folder), 32), HieraTok.from_pretrained(tiny_tokenizer)
@@ -506,7 +508,7 @@ def test_fsdp_stage2_dit_and_classifier(image_folder, tiny_tokenizer, tmp_path):
     assert Classifier.from_pretrained(tmp_path / "cls" / "final").config.num_classes == 3
 
 
-def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tmp_path, capsys):
+def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tmp_path, caplog):
     from train import dit as script
     base = ["--tokenizer", tiny_tokenizer, "--data", image_folder, "--batch-size", 12, *FAST]
     script.main([str(a) for a in [*base, "--output-dir", tmp_path / "a", "--steps", 3, "--set", "dim=64", "depth=2",
@@ -516,7 +518,7 @@ def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tm
     longer = [*base, "--output-dir", tmp_path / "b", "--steps", 3, "--init-from", tmp_path / "a" / "final",
               "--latent-cache", tmp_path / "a" / "latents.safetensors"]
     script.main([str(a) for a in longer])
-    assert "latents from cache" in capsys.readouterr().out  # the first run's encoding is reused
+    assert "latents from cache" in caplog.text  # the first run's encoding is reused
     assert DiT.from_pretrained(tmp_path / "b" / "final").config.depth == 2  # the architecture came along
     assert json.loads((tmp_path / "b" / "run_config.json").read_text())["init_from"].endswith("final")
     AcceleratorState._reset_state(True)

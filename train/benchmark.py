@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from hieratok import HieraTok, tokenizer_config  # noqa: E402
-from hieratok.cost import cost_of  # noqa: E402
-from hieratok.losses import ReconstructionLoss  # noqa: E402
+from hieratok import HieraTok, tokenizer_config
+from hieratok.cost import cost_of
+from hieratok.losses import ReconstructionLoss
 
 
 def make_step(cfg, batch: int, dtype, device):

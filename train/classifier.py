@@ -8,17 +8,14 @@ belong to its own weights), not an EMA.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from hieratok.classifier import Classifier, ClassifierConfig  # noqa: E402
-from hieratok.rng import sharded  # noqa: E402
-from train.common import Run, adamw, base_parser, parse_overrides, warmup_cosine  # noqa: E402
+from hieratok.classifier import Classifier, ClassifierConfig
+from hieratok.rng import sharded
+from hieratok.training.cli import base_parser, parse_overrides, setup_logging
+from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.training.run import Run
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, shard=None) -> torch.Tensor:
@@ -41,6 +38,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging()
     run = Run(args, "classifier")
     dataset = run.dataset(args.image_size)
     cfg = ClassifierConfig(num_classes=len(dataset.classes), image_size=args.image_size,

@@ -13,30 +13,27 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from hieratok import DiT, HieraTok, dit_config  # noqa: E402
-from hieratok.latent import channel_stats  # noqa: E402
-from train.common import Run, adamw, base_parser, load_pretrained, parse_overrides, warmup_cosine  # noqa: E402
-from train.data import eval_loader  # noqa: E402
+from hieratok import DiT, HieraTok, dit_config
+from hieratok.latent import channel_stats
+from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
+from hieratok.training.data import eval_loader
+from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.training.run import Run
 
 
 class LatentDataset(Dataset):
-    """Cached latents; item (index, flip) -> (normalised latent of the image or its mirror, label)."""
+    """Normalised latents; item (index, flip) -> (latent of the image or of its mirror, label)."""
 
-    def __init__(self, z, z_flip, labels, mean, std):
-        self.z = (z - mean[:, None, None]) / std[:, None, None]
-        self.z_flip = (z_flip - mean[:, None, None]) / std[:, None, None]
-        self.labels = labels.tolist()
+    def __init__(self, z, z_flip, labels):
+        self.z, self.z_flip, self.labels = z, z_flip, labels.tolist()
 
     def __len__(self):
         return len(self.labels)
@@ -82,6 +79,13 @@ def encode_dataset(tokenizer: HieraTok, dataset, batch_size: int, device, show: 
             torch.cat(idx) if idx else torch.empty(0, dtype=torch.long), skipped)
 
 
+@torch.no_grad()
+def normalized(tokenizer: HieraTok, z: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The tokenizer's latent normalisation applied to cached latents (on CPU), a chunk at a time on its device."""
+    device = tokenizer.latent_mean.device
+    return torch.cat([tokenizer.normalize_latent(part.to(device)).cpu() for part in z.split(chunk)])
+
+
 def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_size: int):
     """Latents from the cache when it was made from the same tokenizer weights and dataset; else encode."""
     tag = {"tokenizer": str(Path(run.args.tokenizer).resolve()), "data": run.args.data, "images": str(len(dataset)),
@@ -90,10 +94,10 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
         from safetensors import safe_open
         with safe_open(str(cache), "pt") as f:
             if f.metadata() == tag:
-                run.print(f"latents from cache {cache}")
+                run.info(f"latents from cache {cache}")
                 t = load_file(str(cache))
                 return t["z"], t["z_flip"], t["labels"]
-        run.print(f"latent cache {cache} was made from other weights or data; re-encoding")
+        run.info(f"latent cache {cache} was made from other weights or data; re-encoding")
     rank, world = run.shard
     z, z_flip, index, skipped = encode_dataset(tokenizer, dataset, batch_size, run.device, run.is_main, rank, world,
                                                run.autocast)
@@ -104,7 +108,7 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
     run.accelerator.wait_for_everyone()
     if run.is_main:
         if skipped:
-            run.print(f"skipped {skipped} unreadable image(s) while encoding")
+            run.info(f"skipped {skipped} unreadable image(s) while encoding")
         parts = [load_file(str(cache.with_name(f"{cache.name}.part{r}"))) for r in range(world)]
         index = torch.cat([t["index"] for t in parts])
         order = index.argsort()
@@ -136,6 +140,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging()
     run = Run(args, "dit")
     tokenizer = load_pretrained(HieraTok, args.tokenizer, "--tokenizer").to(run.device).eval().requires_grad_(False)
     dataset = run.dataset(tokenizer.config.image_size)
@@ -147,7 +152,7 @@ def main(argv=None):
     tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=count)
     if run.is_main:
         tokenizer.save_pretrained(run.out / "tokenizer")
-    latents = LatentDataset(z, z_flip, labels, mean, std)
+    latents = LatentDataset(normalized(tokenizer, z), normalized(tokenizer, z_flip), labels)
 
     cfg = dit_config(args.preset, latent_channels=tokenizer.config.latent_channels,
                      latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
@@ -170,7 +175,7 @@ def main(argv=None):
     run.track(model, scheduler)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "init_from": args.init_from,
-               "latent_mean": mean.tolist(), "latent_std": std.tolist(),
+               "latent_mean": tokenizer.latent_mean.tolist(), "latent_std": tokenizer.latent_std.tolist(),
                "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes,
                            "class_names": dataset.class_names}})
 

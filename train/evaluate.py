@@ -23,28 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from hieratok import DiT, HieraTok, generate  # noqa: E402
-from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
-from hieratok.linear import PatchPCA  # noqa: E402
-from hieratok.losses import downsample_image, load_lpips  # noqa: E402
-from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit  # noqa: E402
-from train.data import DataError, build_dataset, eval_loader  # noqa: E402
-
-
-def named_paths(items: list[str], what: str) -> dict[str, str]:
-    """`name=path` (or a bare path, named by its folder) -> {name: path}."""
-    out = {}
-    for item in items:
-        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
-        out[name or Path(path).name] = path
-    if len(out) != len(items):
-        raise SystemExit(f"error: two {what} entries share a name: {items}")
-    return out
+from hieratok import DiT, HieraTok, generate
+from hieratok.classifier import Classifier, FeatureExtractor
+from hieratok.linear import PatchPCA
+from hieratok.losses import downsample_image, load_lpips
+from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
+from hieratok.training.cli import named_paths
+from hieratok.training.data import DataError, build_dataset, eval_loader
+from hieratok.training.report import markdown
 
 
 def mean_ci(values: torch.Tensor) -> dict[str, float]:
@@ -194,61 +183,6 @@ class Evaluator:
                 "gfd": float(fd.compute()) if fd is not None else None,
                 "class_accuracy": mean_ci(torch.cat(correct)) if correct else None,
                 "seconds": round(time.time() - t0, 1)}
-
-
-# ------------------------------------------------------------------------------------------------------------
-#                                                 Report
-# ------------------------------------------------------------------------------------------------------------
-def fmt(m, digits=2):
-    if m is None:
-        return "n/a"
-    if isinstance(m, dict):
-        return f"{m['mean']:.{digits}f} ± {m['ci95']:.{digits}f}"
-    return f"{m:.{digits}f}"
-
-
-def markdown(report: dict) -> str:
-    lines = [f"# Evaluation on {report['data']} ({report['images']} images)", ""]
-    notes = report["notes"]
-    fd_name = notes["fd_name"] or "FD"
-    lines += [f"- Fréchet distance: {notes['fd']}", f"- LPIPS: {notes['lpips']}", ""]
-    if report.get("classifier"):
-        c = report["classifier"]
-        lines += [f"Classifier test accuracy: {fmt(c['accuracy'], 4)} ({c['images']} images)", ""]
-    toks = report.get("tokenizers", {})
-    if toks:
-        names = list(toks)
-        lines += ["## Tokenizers (± 95% CI over images)", "", "| metric | " + " | ".join(names) + " |",
-                  "|---|" + "---:|" * len(names)]
-        all_scales = sorted({s for t in toks.values() for s in t["scales"]}, key=lambda k: int(k.split("x")[0]))
-        for metric in ("psnr", "ssim"):
-            for s in all_scales:
-                row = [fmt(toks[n]["scales"][s][metric], 2 if metric == "psnr" else 4) if s in toks[n]["scales"]
-                       else "—" for n in names]
-                lines.append(f"| {metric.upper()} {s} | " + " | ".join(row) + " |")
-        lines.append("| LPIPS (finest) | " + " | ".join(fmt(toks[n]["lpips"], 4) for n in names) + " |")
-        lines.append("| PSNR, finest scale | " + " | ".join(
-            fmt(toks[n]["scales"][max(toks[n]["scales"], key=lambda k: int(k.split("x")[0]))]["psnr"])
-            for n in names) + " |")
-        lines.append(f"| r{fd_name} | " + " | ".join(fmt(toks[n]["rfd"]) for n in names) + " |")
-        for key in ("gini", "entropy"):
-            for s in all_scales:
-                vals = [toks[n]["scales"].get(s, {}).get("latent_density") for n in names]
-                if any(vals):
-                    lines.append(f"| latent {key} {s} | " + " | ".join(
-                        f"{v[key]:.4f}" if v else "—" for v in vals) + " |")
-        lines.append("| decoder tokens | " + " | ".join(str(toks[n]["decoder_tokens"]) for n in names) + " |")
-        lines.append("")
-    gens = report.get("generators", {})
-    if gens:
-        names = list(gens)
-        lines += ["## Generators", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-        lines.append(f"| g{fd_name} | " + " | ".join(fmt(gens[n]["gfd"]) for n in names) + " |")
-        lines.append("| class accuracy | " + " | ".join(fmt(gens[n]["class_accuracy"], 4) for n in names) + " |")
-        g0 = next(iter(gens.values()))
-        lines += ["", f"{g0['samples']} samples per model, guidance {g0['guidance']}, "
-                      f"{g0['sampler_steps']} Heun steps.", ""]
-    return "\n".join(lines)
 
 
 def parse_args(argv=None):

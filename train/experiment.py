@@ -24,16 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from hieratok import HieraTok  # noqa: E402
-from hieratok.losses import downsample_image  # noqa: E402
-from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
-from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit  # noqa: E402
-from train.checkpoint import write_json  # noqa: E402
-from train.data import DataError, build_dataset, eval_loader  # noqa: E402
+from hieratok import HieraTok
+from hieratok.classifier import Classifier, FeatureExtractor
+from hieratok.losses import downsample_image
+from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
+from hieratok.training.checkpoint import write_json
+from hieratok.training.data import DataError, build_dataset, eval_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 

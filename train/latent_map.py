@@ -5,26 +5,20 @@ embeddings, and the Gini / entropy of each latent density, for each tokenizer.
         --tokenizer HieraTok=assets/hieratok-cifar10 --tokenizer Single-scale=assets/singlescale-cifar10 \
         --output assets/latent-map-cifar10
 
-Stored as one safetensors file (latents in float16) with a JSON `info` entry in its metadata: no images, no
-pickled UMAP object. The app places a new image by its nearest stored latents (hieratok.place_by_neighbours).
+The file format is `hieratok.latent_map.LatentMap` (one safetensors file, no images, no pickled UMAP object).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from hieratok import HieraTok  # noqa: E402
-from hieratok.metrics import latent_gini_entropy  # noqa: E402
-from train.data import DataError, build_dataset, eval_loader  # noqa: E402
-from train.evaluate import named_paths  # noqa: E402
+from hieratok import HieraTok
+from hieratok.latent_map import LatentMap
+from hieratok.metrics import latent_gini_entropy
+from hieratok.training.cli import named_paths
+from hieratok.training.data import DataError, build_dataset, eval_loader
 
 
 def umap_2d(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -50,7 +44,7 @@ def main(argv=None):
                            seed=args.seed)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
-    tensors, density, t0 = {}, {}, time.time()
+    latents, coords, density, t0 = {}, {}, {}, time.time()
     labels = None
     for name, path in tokenizers.items():
         tok = HieraTok.from_pretrained(path)
@@ -63,20 +57,17 @@ def main(argv=None):
                     maps[i].append(m)
                 ys.append(y)
         labels = torch.cat(ys) if labels is None else labels
-        density[name] = {}
+        latents[name], coords[name], density[name] = {}, {}, {}
         for s, chunks in zip(tok.layout.scales, maps):
             z = torch.cat(chunks)
-            tensors[f"{name}/latent/{s}"] = z.half().contiguous()
-            tensors[f"{name}/umap/{s}"] = umap_2d(z, args.seed).contiguous()
+            latents[name][s] = z
+            coords[name][s] = umap_2d(z, args.seed)
             density[name][str(s)] = latent_gini_entropy(z)
             print(f"{name} {s}x{s}: {density[name][str(s)]}  ({time.time() - t0:.0f} s)")
-    tensors["labels"] = labels.to(torch.int16)
-    info = {"class_names": ds.class_names, "num_images": len(labels), "data": args.data, "tokenizers": tokenizers,
-            "density": density, "umap": {"n_neighbors": 15, "min_dist": 0.1, "seed": args.seed}}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "latents.safetensors"), metadata={"info": json.dumps(info)})
-    print(f"wrote {out / 'latents.safetensors'} ({len(labels)} images) in {time.time() - t0:.0f} s")
+    info = {"data": args.data, "tokenizers": tokenizers,
+            "umap": {"n_neighbors": 15, "min_dist": 0.1, "seed": args.seed}}
+    path = LatentMap(labels, ds.class_names, latents, coords, density, info).save(args.output)
+    print(f"wrote {path} ({len(labels)} images) in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

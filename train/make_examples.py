@@ -5,15 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from hieratok import DiT, HieraTok, generate, to_pil  # noqa: E402
-from hieratok.classifier import Classifier  # noqa: E402
+from hieratok import DiT, HieraTok, generate, to_pil
+from hieratok.classifier import Classifier
 
 
 def main(argv=None):

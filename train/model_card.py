@@ -9,16 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from hieratok import HieraTok  # noqa: E402
-from hieratok.cost import cost_of  # noqa: E402
-from train.evaluate import markdown  # noqa: E402
+from hieratok import HieraTok
+from hieratok.cost import cost_of
+from hieratok.training.report import markdown
 
 RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
     "cifar10": [

@@ -8,18 +8,15 @@ For calibration (which latent size, which initialisation); `train/evaluate.py` i
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from hieratok import HieraTok  # noqa: E402
-from hieratok.linear import PatchPCA  # noqa: E402
-from hieratok.losses import downsample_image  # noqa: E402
-from hieratok.metrics import psnr  # noqa: E402
-from train.data import DataError, build_dataset, eval_loader  # noqa: E402
+from hieratok import HieraTok
+from hieratok.linear import PatchPCA
+from hieratok.losses import downsample_image
+from hieratok.metrics import psnr
+from hieratok.training.data import DataError, build_dataset, eval_loader
 
 
 @torch.no_grad()

@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from hieratok import DiT, HieraTok, generate  # noqa: E402
-from hieratok.classifier import Classifier  # noqa: E402
-from hieratok.metrics import psnr  # noqa: E402
+from hieratok import DiT, HieraTok, generate
+from hieratok.classifier import Classifier
+from hieratok.metrics import psnr
 
 # family -> assets folder -> (class, folder under --runs); a tokenizer ships from its DiT run's copy, which holds
 # the latent statistics the generator needs

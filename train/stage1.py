@@ -7,19 +7,16 @@ Loss = sum_s w_s (L1 + MSE)(x_hat_s, downsample_s(x)) + lambda LPIPS(finest) + b
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
-
-from hieratok import VARIANTS, HieraTok, tokenizer_config  # noqa: E402
-from hieratok.linear import PatchPCA  # noqa: E402
-from hieratok.losses import ReconstructionLoss  # noqa: E402
-from train.common import Run, adamw, base_parser, load_pretrained, parse_overrides, warmup_cosine  # noqa: E402
-from train.data import eval_loader  # noqa: E402
+from hieratok import VARIANTS, HieraTok, tokenizer_config
+from hieratok.linear import PatchPCA
+from hieratok.losses import ReconstructionLoss
+from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
+from hieratok.training.data import eval_loader
+from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.training.run import Run
+from hieratok.training.samples import sample_reconstructions
 
 
 def parse_args(argv=None):
@@ -48,32 +45,13 @@ def linear_codec(run, dataset, cfg, num_images: int) -> PatchPCA:
     if run.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         codec.save(path)
-    run.print(f"linear shortcut initialised to the patch-PCA codec of {n} training images ({path})")
+    run.info(f"linear shortcut initialised to the patch-PCA codec of {n} training images ({path})")
     return codec
-
-
-def save_scale_grid(path: Path, x: torch.Tensor, out, n: int = 8):
-    """Rows: input, then each scale's reconstruction upsampled (nearest) to the input size."""
-    size = x.shape[-1]
-    rows = [x[:n]] + [torch.nn.functional.interpolate(im[:n].float(), size=size, mode="nearest")
-                      for im in out.images]
-    save_image(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, path, nrow=n)
-
-
-def sample_reconstructions(run, x: torch.Tensor, step: int):
-    """Save the EMA tokenizer's per-scale reconstructions of the batch's first images, when it is time to."""
-    if not run.sample_due(step):
-        return
-    tokenizer = run.averaged()  # every process takes part (FSDP gathers); the main process draws
-    if run.is_main:
-        with torch.no_grad(), run.autocast():
-            out = tokenizer.decode(tokenizer.encode(x[:8]))
-        (run.out / "samples").mkdir(parents=True, exist_ok=True)
-        save_scale_grid(run.out / "samples" / f"step-{step + 1:08d}.png", x, out)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging()
     run = Run(args, "stage1")
     if args.init_from:
         # the architecture and its training settings come from the checkpoint; flags that would contradict it

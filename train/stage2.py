@@ -3,24 +3,20 @@
     accelerate launch train/stage2.py --init-from runs/hieratok-s1/final --data PATH --output-dir runs/hieratok-s2
 
 The encoder and the downsampler are frozen, so the latents (and any DiT trained on them) stay valid. The decoder
-decodes the posterior mean (what the DiT learns to generate) and is trained on the stage-1 reconstruction terms plus a hinge GAN loss from a PatchGAN discriminator on the finest
-image, weighted adaptively (VQGAN: ||grad rec|| / ||grad GAN|| at the decoder's last layer) and switched on after
-`--gan-start` steps, so the discriminator first learns against a fixed generator.
+decodes the posterior mean (what the DiT learns to generate) and is trained on the stage-1 reconstruction terms
+plus a hinge GAN loss from a PatchGAN discriminator on the finest image, weighted adaptively (VQGAN:
+||grad rec|| / ||grad GAN|| at the decoder's last layer) and switched on after `--gan-start` steps, so the discriminator first learns against a fixed generator.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-
-from hieratok import HieraTok  # noqa: E402
-from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss,  # noqa: E402
-                             hinge_g_loss)
-from train.common import Run, adamw, base_parser, load_pretrained, warmup_cosine  # noqa: E402
-from train.stage1 import sample_reconstructions  # noqa: E402
+from hieratok import HieraTok
+from hieratok.losses import PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from hieratok.training.cli import base_parser, load_pretrained, setup_logging
+from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.training.run import Run
+from hieratok.training.samples import sample_reconstructions
 
 
 def parse_args(argv=None):
@@ -38,6 +34,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging()
     if args.set:
         raise SystemExit("--set is not available in stage 2: the architecture comes from --init-from")
     run = Run(args, "stage2")

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw
+from plotly.subplots import make_subplots
 
-from hieratok import ImageError, MASK_KINDS, generate, interpolate, load_image, place_by_neighbours, to_pil
+from hieratok import MASK_KINDS, ImageError, generate, interpolate, load_image, place_by_neighbours, to_pil
 from hieratok.losses import downsample_image
 from hieratok.metrics import psnr, ssim
 
@@ -177,7 +177,7 @@ def attention(store: ModelStore, source, layer: int, head: int, query_scale: int
     col = integer(col, f"query column (scale {query_scale}x{query_scale})", 0, query_scale - 1)
     x = _load(store, source).tensor[None]
     attn = tok.decode(tok.encode(x), return_attention=True).attentions[layer][0, head]  # (L, L)
-    q = layout.offsets[level] + row * query_scale + col
+    q = layout.position(query_scale, row, col)
     weights = attn[q]
     mass = layout.mass_per_scale(weights)
     titles = [f"{s}x{s}" for s in layout.scales]
@@ -295,7 +295,7 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
                                  marker=dict(size=18, symbol="star", color="black", line=dict(color="white",
                                                                                                   width=2))))
         votes = torch.bincount(labels[idx], minlength=len(lm.class_names))
-        note = (f"\n\nYour image lands among: " + ", ".join(f"{lm.class_names[i]} ({int(v)})"
+        note = ("\n\nYour image lands among: " + ", ".join(f"{lm.class_names[i]} ({int(v)})"
                                                           for i, v in enumerate(votes) if v > 0) +
                 " (its 10 nearest shipped latents).")
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(itemsizing="constant"),

@@ -13,7 +13,7 @@ processes. Nothing in a folder is read unless it is listed here, so files such a
 placed in a checkpoint folder are never loaded: resuming from a folder someone else wrote cannot run code.
 
 The random state needs no saving: every random draw of a step comes from a generator seeded by (seed, step), and
-the data order is a pure function of (seed, step) (train/data.py).
+the data order is a pure function of (seed, step) (`hieratok.training.data`).
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .distributed import local
 
 STATE_FILE = "state.json"
 
@@ -34,14 +36,8 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This process's part of a tensor: the local shard of an FSDP2 DTensor, the tensor itself otherwise."""
-    from torch.distributed.tensor import DTensor
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
-    return {k: _local(v.detach()).cpu().contiguous() for k, v in state.items()}
+    return {k: local(v.detach()).cpu().contiguous() for k, v in state.items()}
 
 
 def _model_tensors(model) -> dict:
@@ -106,7 +102,7 @@ def load_state(folder: Path, record: dict, models: list, optimizers: list, ema) 
             raise ValueError(f"{folder / name} does not fit this model (differing keys: "
                              f"{sorted(set(saved) ^ set(own))[:5]})")
         for key, t in own.items():
-            _local(t.data).copy_(saved[key])
+            local(t.data).copy_(saved[key])
     for meta, opt in zip(record["optimizers"], optimizers):
         load_optimizer(opt, folder / meta["file"], meta)
     if ema is not None:
@@ -114,7 +110,7 @@ def load_state(folder: Path, record: dict, models: list, optimizers: list, ema) 
             raise ValueError(f"{folder} holds no EMA")
         saved = load_file(str(folder / record["ema"]["file"]))
         for name, t in zip(ema.names, ema.shadow):
-            _local(t).copy_(saved[name])
+            local(t).copy_(saved[name])
         ema.n_averaged = int(record["ema"]["n_averaged"])
 
 
@@ -132,3 +128,17 @@ def read_state(folder: Path, part: str = "") -> dict:
                              f"({sorted(state['parts'])}); resume it with the same number of processes")
         state.update(state["parts"][part])
     return state
+
+
+class TrainState:
+    """The scalars a checkpoint must restore besides modules: step and counters."""
+
+    def __init__(self):
+        self.step, self.images_seen, self.skipped, self.wall_s = 0, 0, 0, 0.0
+
+    def state_dict(self):
+        return {"step": self.step, "images_seen": self.images_seen, "skipped": self.skipped, "wall_s": self.wall_s}
+
+    def load_state_dict(self, d):
+        self.step, self.images_seen, self.skipped = int(d["step"]), int(d["images_seen"]), int(d["skipped"])
+        self.wall_s = float(d.get("wall_s", 0.0))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from hieratok.image import ImageError, load_image
+from ..image import ImageError, load_image
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -71,7 +73,7 @@ class FolderImages(Dataset):
         except ImageError as e:
             if index not in self.unreadable:  # named once, however often the file is drawn
                 self.unreadable[index] = str(e)
-                print(f"warning: skipping unreadable image {self.samples[index][0]}: {e}", file=sys.stderr)
+                logger.warning(f"warning: skipping unreadable image {self.samples[index][0]}: {e}")
             return None  # skipped and counted by `collate`; the trainer reports the count
         return (x.flip(-1) if flip else x), self.targets[index]
 

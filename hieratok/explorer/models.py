@@ -1,19 +1,16 @@
 """The shipped checkpoints, loaded lazily and once, shared read-only by all requests."""
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-
 from hieratok import CheckpointError, DiT, HieraTok
 from hieratok.classifier import Classifier
+from hieratok.latent_map import FILE_NAME as LATENT_MAP_FILE
+from hieratok.latent_map import LatentMap
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ASSETS = ROOT / "assets"
+DEFAULT_ASSETS = Path("assets")  # relative to the working directory; `app/main.py` passes the repository's
 
 MODELS = ("HieraTok", "Single-scale")  # display names; folders are <variant>-<family suffix> in assets/
 _VARIANT = {"HieraTok": "hieratok", "Single-scale": "singlescale"}
@@ -50,16 +47,6 @@ FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_ex
 
 class AppError(RuntimeError):
     """Something the person using the app should read (shown as an error message, the server keeps serving)."""
-
-
-@dataclass
-class LatentMap:
-    labels: torch.Tensor                          # (N,)
-    class_names: list[str]
-    latents: dict[str, dict[int, torch.Tensor]]   # model -> scale -> (N, C, s, s)
-    coords: dict[str, dict[int, torch.Tensor]]    # model -> scale -> (N, 2) UMAP embedding
-    density: dict                                 # model -> scale -> {"gini", "entropy"}
-    info: dict
 
 
 class ModelStore:
@@ -122,24 +109,11 @@ class ModelStore:
         return [str(i) for i in range(10)]
 
     def latent_map(self) -> LatentMap:
-        path = self.assets / self.family.latent_map_folder / "latents.safetensors"
+        path = self.assets / self.family.latent_map_folder / LATENT_MAP_FILE
         if not path.exists():
             raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py (see README)")
 
-        def load():
-            tensors, latents, coords = {}, {}, {}
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata()
-                for key in f.keys():
-                    tensors[key] = f.get_tensor(key)
-            info = json.loads(meta["info"])
-            for key, t in tensors.items():
-                if key == "labels":
-                    continue
-                model, kind, scale = key.split("/")
-                (latents if kind == "latent" else coords).setdefault(model, {})[int(scale)] = t.float()
-            return LatentMap(tensors["labels"].long(), info["class_names"], latents, coords, info["density"], info)
-        return self._load("latent_map", load)
+        return self._load("latent_map", lambda: LatentMap.load(path))
 
 
 class Catalog:

@@ -1,0 +1,31 @@
+"""Optimizer and learning-rate schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(optimizer, warmup: int, total: int, final_ratio: float = 0.1) -> LambdaLR:
+    """Linear warm-up to the base LR, then cosine decay to `final_ratio` of it."""
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return LambdaLR(optimizer, factor)
+
+
+def adamw(params, args, betas=(0.9, 0.95), slow=(), slow_lr_scale: float = 1.0):
+    """AdamW with weight decay on matrices only; `slow` parameters (e.g. a linear shortcut initialised to a fitted
+    codec) get `slow_lr_scale` times the learning rate and no weight decay, which would shrink the fitted map."""
+    slow_ids = {id(p) for p in slow}
+    rest = [p for p in params if p.requires_grad and id(p) not in slow_ids]
+    decay = [p for p in rest if p.ndim >= 2]
+    no_decay = [p for p in rest if p.ndim < 2]  # biases, norms, embeddings' gains
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if slow_ids:
+        groups.append({"params": [p for p in slow if p.requires_grad], "weight_decay": 0.0,
+                       "lr": args.lr * slow_lr_scale})
+    return torch.optim.AdamW(groups, lr=args.lr, betas=betas)
