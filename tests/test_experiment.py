@@ -12,7 +12,7 @@ TINY = ["--preset", "cifar10", "--steps", "4", "--batch-size", "4", "--curve-ima
 
 
 def test_t_interval_against_a_hand_computed_example():
-    from train.experiment import t_interval
+    from hieratok.experiment import t_interval
     r = t_interval([1.0, 2.0, 3.0])
     # mean 2, sample sd 1, t(0.975, 2 df) = 4.302653: half-width 4.302653 / sqrt(3)
     assert r["mean"] == 2.0 and r["n"] == 3 and math.isclose(r["ci95"], 4.302653 / math.sqrt(3), rel_tol=1e-5)
@@ -24,10 +24,11 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     from train import experiment
     Classifier(ClassifierConfig(image_size=32, width=4)).save_pretrained(tmp_path / "classifier")
     args = ["--data", str(image_folder), "--val", str(image_folder), "--output-dir", str(tmp_path / "runs"),
-            "--results", str(tmp_path / "eval" / "exp"), "--arms", "hieratok", "singlescale", "--seeds", "0", "1",
+            "--results", str(tmp_path / "eval" / "experiment"), "--arms", "hieratok", "singlescale",
+            "--seeds", "0", "1",
             "--classifier", str(tmp_path / "classifier"), *TINY, "--stage1-args", "--mixed-precision", "no"]
     experiment.main(args)
-    report = json.loads((tmp_path / "eval" / "exp.json").read_text())
+    report = json.loads((tmp_path / "eval" / "experiment.json").read_text())
     assert sorted((r["arm"], r["seed"]) for r in report["records"]) == [
         ("hieratok", 0), ("hieratok", 1), ("singlescale", 0), ("singlescale", 1)]
     for r in report["records"]:
@@ -42,8 +43,17 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     s = report["summary"]
     assert s["hieratok"]["psnr"]["n"] == 2 and "psnr_minus_hieratok" in s["singlescale"]
     assert s["singlescale"]["rfd_cls"]["n"] == 2
-    md = (tmp_path / "eval" / "exp.md").read_text()
-    assert "| singlescale | 2 |" in md and (tmp_path / "eval" / "exp-curves.html").exists()
+    md = (tmp_path / "eval" / "experiment.md").read_text()
+    assert "| singlescale | 2 |" in md and (tmp_path / "eval" / "experiment-curves.html").exists()
+
+    # the app's Experiment tab reads the same file from an assets folder
+    from hieratok.explorer import views
+    text, fig = views.experiment(tmp_path)
+    assert "| singlescale | 2 |" in text and "4 runs so far over 2 arms" in text
+    assert sorted(t.name for t in fig.data) == ["hieratok", "singlescale"]
+    assert [len(t.x) for t in fig.data] == [3, 3]
+    empty, none = views.experiment(tmp_path / "nothing-here")
+    assert none is None and "No results of the controlled experiment yet" in empty
 
     # a second call runs nothing
     capsys.readouterr()
@@ -55,12 +65,12 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     run = tmp_path / "runs" / "singlescale" / "seed-1"
     shutil.rmtree(run / "final")
     report["records"] = [r for r in report["records"] if (r["arm"], r["seed"]) != ("singlescale", 1)]
-    (tmp_path / "eval" / "exp.json").write_text(json.dumps(report))
+    (tmp_path / "eval" / "experiment.json").write_text(json.dumps(report))
     experiment.main(args)
     assert (run / "final" / "model.safetensors").exists()
     config = json.loads((run / "run_config.json").read_text())
     assert [r["started_at_step"] for r in config["resumes"]] == [3]  # from its newest checkpoint, not from scratch
-    assert len(json.loads((tmp_path / "eval" / "exp.json").read_text())["records"]) == 4
+    assert len(json.loads((tmp_path / "eval" / "experiment.json").read_text())["records"]) == 4
 
 
 def test_bad_seeds_are_refused():

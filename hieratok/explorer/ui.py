@@ -292,6 +292,13 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                 lat_btn.click(guarded(lambda fam, m, s, src: views.latent_space(catalog[fam], m, s, src)),
                               [family, lat_model, lat_scale, lat_in], [lat_plot, lat_text], api_name="latent_space")
 
+            # 6. The controlled experiment (read at every page load: a running grid adds runs) ------------------
+            with gr.Tab("Experiment"):
+                gr.Markdown("Does multi-scale tokenization help at matched cost? Every arm over several seeds at "
+                            "the same images seen; paired differences against HieraTok (see the README).")
+                exp_text = gr.Markdown()
+                exp_plot = gr.Plot(label="Learning curves")
+
         def switch(fam):
             """The picked family's ranges, choices and labels for every control that depends on the model."""
             store = catalog[fam]
@@ -309,6 +316,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                       [rec_in, att_in, att_layer, att_head, att_scale, att_row, att_col, int_scale, gen_class,
                        lat_scale, mask_img, mask_kind], api_name="controls")
         demo.load(guarded(lambda fam: views.mask_image(catalog[fam], "scale_causal")), family, mask_img)
+        demo.load(guarded(lambda: views.experiment(catalog.assets)), None, [exp_text, exp_plot], api_name="experiment")
     return demo
 
 

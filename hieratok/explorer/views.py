@@ -1,6 +1,8 @@
 """What each view computes, as plain functions over the public `hieratok` API (no Gradio here)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
 import torch
@@ -307,3 +309,28 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
     text = ("Latent density: a 24x24 histogram over the first two principal components of the standardised "
             "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). " + note + "\n\n" + "\n".join(rows))
     return fig, text
+
+
+# ---- the controlled experiment ---------------------------------------------------------------------------------
+EXPERIMENT_RESULTS = Path("eval") / "experiment.json"   # inside the assets folder
+
+
+def experiment(assets: Path) -> tuple[str, go.Figure | None]:
+    """The controlled experiment's table and learning curves from `<assets>/eval/experiment.json`, read anew on
+    every call (a running grid adds runs to it)."""
+    from hieratok.experiment import curves_figure, load_results, markdown
+    path = Path(assets) / EXPERIMENT_RESULTS
+    try:
+        report = load_results(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AppError(f"the experiment's results file {path} could not be read: {e}") from e
+    if not report or not report.get("records"):
+        return (f"No results of the controlled experiment yet ({path} is missing or empty). Run "
+                "`python train/experiment.py --data DATA/train --val DATA/val --output-dir runs/experiment "
+                f"--results {Path(assets) / 'eval' / 'experiment'}` (see the README); finished runs appear here "
+                "as they land.", None)
+    arms = sorted({r["arm"] for r in report["records"]})
+    text = markdown(report).replace("# Controlled experiment", "### Controlled experiment", 1)
+    text += (f"\n{len(report['records'])} runs so far over {len(arms)} arms; each curve point is the mean over "
+             "seeds with a 95% t-interval (no interval with one seed).")
+    return text, curves_figure(report["records"])
