@@ -266,8 +266,13 @@ def test_stage2_trains_decoder_only_and_learns(image_folder, tiny_tokenizer, tmp
     out = tmp_path / "s2"
     stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir", out,
                                   "--steps", 55, "--batch-size", 8, "--max-images", 8, "--lr", 1e-3,
-                                  "--warmup", 3, "--gan-start", 50, *FAST]])
+                                  "--warmup", 3, "--gan-start", 50, *FAST,
+                                  "--set", "scale_loss_weights=[0.25,0.25,0.25,0.25,1]"]])
     before, after = HieraTok.from_pretrained(tiny_tokenizer), HieraTok.from_pretrained(out / "final")
+    assert after.config.scale_loss_weights == (0.25, 0.25, 0.25, 0.25, 1.0)  # a loss field may change ...
+    with pytest.raises(SystemExit, match="stage 2 takes the loss fields only"):  # ... the architecture may not
+        stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir",
+                                      tmp_path / "x", "--set", "dec_dim=64"]])
     for (name, p0), p1 in zip(before.named_parameters(), after.parameters()):
         frozen = name.startswith(("encoder.", "downsampler."))
         assert torch.equal(p0, p1) == frozen, name

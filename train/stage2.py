@@ -13,7 +13,7 @@ import torch
 
 from hieratok import HieraTok
 from hieratok.losses import PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
-from hieratok.training.cli import base_parser, load_pretrained, setup_logging
+from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.optim import adamw, warmup_cosine
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
@@ -28,18 +28,27 @@ def parse_args(argv=None):
     ap.add_argument("--disc-layers", type=int, default=None, help="PatchGAN depth (default: 2 below 64 px, else 3)")
     ap.add_argument("--gan-weight", type=float, default=0.5, help="multiplies the adaptive GAN weight")
     ap.add_argument("--gan-start", type=int, default=100, help="steps of discriminator-only warm-up")
-    ap.set_defaults(set=[])
     return ap.parse_args(argv)
+
+
+# what `--set` may change in stage 2: how the decoder is trained, never what the checkpoint is
+LOSS_FIELDS = ("scale_loss_weights", "multiscale_supervision", "l1_weight", "mse_weight", "lpips_weight")
 
 
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
-    if args.set:
-        raise SystemExit("--set is not available in stage 2: the architecture comes from --init-from")
+    overrides = parse_overrides(args.set)
+    other = sorted(set(overrides) - set(LOSS_FIELDS))
+    if other:
+        raise SystemExit(f"error: --set {', '.join(other)}: stage 2 takes the loss fields only "
+                         f"({', '.join(LOSS_FIELDS)}); the architecture comes from --init-from")
     run = Run(args, "stage2")
     model = load_pretrained(HieraTok, args.init_from, "--init-from")
-    cfg = model.config
+    try:  # recorded in the exported config: a checkpoint says how it was trained
+        model.config = cfg = model.config.replace(**overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: --set {' '.join(args.set)}: {e}") from None
     dataset = run.dataset(cfg.image_size)
     lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
 
