@@ -27,7 +27,8 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
             "--results", str(tmp_path / "eval" / "experiment"), "--arms", "hieratok", "singlescale",
             "--seeds", "0", "1",
             "--classifier", str(tmp_path / "classifier"), *TINY, "--stage1-args", "--mixed-precision", "no"]
-    experiment.main(args)
+    # the first call trains two runs at a time; the later ones one at a time
+    experiment.main([*args[:-3], "--parallel", "2", *args[-3:]])
     report = json.loads((tmp_path / "eval" / "experiment.json").read_text())
     assert sorted((r["arm"], r["seed"]) for r in report["records"]) == [
         ("hieratok", 0), ("hieratok", 1), ("singlescale", 0), ("singlescale", 1)]
@@ -37,6 +38,7 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
                                                    {"1x1", "2x2", "4x4", "8x8", "16x16"})
         assert r["step_time_s"] > 0 and r["final"]["images"] == 36
         assert r["final"]["rfd_cls"] > 0 and r["curve"][0]["rfd_cls"] is None  # FD needs the full set
+        assert r["concurrent_runs"] == 2
     # the two seeds differ (initialisation and data order)
     h = [r for r in report["records"] if r["arm"] == "hieratok"]
     assert h[0]["final"]["psnr"] != h[1]["final"]["psnr"]

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -66,18 +68,20 @@ CURVE_POINTS = (0.25, 0.5, 1.0)
 def evaluate(path: Path, images: torch.Tensor, batch: int = 64, classifier: Classifier | None = None) -> dict:
     """Per-scale PSNR, finest SSIM and the finest latent's Gini / entropy of a tokenizer on fixed images; with a
     classifier also rFD-cls, the Fréchet distance between its features of the images and of the reconstructions."""
-    tok = HieraTok.from_pretrained(path).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = HieraTok.from_pretrained(path).eval().to(device)
     per_scale = {s: [] for s in tok.layout.scales}
     ssims, latents = [], []
-    fd = frechet_distance_metric(FeatureExtractor(classifier)) if classifier is not None else None
+    fd = (frechet_distance_metric(FeatureExtractor(classifier.to(device))).to(device)
+          if classifier is not None else None)
     for i in range(0, len(images), batch):
-        x = images[i:i + batch]
+        x = images[i:i + batch].to(device)
         z = tok.encode(x)
-        latents.append(z)
+        latents.append(z.float().cpu())
         out = tok.decode(z)
         for s, im in zip(out.scales, out.images):
-            per_scale[s].append(psnr(im, downsample_image(x, im.shape[-1])))
-        ssims.append(ssim(out.reconstruction, x))
+            per_scale[s].append(psnr(im, downsample_image(x, im.shape[-1])).cpu())
+        ssims.append(ssim(out.reconstruction, x).cpu())
         if fd is not None:
             fd.update(to_unit(x), real=True)
             fd.update(to_unit(out.reconstruction), real=False)
@@ -115,6 +119,14 @@ def export_steps(steps: int) -> list[int]:
     return sorted({max(1, round(steps * f)) for f in CURVE_POINTS if f < 1})
 
 
+def run_dir(args, arm: str, seed: int) -> Path:
+    return Path(args.output_dir) / arm / f"seed-{seed}"
+
+
+def trained(out: Path) -> bool:
+    return (out / "final" / "model.safetensors").exists()
+
+
 def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
     variant, overrides = ARMS[arm]
     sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**b["set"], **overrides}.items()]
@@ -125,7 +137,10 @@ def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
            "--export-at", *map(str, export_steps(b["steps"])), *(["--set", *sets] if sets else []),
            *args.stage1_args]
     print(f"[{arm} seed {seed}] {' '.join(cmd)}", flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT)
+    env = dict(os.environ)
+    if args.parallel > 1 and "OMP_NUM_THREADS" not in env:  # runs side by side share the cores
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"error: the {arm} run (seed {seed}) failed with exit status {proc.returncode}; rerun "
                          f"the same command to resume it")
@@ -133,8 +148,8 @@ def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
 
 def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x: torch.Tensor,
                classifier: Classifier | None) -> dict:
-    out = Path(args.output_dir) / arm / f"seed-{seed}"
-    if not (out / "final" / "model.safetensors").exists():
+    out = run_dir(args, arm, seed)
+    if not trained(out):
         train_one(args, b, arm, seed, out)
     curve = []
     for step in export_steps(b["steps"]):
@@ -147,7 +162,8 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
     return {"arm": arm, "variant": ARMS[arm][0], "seed": seed, "budget": b, "config": cfg.to_dict(),
             "decoder_tokens": cfg.layout.num_tokens, "curve": curve,
             "final": evaluate(out / "final", val_x, classifier=classifier),
-            "step_time_s": summary["wall_s"] / max(1, summary["step"]), "path": str(out)}
+            "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
+            "path": str(out)}
 
 
 def write_report(prefix: Path, report: dict) -> None:
@@ -194,11 +210,16 @@ def parse_args(argv=None):
                     help="a classifier from_pretrained directory for rFD-cls at the final evaluation (default: "
                          "assets/classifier-<preset> when it exists; 'none' to skip)")
     ap.add_argument("--launch", default=sys.executable, help='how to start a run, e.g. "accelerate launch"')
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="train this many runs at once (each with cores / N threads unless OMP_NUM_THREADS is "
+                         "set; on one GPU several small runs share it); step times are then measured side by side")
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
     args = ap.parse_args(argv)
     if min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
         ap.error("--seeds must be distinct non-negative integers")
+    if args.parallel < 1:
+        ap.error("--parallel must be at least 1")
     return args
 
 
@@ -214,6 +235,13 @@ def main(argv=None):
     val_x = load_images(args.val, size, args.val_images)
     classifier = load_classifier(args.classifier, b["preset"])
     t0 = time.time()
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms
+            if not any(r["arm"] == arm and r["seed"] == seed for r in records)]
+    if args.parallel > 1:  # train the missing runs N at a time first; evaluation below is one at a time
+        untrained = [(arm, seed) for arm, seed in todo if not trained(run_dir(args, arm, seed))]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for f in [pool.submit(train_one, args, b, arm, seed, run_dir(args, arm, seed)) for arm, seed in untrained]:
+                f.result()
     for seed in args.seeds:          # seeds outermost: a partial grid has every arm at the same number of seeds
         for arm in args.arms:
             if any(r["arm"] == arm and r["seed"] == seed for r in records):
