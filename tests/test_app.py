@@ -208,3 +208,21 @@ def test_the_app_starts_without_weights_and_says_what_is_missing(tmp_path):
     demo = build_demo(Catalog(tmp_path))
     intro = next(b for b in demo.blocks.values() if type(b).__name__ == "Markdown")
     assert "weights are missing" in intro.value and str(tmp_path) in intro.value
+
+
+def test_benchmark_reports_the_cpu_and_every_view_for_each_model_set(assets):
+    """app/benchmark.py on the tiny assets: the CPU line, Generate alone and with 4 users, every view's row."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "app" / "benchmark.py"), "--assets", str(assets), "--repeats",
+                           "1", "--steps", "2"], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert out.startswith("CPU: ") and "cores" in out and "first page after launch" in out
+    for family in (PHOTOS, CIFAR):
+        assert f"| {family} |" in out and f"### {family}" in out
+    for view in ("Reconstruct view", "Interpolate view", "Generate view", "Latent space view", "Attention view"):
+        assert out.count(view) == 2, view
