@@ -53,7 +53,7 @@ class HieraTokConfig(ConfigMixin):
     grad_checkpointing: bool = False     # recompute blocks in backward (for the paper-scale preset on GPUs)
     # A linear encoder and decoder path beside the transformers, initialised to the patch-PCA codec of the same
     # latent size (hieratok.linear): training starts at the linear reference's quality and the transformers learn
-    # the residual. The transformers' output layers start at zero. Off for the presets trained before it existed.
+    # the residual. The transformers' output layers start at zero. Off for the cifar10 and imagenet256 presets.
     linear_shortcut: bool = False
     # --- training-side settings, kept with the model so a checkpoint says how it was made ---
     multiscale_supervision: bool = True  # False: only the finest scale's image is supervised

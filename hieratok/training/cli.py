@@ -6,11 +6,13 @@ import json
 import logging
 from pathlib import Path
 
+from ..config import TOKENIZER_PRESETS
+
 
 def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--preset", default="cifar10", help="model preset (cifar10 | imagenet256)")
+    ap.add_argument("--preset", default="cifar10", choices=sorted(TOKENIZER_PRESETS), help="model preset")
     ap.add_argument("--data", required=True,
                     help="an ImageFolder root (root/<class>/<images>) or cifar10:ROOT for torchvision's CIFAR-10")
     ap.add_argument("--output-dir", required=True)

@@ -157,9 +157,9 @@ class Run:
 
     def track(self, model, *stateful, ema: bool = True):
         """Create the EMA of `model` and register what a checkpoint must hold besides the prepared models and
-        optimizers (accelerate saves those itself, sharded under FSDP): schedulers, the EMA, the step counters."""
+        optimizers (which checkpoints hold already, sharded under FSDP): schedulers, the EMA, the step counters."""
         if any(isinstance(obj, (torch.optim.Optimizer, AcceleratedOptimizer)) for obj in stateful):
-            raise TypeError("pass schedulers, not optimizers: prepared optimizers are checkpointed by accelerate "
+            raise TypeError("pass schedulers, not optimizers: prepared optimizers are checkpointed already "
                             "(registering one again would restore rank 0's shard on every process under FSDP)")
         self._models.append(model)
         if ema:
