@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -429,7 +430,8 @@ def test_the_loss_refuses_a_model_whose_scales_it_was_not_built_for():
 
 # ---------------------------------------------------------------------------------------------------------------
 # FSDP2: accelerate shards only on accelerators; Run switches FSDP2 on over gloo on CPUs
-# (hieratok.training.distributed), so the sharded path -- parameters, optimizer state, EMA, checkpoints, export -- runs here with the shipped config.
+# (hieratok.training.distributed), so the sharded path -- parameters, optimizer state, EMA, checkpoints,
+# export -- runs here with the shipped config.
 def fsdp_launch(script: str, args: list, port: int, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -441,7 +443,6 @@ def fsdp_launch(script: str, args: list, port: int, check: bool = True) -> subpr
 
 
 def test_fsdp_shards_resumes_bit_identically_and_tracks_one_process(image_folder, tmp_path):
-    import shutil
     args = ["--data", image_folder, "--steps", 6, "--batch-size", 8, "--lr", 1e-3, "--ckpt-every", 2,
             "--keep-ckpts", 3, *TINY_TOK, "--mixed-precision", "no", "--log-every", 1, "--sample-every", 3]
     stage1([*args, "--output-dir", tmp_path / "one"])

@@ -238,7 +238,8 @@ def main(argv=None):
         print(f"warning: {ev.lpips_note}")
     report = {"data": args.data, "images": len(ev.dataset), "command": " ".join(sys.argv),
               "notes": {"fd": ev.fd_note, "fd_name": ev.fd_name, "lpips": ev.lpips_note,
-                        "latent_density": "Gini / normalised entropy at 2,000 latents (evenly spaced over the set) of a "
+                        "latent_density": "Gini / normalised entropy at 2,000 latents (evenly spaced over the set) "
+                                          "of a "
                                           "24x24 histogram over the first two "
                                           "principal components (whitened, [-3, 3]^2) of the standardised "
                                           "flattened latents; see hieratok.metrics.latent_density"}}

@@ -5,7 +5,8 @@
 The encoder and the downsampler are frozen, so the latents (and any DiT trained on them) stay valid. The decoder
 decodes the posterior mean (what the DiT learns to generate) and is trained on the stage-1 reconstruction terms
 plus a hinge GAN loss from a PatchGAN discriminator on the finest image, weighted adaptively (VQGAN:
-||grad rec|| / ||grad GAN|| at the decoder's last layer) and switched on after `--gan-start` steps, so the discriminator first learns against a fixed generator.
+||grad rec|| / ||grad GAN|| at the decoder's last layer) and switched on after `--gan-start` steps, so the
+discriminator first learns against a fixed generator.
 """
 from __future__ import annotations
 
