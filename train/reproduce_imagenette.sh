@@ -32,6 +32,15 @@ classifier() {
   done_ $R/classifier-$P || $PY train/classifier.py --image-size 64 --data $D/train --output-dir $R/classifier-$P \
       --steps ${CLS_STEPS:-1000} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
 }
-{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok; } &
+dit_long() {
+  # a second sitting: the DiT continued from its 600-step export for 3,500 more steps (a fresh warm-up and cosine
+  # schedule), on the same cached latents; exports at 1,000 / 2,000 / 3,000 more steps for the learning curve
+  v=$1
+  done_ $R/dit-$v-$P-long || $PY train/dit.py --init-from $R/dit-$v-$P/final --tokenizer $R/$v-$P-s1/final \
+      --latent-cache $R/dit-$v-$P/latents.safetensors --data $D/train --output-dir $R/dit-$v-$P-long \
+      --steps ${DIT_LONG_STEPS:-3500} --batch-size 128 --ckpt-every 100 --sample-every 500 --log-every 25 \
+      --export-at 1000 2000 3000
+}
+{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok; dit_long hieratok; } &
 { chain singlescale; classifier; dit singlescale; } &
 wait
