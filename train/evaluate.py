@@ -239,10 +239,9 @@ def main(argv=None):
     report = {"data": args.data, "images": len(ev.dataset), "command": " ".join(sys.argv),
               "notes": {"fd": ev.fd_note, "fd_name": ev.fd_name, "lpips": ev.lpips_note,
                         "latent_density": "Gini / normalised entropy at 2,000 latents (evenly spaced over the set) "
-                                          "of a "
-                                          "24x24 histogram over the first two "
-                                          "principal components (whitened, [-3, 3]^2) of the standardised "
-                                          "flattened latents; see hieratok.metrics.latent_density"}}
+                                          "of a 24x24 histogram over the first two principal components "
+                                          "(whitened, [-3, 3]^2) of the standardised flattened latents; see "
+                                          "hieratok.metrics.latent_density"}}
     if ev.classifier is not None:
         report["classifier"] = ev.classifier_accuracy()
     report["tokenizers"] = {n: ev.tokenizer(p) for n, p in tokenizers.items()}
