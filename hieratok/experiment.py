@@ -65,12 +65,23 @@ def markdown(report: dict) -> str:
         lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['psnr'])} | {fmt(row.get('psnr_minus_hieratok'))} | "
                      f"{fmt(row['ssim'], 4)} | {fmt(row['gini'], 4)} | {fmt(row['entropy'], 4)} | "
                      f"{fmt(row.get('rfd_cls'))} | {fmt(row['step_time_s'], 3)} |")
+    ref = report.get("linear_reference")
+    if ref:
+        lines.append(f"| {ref['name']} (linear reference) | — | {ref['psnr_final']:.2f} | — | — | — | — | — | — |")
+        lines += ["", f"The linear reference is the patch PCA with the arms' latent size ({ref['latent_channels']} "
+                      f"channels on {ref['patch_size']} x {ref['patch_size']} patches) that every arm's linear "
+                      f"shortcut starts from: a tokenizer has to rise above it."]
     return "\n".join(lines) + "\n"
 
 
-def curves_figure(records: list[dict]):
+def curves_figure(records: list[dict], reference: dict | None = None):
+    """Finest-scale PSNR against images seen per arm (mean ± 95% t-interval over seeds); the linear reference on
+    the same images as a dashed line."""
     import plotly.graph_objects as go
     fig = go.Figure()
+    if reference:
+        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888",
+                      annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
     arms = sorted({r["arm"] for r in records})
     for arm in arms:
         rs = [r for r in records if r["arm"] == arm]

@@ -46,6 +46,8 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     assert s["hieratok"]["psnr"]["n"] == 2 and "psnr_minus_hieratok" in s["singlescale"]
     assert s["singlescale"]["rfd_cls"]["n"] == 2
     md = (tmp_path / "eval" / "experiment.md").read_text()
+    ref = report["linear_reference"]  # the patch PCA of the arms' latent size, on the same images
+    assert ref["name"] == "linear-pca-C4" and 5 < ref["psnr_final"] < 60 and "| linear-pca-C4 (linear" in md
     assert "| singlescale | 2 |" in md and (tmp_path / "eval" / "experiment-curves.html").exists()
 
     # the app's Experiment tab reads the same file from an assets folder
@@ -57,11 +59,15 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     empty, none = views.experiment(tmp_path / "nothing-here")
     assert none is None and "No results of the controlled experiment yet" in empty
 
-    # a second call runs nothing
+    # a second call runs nothing; --report-only rewrites the report alone
     capsys.readouterr()
     experiment.main(args)
     out = capsys.readouterr().out
     assert out.count("done, skipped") == 4 and "stage1.py" not in out
+    (tmp_path / "eval" / "experiment.md").unlink()
+    experiment.main([*args[:-3], "--report-only", *args[-3:]])
+    assert "| hieratok | 2 |" in (tmp_path / "eval" / "experiment.md").read_text()
+    assert "stage1.py" not in capsys.readouterr().out
 
     # an interrupted run (no final export, no record, its checkpoint kept) resumes from its checkpoint
     run = tmp_path / "runs" / "singlescale" / "seed-1"

@@ -166,11 +166,47 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
             "path": str(out)}
 
 
+def _value(v):
+    """A `--set` value as the config wants it (strings from the command line are JSON where they parse)."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+@torch.no_grad()
+def linear_reference(args, b: dict, curve_x: torch.Tensor, val_x: torch.Tensor, fit_images: int = 2000) -> dict:
+    """The patch-PCA codec of the arms' latent size (the linear shortcut every arm starts from): its finest PSNR on
+    the curve images and on the validation images, the line an arm has to rise above."""
+    from hieratok import tokenizer_config
+    from hieratok.linear import PatchPCA
+    cfg = tokenizer_config(b["preset"], **{k: _value(v) for k, v in b["set"].items()})
+    saved = sorted(Path(args.output_dir).glob("*/seed-*/linear_codec.safetensors"))
+    if saved:  # every run fits the same codec (the same evenly spaced training images, whatever the seed)
+        codec, source = PatchPCA.load(saved[0]), str(saved[0])
+    else:
+        ds = build_dataset(args.data, cfg.image_size, split="test")
+        n = min(fit_images, len(ds))
+        subset = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
+        codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, 64) if x is not None), cfg.patch_size,
+                             cfg.latent_channels)
+        source = f"fitted on {n} training images"
+
+    def mean_psnr(images):
+        return float(torch.cat([psnr(codec.reconstruct(images[i:i + 64]), images[i:i + 64])
+                                for i in range(0, len(images), 64)]).mean())
+    return {"name": f"linear-pca-C{codec.latent_channels}", "patch_size": cfg.patch_size,
+            "latent_channels": codec.latent_channels, "codec": source,
+            "psnr_curve": mean_psnr(curve_x), "psnr_final": mean_psnr(val_x)}
+
+
 def write_report(prefix: Path, report: dict) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_json(prefix.with_suffix(".json"), report)
     prefix.with_suffix(".md").write_text(markdown(report))
-    fig = curves_figure(report["records"])
+    fig = curves_figure(report["records"], report.get("linear_reference"))
     fig.write_html(str(prefix.with_name(prefix.name + "-curves.html")), include_plotlyjs="cdn")
     try:
         fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=900, height=420)
@@ -213,6 +249,8 @@ def parse_args(argv=None):
     ap.add_argument("--parallel", type=int, default=1,
                     help="train this many runs at once (each with cores / N threads unless OMP_NUM_THREADS is "
                          "set; on one GPU several small runs share it); step times are then measured side by side")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from the recorded runs (and the linear reference); train nothing")
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
     args = ap.parse_args(argv)
@@ -234,6 +272,17 @@ def main(argv=None):
     curve_x = load_images(args.val, size, b["curve_images"])
     val_x = load_images(args.val, size, args.val_images)
     classifier = load_classifier(args.classifier, b["preset"])
+    reference = linear_reference(args, b, curve_x, val_x)
+
+    def report():
+        return {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
+                "linear_reference": reference, "records": records, "summary": summarize(records)}
+    if args.report_only:
+        if not records:
+            raise SystemExit(f"error: no recorded runs of this budget in {prefix.with_suffix('.json')}")
+        write_report(prefix, report())
+        print(markdown(report()))
+        return
     t0 = time.time()
     todo = [(arm, seed) for seed in args.seeds for arm in args.arms
             if not any(r["arm"] == arm and r["seed"] == seed for r in records)]
@@ -248,12 +297,10 @@ def main(argv=None):
                 print(f"[{arm} seed {seed}] done, skipped")
                 continue
             records.append(run_record(args, b, arm, seed, curve_x, val_x, classifier))
-            report = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
-                      "records": records, "summary": summarize(records)}
-            write_report(prefix, report)
+            write_report(prefix, report())
             print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
     if records:
-        print(markdown({"tier": args.tier, "budget": b, "val_images": len(val_x), "summary": summarize(records)}))
+        print(markdown(report()))
 
 
 if __name__ == "__main__":
