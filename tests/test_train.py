@@ -344,6 +344,18 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     assert "rFD-cls" in md and "gFD-cls" in md and "PSNR 16x16" in md and "linear-pca-C4" in md
     assert "| rFID" not in md and "| gFID" not in md  # without Inception weights, nothing is called FID
 
+    # --update adds a second DiT to the report without evaluating the tokenizers again; both commands are kept
+    evaluate.main([str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
+                                    "--dit", f"again={tmp_path}/dit/final", "--dit-tokenizer",
+                                    f"again={tmp_path}/dit/tokenizer", "--num-samples", 12, "--sample-steps", 2,
+                                    "--batch-size", 12, "--output", tmp_path / "eval", "--update"]])
+    updated = json.loads((tmp_path / "eval.json").read_text())
+    assert set(updated["generators"]) == {"tok", "again"} and updated["tokenizers"] == report["tokenizers"]
+    assert updated["command"] == f"{report['command']}; {report['command']}"  # (pytest's argv, twice)
+    with pytest.raises(SystemExit, match="was evaluated before"):
+        evaluate.main([str(a) for a in ["--data", image_folder, "--max-images", 5, "--classifier",
+                                        tmp_path / "cls" / "final", "--output", tmp_path / "eval", "--update"]])
+
 
 def test_two_processes_stay_in_sync_and_track_one_process(image_folder, tmp_path):
     args = ["train/stage1.py", "--data", image_folder, "--steps", 5, "--batch-size", 8, "--lr", 1e-3, *TINY_TOK,

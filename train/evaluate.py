@@ -185,6 +185,20 @@ class Evaluator:
                 "seconds": round(time.time() - t0, 1)}
 
 
+def merged(old: dict, new: dict) -> dict:
+    """`new` added to an earlier report of the same images: entries evaluated again replace the old ones."""
+    if (old["data"], old["images"]) != (new["data"], new["images"]):
+        raise SystemExit(f"error: --update: {old['data']} ({old['images']} images) was evaluated before, not "
+                         f"{new['data']} ({new['images']} images)")
+    out = {**old, "notes": new["notes"],
+           "command": "; ".join(c for c in (old["command"], new["command"]) if c)}
+    for key in ("tokenizers", "generators"):
+        out[key] = {**old.get(key, {}), **new.get(key, {})}
+    if new.get("classifier"):
+        out["classifier"] = new["classifier"]
+    return out
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="evaluation images: an ImageFolder root or cifar10:ROOT (test)")
@@ -209,6 +223,9 @@ def parse_args(argv=None):
                          "default: the 'train' folder beside --data")
     ap.add_argument("--fit-images", type=int, default=2000, help="training images the linear reference is fitted on")
     ap.add_argument("--output", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    ap.add_argument("--update", action="store_true",
+                    help="add to PREFIX.json instead of replacing it: its tokenizers, generators and classifier stay "
+                         "unless evaluated again here (same data and image count required); both commands are kept")
     return ap.parse_args(argv)
 
 
@@ -257,6 +274,8 @@ def main(argv=None):
             report["tokenizers"][f"linear-pca-C{c}"] = ev.linear_reference(p, c)
     report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
     out = Path(args.output)
+    if args.update and out.with_suffix(".json").exists():
+        report = merged(json.loads(out.with_suffix(".json").read_text()), report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report))
