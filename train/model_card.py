@@ -28,7 +28,7 @@ RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
     "imagenette128": [
         ("hieratok-imagenette128", ["hieratok-imagenette128-s1"]),
         ("singlescale-imagenette128", ["singlescale-imagenette128-s1"]),
-        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128"]),
+        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128", "dit-hieratok-imagenette128-long"]),
         ("dit-singlescale-imagenette128", ["dit-singlescale-imagenette128"]),
         ("classifier-imagenette128", ["classifier-imagenette128"]),
     ],
@@ -48,7 +48,12 @@ def command_line(cfg: dict) -> str:
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
     if args.get("set"):
         parts.append("--set " + " ".join(f"'{kv}'" for kv in args["set"]))
-    return f"python {script} " + " ".join(parts)
+    line = f"python {script} " + " ".join(parts)
+    last = (cfg.get("resumes") or [{}])[-1].get("args", {}).get("steps", args["steps"])
+    if last != args["steps"]:  # a run ended early by resuming it with fewer steps: its schedule is the planned one
+        line += (f"\n# stopped at step {last}: resumed with --steps {last}, so the learning-rate schedule is the "
+                 f"{args['steps']}-step one")
+    return line
 
 
 def targets(report: dict, family: str):

@@ -33,8 +33,10 @@ classifier() {
       --steps ${CLS_STEPS:-1000} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
 }
 dit_long() {
-  # a second sitting: the DiT continued from its 600-step export for 3,500 more steps (a fresh warm-up and cosine
-  # schedule), on the same cached latents; exports at 1,000 / 2,000 / 3,000 more steps for the learning curve
+  # a second sitting: the DiT continued from its 600-step export on the same cached latents, planned for 3,500 more
+  # steps (a fresh warm-up and cosine schedule) with exports at 1,000 / 2,000 / 3,000 for the learning curve. The
+  # shipped one was stopped at 2,500 for lack of session time: interrupted after its step-2500 checkpoint and
+  # resumed with DIT_LONG_STEPS=2500, which only exports (the schedule stays the 3,500-step one).
   v=$1
   done_ $R/dit-$v-$P-long || $PY train/dit.py --init-from $R/dit-$v-$P/final --tokenizer $R/$v-$P-s1/final \
       --latent-cache $R/dit-$v-$P/latents.safetensors --data $D/train --output-dir $R/dit-$v-$P-long \
