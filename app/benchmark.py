@@ -107,7 +107,7 @@ def main(argv=None):
              median_time(lambda: views.attention(store, str(example), 0, 0, tok.layout.scales[-2], 1, 1),
                          args.repeats), None),
         ]
-        print(f"\n### {label} ({tok.config.image_size} px)\n")
+        print(f"\n### {label}\n")
         print("| measurement | seconds | target | met |")
         print("|---|---:|---:|:---:|")
         for name, t, target in rows:

@@ -45,7 +45,11 @@ def command_line(cfg: dict) -> str:
               "classifier": "train/classifier.py"}[cfg["script"]]
     keep = ["preset", "variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps",
             "batch_size", "lr", "warmup", "gan_start", "image_size"]
+    if args.get("init_from"):  # the architecture (and so the preset) comes from the checkpoint
+        keep.remove("preset")
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
+    if args.get("export_at") not in (None, [], "[]"):
+        parts.append("--export-at " + " ".join(map(str, args["export_at"])))
     if args.get("set"):
         parts.append("--set " + " ".join(f"'{kv}'" for kv in args["set"]))
     line = f"python {script} " + " ".join(parts)
