@@ -28,11 +28,10 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, generate
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.linear import PatchPCA
 from hieratok.losses import downsample_image, load_lpips
 from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
 from hieratok.training.cli import named_paths
-from hieratok.training.data import DataError, build_dataset, eval_loader
+from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
 from hieratok.training.report import markdown
 
 
@@ -127,10 +126,7 @@ class Evaluator:
         (`--fit-data`), evaluated like a tokenizer at its one (finest) scale."""
         a = self.args
         fit = build_dataset(a.fit_data, a.image_size, split="train")
-        n = min(a.fit_images, len(fit))
-        subset = torch.utils.data.Subset(fit, torch.linspace(0, len(fit) - 1, n).long().tolist())
-        codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, a.batch_size) if x is not None), patch_size,
-                             channels)
+        codec, n = fit_patch_pca(fit, patch_size, channels, a.fit_images, a.batch_size)
         values, fd = {"psnr": [], "ssim": []}, self.fd_metric()
         for x, _, _ in tqdm(self.batches(), desc=f"linear reference p={patch_size} C={channels}"):
             if x is None:

@@ -33,7 +33,8 @@ from hieratok.experiment import curves_figure, markdown, summarize
 from hieratok.losses import downsample_image
 from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
 from hieratok.training.checkpoint import write_json
-from hieratok.training.data import DataError, build_dataset, eval_loader
+from hieratok.training.cli import parse_overrides
+from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def budget(args) -> dict:
     tier = TIERS[args.tier]
     return {"preset": args.preset or tier["preset"], "steps": args.steps or tier["steps"],
             "batch_size": args.batch_size or tier["batch_size"], "lr": args.lr or tier["lr"],
-            "set": {**tier["set"], **dict(kv.split("=", 1) for kv in args.set)},
+            "set": {**tier["set"], **parse_overrides(args.set)},
             "curve_images": args.curve_images or tier["curve_images"]}
 
 
@@ -166,32 +167,19 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
             "path": str(out)}
 
 
-def _value(v):
-    """A `--set` value as the config wants it (strings from the command line are JSON where they parse)."""
-    if not isinstance(v, str):
-        return v
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
 @torch.no_grad()
 def linear_reference(args, b: dict, curve_x: torch.Tensor, val_x: torch.Tensor, fit_images: int = 2000) -> dict:
     """The patch-PCA codec of the arms' latent size (the linear shortcut every arm starts from): its finest PSNR on
     the curve images and on the validation images, the line an arm has to rise above."""
     from hieratok import tokenizer_config
     from hieratok.linear import PatchPCA
-    cfg = tokenizer_config(b["preset"], **{k: _value(v) for k, v in b["set"].items()})
+    cfg = tokenizer_config(b["preset"], **b["set"])
     saved = sorted(Path(args.output_dir).glob("*/seed-*/linear_codec.safetensors"))
     if saved:  # every run fits the same codec (the same evenly spaced training images, whatever the seed)
         codec, source = PatchPCA.load(saved[0]), str(saved[0])
     else:
-        ds = build_dataset(args.data, cfg.image_size, split="test")
-        n = min(fit_images, len(ds))
-        subset = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
-        codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, 64) if x is not None), cfg.patch_size,
-                             cfg.latent_channels)
+        codec, n = fit_patch_pca(build_dataset(args.data, cfg.image_size, split="test"), cfg.patch_size,
+                                 cfg.latent_channels, fit_images)
         source = f"fitted on {n} training images"
 
     def mean_psnr(images):

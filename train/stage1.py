@@ -7,13 +7,11 @@ Loss = sum_s w_s (L1 + MSE)(x_hat_s, downsample_s(x)) + lambda LPIPS(finest) + b
 """
 from __future__ import annotations
 
-import torch
-
 from hieratok import VARIANTS, HieraTok, tokenizer_config
 from hieratok.linear import PatchPCA
 from hieratok.losses import ReconstructionLoss
 from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
-from hieratok.training.data import eval_loader
+from hieratok.training.data import fit_patch_pca
 from hieratok.training.optim import adamw, warmup_cosine
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
@@ -38,10 +36,7 @@ def linear_codec(run, dataset, cfg, num_images: int) -> PatchPCA:
     path = run.out / "linear_codec.safetensors"
     if path.exists():
         return PatchPCA.load(path)
-    n = min(num_images, len(dataset))
-    subset = torch.utils.data.Subset(dataset, torch.linspace(0, len(dataset) - 1, n).long().tolist())
-    codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, 64) if x is not None), cfg.patch_size,
-                         cfg.latent_channels)
+    codec, n = fit_patch_pca(dataset, cfg.patch_size, cfg.latent_channels, num_images)
     if run.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         codec.save(path)

@@ -112,7 +112,6 @@ class ModelStore:
         path = self.assets / self.family.latent_map_folder / LATENT_MAP_FILE
         if not path.exists():
             raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py (see README)")
-
         return self._load("latent_map", lambda: LatentMap.load(path))
 
 

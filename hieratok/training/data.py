@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..image import ImageError, load_image
+from ..linear import PatchPCA
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +185,13 @@ def make_loader(ds: FolderImages, batches: StreamBatches, num_workers: int = 0) 
 def eval_loader(ds: FolderImages, batch_size: int, num_workers: int = 0) -> DataLoader:
     """In-order, unflipped batches over the whole dataset (evaluation, latent caching)."""
     return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+
+
+def fit_patch_pca(ds: FolderImages, patch_size: int, channels: int, num_images: int,
+                  batch_size: int = 64) -> tuple[PatchPCA, int]:
+    """The patch-PCA codec (`hieratok.linear`) fitted on `num_images` evenly spaced images of `ds`: the same images
+    whatever the seed, so every run of one geometry fits the same codec. Returns (codec, images used)."""
+    n = min(num_images, len(ds))
+    subset = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
+    codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, batch_size) if x is not None), patch_size, channels)
+    return codec, n
