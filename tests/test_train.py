@@ -283,6 +283,24 @@ def test_stage2_trains_decoder_only_and_learns(image_folder, tiny_tokenizer, tmp
     assert np.mean(rec[40:50]) < 0.85 * rec[0]  # the decoder fits the fixed batch better before the GAN starts
 
 
+def test_stage2_without_gan_fine_tunes_the_decoder_on_reconstruction_alone(image_folder, tiny_tokenizer, tmp_path):
+    from train import stage2
+    out = tmp_path / "s2"
+    stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir", out,
+                                  "--steps", 50, "--batch-size", 8, "--max-images", 8, "--lr", 1e-3,
+                                  "--warmup", 3, "--gan-weight", 0, *FAST, "--ckpt-every", 25]])
+    rows = read_metrics(out)
+    assert not any("d_loss" in r or "gan_weight" in r for r in rows)  # no discriminator was built
+    assert json.loads((out / "run_config.json").read_text())["discriminator"] is None
+    rec = [r["l1_16"] + r["mse_16"] for r in rows]
+    assert np.mean(rec[-5:]) < 0.85 * rec[0]
+    ckpt = next((out / "checkpoints").iterdir())
+    assert sorted(p.name for p in ckpt.glob("model_*")) == ["model_0.safetensors"]  # the tokenizer alone
+    with pytest.raises(SystemExit, match="--gan-weight -1"):
+        stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir",
+                                      tmp_path / "x", "--gan-weight", -1]])
+
+
 def test_dit_caches_latents_stores_stats_and_learns(image_folder, tiny_tokenizer, tmp_path):
     from train import dit as script
     out = tmp_path / "dit"

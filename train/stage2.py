@@ -6,7 +6,9 @@ The encoder and the downsampler are frozen, so the latents (and any DiT trained 
 decodes the posterior mean (what the DiT learns to generate) and is trained on the stage-1 reconstruction terms
 plus a hinge GAN loss from a PatchGAN discriminator on the finest image, weighted adaptively (VQGAN:
 ||grad rec|| / ||grad GAN|| at the decoder's last layer) and switched on after `--gan-start` steps, so the
-discriminator first learns against a fixed generator.
+discriminator first learns against a fixed generator. With `--gan-weight 0` there is no discriminator: the decoder
+is fine-tuned on the reconstruction terms alone (e.g. with `--set scale_loss_weights=...` to favour the finest
+scale), the fidelity-first recipe, for PSNR rather than sharpness.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def parse_args(argv=None):
     ap.add_argument("--disc-lr", type=float, default=1e-4)
     ap.add_argument("--disc-width", type=int, default=64)
     ap.add_argument("--disc-layers", type=int, default=None, help="PatchGAN depth (default: 2 below 64 px, else 3)")
-    ap.add_argument("--gan-weight", type=float, default=0.5, help="multiplies the adaptive GAN weight")
+    ap.add_argument("--gan-weight", type=float, default=0.5,
+                    help="multiplies the adaptive GAN weight; 0: no discriminator, reconstruction terms only")
     ap.add_argument("--gan-start", type=int, default=100, help="steps of discriminator-only warm-up")
     return ap.parse_args(argv)
 
@@ -38,6 +41,8 @@ LOSS_FIELDS = ("scale_loss_weights", "multiscale_supervision", "l1_weight", "mse
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.gan_weight < 0:
+        raise SystemExit(f"error: --gan-weight {args.gan_weight}: must be >= 0 (0: no GAN)")
     setup_logging()
     overrides = parse_overrides(args.set)
     other = sorted(set(overrides) - set(LOSS_FIELDS))
@@ -58,30 +63,36 @@ def main(argv=None):
     if model.downsampler is not None:
         model.downsampler.requires_grad_(False)
     model.train()
+    use_gan = args.gan_weight > 0
     n_layers = args.disc_layers or (2 if cfg.image_size < 64 else 3)
-    disc = PatchGANDiscriminator(cfg.in_channels, args.disc_width, n_layers)
     loss_fn = ReconstructionLoss(cfg, lpips_module)
     g_opt = adamw([p for p in model.parameters() if p.requires_grad], args, betas=(0.5, 0.9))
-    d_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
     warmup = args.warmup if args.warmup is not None else args.steps // 20
-    g_sched, d_sched = warmup_cosine(g_opt, warmup, args.steps), warmup_cosine(d_opt, warmup, args.steps)
-    model, disc, g_opt, d_opt = run.prepare(model, disc, g_opt, d_opt)
-    run.track(model, g_sched, d_sched)
+    g_sched = warmup_cosine(g_opt, warmup, args.steps)
+    if use_gan:
+        disc = PatchGANDiscriminator(cfg.in_channels, args.disc_width, n_layers)
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        d_sched = warmup_cosine(d_opt, warmup, args.steps)
+        model, disc, g_opt, d_opt = run.prepare(model, disc, g_opt, d_opt)
+        run.track(model, g_sched, d_sched)
+    else:
+        model, g_opt = run.prepare(model, g_opt)
+        run.track(model, g_sched)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "init_from": args.init_from, "lpips": lpips_module is not None,
-               "lpips_note": lpips_note, "discriminator": {"width": args.disc_width, "layers": n_layers},
+               "lpips_note": lpips_note,
+               "discriminator": {"width": args.disc_width, "layers": n_layers} if use_gan else None,
                "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes}})
 
     for step, x, _, gen in run.batches(dataset, start):
-        gan_on = step >= args.gan_start
+        gan_on = use_gan and step >= args.gan_start
         # 1. generator (decoder): reconstruction + adaptive hinge GAN term
         with run.autocast():
             # the posterior mean, as the DiT is trained on posterior means: the decoder is tuned on exactly the
             # latents it will be asked to decode. Through the (DDP) wrapper; the frozen encoder builds no graph.
             out, _ = model(x, sample=False)
             terms = loss_fn(x, out, None)     # no KL: the encoder is frozen
-            logits_fake = disc(out.reconstruction)
-            g_loss = hinge_g_loss(logits_fake)
+            g_loss = hinge_g_loss(disc(out.reconstruction)) if use_gan else None
         loss, logs = terms.total, dict(terms.logs)
         if gan_on:
             # looked up after the forward: under FSDP2 this is the gathered weight the graph used, not the shard
@@ -90,11 +101,12 @@ def main(argv=None):
             loss = loss + weight * g_loss
             logs.update(gan_weight=float(weight), g_loss=g_loss.item())
         run.step(loss, g_opt, g_sched, model, step)
-        # 2. discriminator: real images vs the (detached) reconstructions
-        with run.autocast():
-            d_loss = hinge_d_loss(disc(x), disc(out.reconstruction.detach()))
-        run.step(d_loss, d_opt, d_sched, disc, step, update_ema=False)
-        logs.update(d_loss=d_loss.item(), loss=loss.item())
+        if use_gan:  # 2. discriminator: real images vs the (detached) reconstructions
+            with run.autocast():
+                d_loss = hinge_d_loss(disc(x), disc(out.reconstruction.detach()))
+            run.step(d_loss, d_opt, d_sched, disc, step, update_ema=False)
+            logs.update(d_loss=d_loss.item())
+        logs.update(loss=loss.item())
         run.log(step, logs, g_sched)
         sample_reconstructions(run, x, step)
         run.maybe_export(step)
