@@ -2,7 +2,9 @@
 over seeds, the Markdown table and the learning curves.
 
 A results file holds {"tier", "budget", "val_images", "command", "records": [one per run: arm, variant, seed,
-budget, curve (PSNR etc. at fixed points of the budget), final metrics, step time], "summary": `summarize(records)`}.
+budget, curve (PSNR etc. at fixed points of the budget), final metrics, step time], "summary": `summarize(records)`}
+and, for the generation half, "dit_budget", "generation" (one record per DiT: arm of its tokenizer, seed, curve of
+FD-cls and class accuracy) and "generation_summary": `summarize_generation(generation)`.
 """
 from __future__ import annotations
 
@@ -46,6 +48,44 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
+def steps_to_reach(curve: list[dict], target: float, key: str = "gfd_cls") -> float | None:
+    """The first step at which a lower-is-better metric reaches `target`, linearly interpolated between the measured
+    points (the first point's step when it is reached there already; None when it is never reached)."""
+    prev = None
+    for p in curve:
+        if p[key] <= target:
+            if prev is None or prev[1] == p[key]:
+                return float(p["step"])
+            s0, v0 = prev
+            return s0 + (v0 - target) / (v0 - p[key]) * (p["step"] - s0)
+        prev = (p["step"], p[key])
+    return None
+
+
+def summarize_generation(records: list[dict]) -> dict:
+    """Per tokenizer arm: final FD-cls and class accuracy over seeds; per seed with both arms, the steps each DiT
+    needs to reach the worse of the two final FD-cls values and their ratio singlescale / hieratok (above 1: the
+    multi-scale latent trains the DiT faster), with a t-interval over seeds."""
+    arms = {}
+    for r in records:
+        arms.setdefault(r["arm"], []).append(r)
+    out = {"arms": {arm: {"seeds": sorted(r["seed"] for r in rs),
+                          "gfd_cls": t_interval([r["final"]["gfd_cls"] for r in rs]),
+                          "class_accuracy": t_interval([r["final"]["class_accuracy"] for r in rs]),
+                          "step_time_s": t_interval([r["step_time_s"] for r in rs])} for arm, rs in arms.items()}}
+    h = {r["seed"]: r for r in arms.get("hieratok", [])}
+    s = {r["seed"]: r for r in arms.get("singlescale", [])}
+    per_seed = []
+    for seed in sorted(set(h) & set(s)):
+        target = max(h[seed]["final"]["gfd_cls"], s[seed]["final"]["gfd_cls"])  # both reach it
+        sh, ss = steps_to_reach(h[seed]["curve"], target), steps_to_reach(s[seed]["curve"], target)
+        per_seed.append({"seed": seed, "target_gfd_cls": target, "steps_hieratok": sh, "steps_singlescale": ss,
+                         "ratio": ss / sh})
+    out["speedup"] = {"per_seed": per_seed,
+                      "ratio": t_interval([p["ratio"] for p in per_seed]) if per_seed else None}
+    return out
+
+
 def fmt(m: dict, d: int = 2) -> str:
     if m is None:
         return "—"
@@ -71,28 +111,63 @@ def markdown(report: dict) -> str:
         lines += ["", f"The linear reference is the patch PCA with the arms' latent size ({ref['latent_channels']} "
                       f"channels on {ref['patch_size']} x {ref['patch_size']} patches) that every arm's linear "
                       f"shortcut starts from: a tokenizer has to rise above it."]
+    if report.get("generation"):
+        lines += [""] + generation_markdown(report)
     return "\n".join(lines) + "\n"
 
 
-def curves_figure(records: list[dict], reference: dict | None = None):
+def generation_markdown(report: dict) -> list[str]:
+    db, g = report["dit_budget"], report["generation_summary"]
+    lines = ["## Generation: a DiT on each tokenizer's latent", "",
+             f"Budget per DiT: {db['steps']} steps x {db['batch_size']} latents, config {db['set'] or 'the preset'}; "
+             f"at each point {db['samples']} class-balanced samples (Heun, {db['sample_steps']} steps, guidance "
+             f"{db['guidance']}): FD-cls against the {report['val_images']} validation images' classifier features "
+             f"(biased upward at few samples, the same number for every DiT) and the classifier's accuracy on them.",
+             "", "| latent of | seeds | gFD-cls (final) | class accuracy (final) | DiT step (s) |",
+             "|---|---|---:|---:|---:|"]
+    for arm, row in g["arms"].items():
+        acc = {**row["class_accuracy"], "mean": 100 * row["class_accuracy"]["mean"],
+               "ci95": 100 * row["class_accuracy"]["ci95"]}
+        lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['gfd_cls'], 1)} | {fmt(acc, 1)}% | "
+                     f"{fmt(row['step_time_s'], 3)} |")
+    sp = g["speedup"]
+    if sp["ratio"]:
+        seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {p['steps_hieratok']:.0f} "
+                          f"/ singlescale {p['steps_singlescale']:.0f} steps" for p in sp["per_seed"])
+        lines += ["", f"Steps to reach a common FD-cls (per seed the worse of the two final values, interpolated "
+                      f"between measured points): singlescale / hieratok = **{fmt(sp['ratio'])}x** ({seeds}). The "
+                      f"paper claims 1.38x; above 1 means the multi-scale latent trains the DiT faster."]
+    return lines
+
+
+def curves_figure(records: list[dict], reference: dict | None = None, generation: list[dict] | None = None):
     """Finest-scale PSNR against images seen per arm (mean ± 95% t-interval over seeds); the linear reference on
-    the same images as a dashed line."""
+    the same images as a dashed line. With generation records, a second panel: each DiT's FD-cls against its steps."""
     import plotly.graph_objects as go
-    fig = go.Figure()
+    from plotly.subplots import make_subplots
+    panels = 2 if generation else 1
+    fig = make_subplots(rows=1, cols=panels, subplot_titles=(
+        ["tokenizers: finest PSNR", "DiTs: FD-cls of samples"] if generation else None))
     if reference:
-        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888",
+        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
                       annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
-    arms = sorted({r["arm"] for r in records})
-    for arm in arms:
-        rs = [r for r in records if r["arm"] == arm]
-        xs = [p["images_seen"] for p in rs[0]["curve"]]
-        ys = [[r["curve"][i]["psnr"] for r in rs] for i in range(len(xs))]
-        mean = [sum(v) / len(v) for v in ys]
-        ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
-        fig.add_trace(go.Scatter(x=xs, y=mean, name=arm, mode="lines+markers",
-                                 error_y=dict(type="data", array=ci, visible=True)))
-    fig.update_layout(xaxis_title="images seen", yaxis_title="PSNR, finest scale (dB)", height=420,
-                      title="Learning curves (mean ± 95% t-interval over seeds, fixed validation subset)")
+    for col, (runs, x_key, y_key, prefix) in enumerate(
+            [(records, "images_seen", "psnr", "")] + ([(generation, "step", "gfd_cls", "DiT on ")] if generation else []),
+            start=1):
+        for arm in sorted({r["arm"] for r in runs}):
+            rs = [r for r in runs if r["arm"] == arm]
+            xs = [p[x_key] for p in rs[0]["curve"]]
+            ys = [[r["curve"][i][y_key] for r in rs] for i in range(len(xs))]
+            mean = [sum(v) / len(v) for v in ys]
+            ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
+            fig.add_trace(go.Scatter(x=xs, y=mean, name=prefix + arm, mode="lines+markers",
+                                     error_y=dict(type="data", array=ci, visible=True)), row=1, col=col)
+    fig.update_xaxes(title_text="images seen", row=1, col=1)
+    fig.update_yaxes(title_text="PSNR, finest scale (dB)", row=1, col=1)
+    if generation:
+        fig.update_xaxes(title_text="DiT steps", row=1, col=2)
+        fig.update_yaxes(title_text="FD-cls (lower is better)", row=1, col=2)
+    fig.update_layout(height=420, title="Learning curves (mean ± 95% t-interval over seeds, fixed validation subset)")
     return fig
 
 
@@ -103,4 +178,6 @@ def load_results(path: str | Path) -> dict | None:
         return None
     report = json.loads(path.read_text())
     report["summary"] = summarize(report.get("records", []))
+    if report.get("generation"):
+        report["generation_summary"] = summarize_generation(report["generation"])
     return report

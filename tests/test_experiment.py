@@ -81,6 +81,48 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     assert len(json.loads((tmp_path / "eval" / "experiment.json").read_text())["records"]) == 4
 
 
+def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
+    from hieratok.experiment import steps_to_reach, summarize_generation
+    curve = [{"step": 100, "gfd_cls": 50.0}, {"step": 200, "gfd_cls": 30.0}, {"step": 400, "gfd_cls": 20.0}]
+    assert steps_to_reach(curve, 40.0) == 150.0          # halfway between 50 at step 100 and 30 at step 200
+    assert steps_to_reach(curve, 60.0) == 100.0 and steps_to_reach(curve, 10.0) is None
+    slow = [{"step": 100, "gfd_cls": 60.0}, {"step": 200, "gfd_cls": 40.0}, {"step": 400, "gfd_cls": 30.0}]
+
+    def rec(arm, seed, c):
+        return {"arm": arm, "seed": seed, "curve": c, "final": {**c[-1], "class_accuracy": 0.5}, "step_time_s": 1.0}
+    g = summarize_generation([rec("hieratok", 0, curve), rec("singlescale", 0, slow),
+                              rec("hieratok", 1, curve), rec("singlescale", 1, curve)])
+    # seed 0: target 30 (singlescale's final): hieratok reaches it at 200, singlescale at 400 -> 2x; seed 1: 1x
+    assert [p["ratio"] for p in g["speedup"]["per_seed"]] == [2.0, 1.0]
+    assert g["speedup"]["ratio"]["mean"] == 1.5 and g["arms"]["singlescale"]["gfd_cls"]["mean"] == 25.0
+
+
+def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811
+    from hieratok.classifier import Classifier, ClassifierConfig
+    from train import experiment
+    Classifier(ClassifierConfig(image_size=32, width=4)).save_pretrained(tmp_path / "classifier")
+    args = ["--data", str(image_folder), "--val", str(image_folder), "--output-dir", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "eval" / "experiment"), "--arms", "hieratok", "singlescale", "--seeds", "0",
+            "--dit-seeds", "0", "--dit-steps", "4", "--dit-batch-size", "6", "--dit-samples", "12",
+            "--dit-set", "dim=32", "depth=1", "heads=2", "--dit-args=--mixed-precision no",
+            "--classifier", str(tmp_path / "classifier"), *TINY, "--stage1-args", "--mixed-precision", "no"]
+    experiment.main(args)
+    report = json.loads((tmp_path / "eval" / "experiment.json").read_text())
+    gen = report["generation"]
+    assert sorted((r["arm"], r["seed"]) for r in gen) == [("hieratok", 0), ("singlescale", 0)]
+    for r in gen:
+        assert [p["step"] for p in r["curve"]] == [1, 2, 4] and r["dit_budget"]["steps"] == 4
+        assert r["tokenizer"].endswith(f"{r['arm']}/seed-0/final") and r["config"]["dim"] == 32
+        assert all(p["gfd_cls"] > 0 and 0 <= p["class_accuracy"] <= 1 and p["samples"] == 12 for p in r["curve"])
+    assert report["generation_summary"]["speedup"]["per_seed"][0]["seed"] == 0
+    assert "## Generation" in (tmp_path / "eval" / "experiment.md").read_text()
+    from hieratok.explorer import views
+    text, fig = views.experiment(tmp_path)
+    assert "## Generation" in text and {"DiT on hieratok", "DiT on singlescale"} <= {t.name for t in fig.data}
+    with pytest.raises(SystemExit, match="needs a classifier"):
+        experiment.main([a if a != str(tmp_path / "classifier") else "none" for a in args])
+
+
 def test_bad_seeds_are_refused():
     from train import experiment
     with pytest.raises(SystemExit):

@@ -7,11 +7,19 @@ all validation images; per arm a mean with a 95% t-interval over seeds, and pair
     python train/experiment.py --data ../shared/data/imagenette/train --val ../shared/data/imagenette/val \
         --output-dir runs/experiment --tier cpu --arms hieratok singlescale singlescale-flopmatched no-mss --seeds 0 1 2
     # on GPUs: --tier gpu --launch "accelerate launch --num_processes 8"
+    # the generation half: a DiT on the latents of hieratok and singlescale, two seeds each
+    python train/experiment.py ... --dit-seeds 0 1
 
 Resumable: a run with a recorded final evaluation is skipped, an unfinished one resumes from its newest checkpoint
 (stage 1 resumes by default), and the results file is rewritten after every run. Results: `--results PREFIX` writes
 PREFIX.json (one record per run: arm, variant, seed, budget, curve, final metrics, step time) and PREFIX.md (the
 table), and PREFIX-curves.html (plotly; PREFIX-curves.png too where kaleido is installed).
+
+With `--dit-seeds`, the generation half: for each seed a DiT on the latent of the `hieratok` and of the
+`singlescale` tokenizer of that seed (trained first if missing), the same DiT budget for both, sampled at the same
+fixed points: FD-cls against the validation images and the classifier's accuracy on the samples. From the curves,
+per seed, the steps each DiT needs to reach the worse of the two final FD-cls values, and their ratio (the paper's
+claim: 1.38x faster with the multi-scale latent). Records land in the same JSON under "generation".
 """
 from __future__ import annotations
 
@@ -27,11 +35,18 @@ from pathlib import Path
 
 import torch
 
-from hieratok import HieraTok
+from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.experiment import curves_figure, markdown, summarize
+from hieratok.experiment import curves_figure, markdown, summarize, summarize_generation
+from hieratok.latent import generate
 from hieratok.losses import downsample_image
-from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
+from hieratok.metrics import (
+    frechet_distance_metric,
+    latent_gini_entropy,
+    psnr,
+    ssim,
+    to_unit,
+)
 from hieratok.training.checkpoint import write_json
 from hieratok.training.cli import parse_overrides
 from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
@@ -60,6 +75,15 @@ TIERS = {
             "set": {}},
 }
 CURVE_POINTS = (0.25, 0.5, 1.0)
+
+# the generation half: one DiT per tokenizer, per tier (the DiT is sized so that a CPU tier fits a sitting)
+GEN_ARMS = ["hieratok", "singlescale"]
+DIT_TIERS = {
+    "cpu": {"steps": 1500, "batch_size": 64, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 2.0,
+            "set": {"dim": 128, "depth": 4, "heads": 4}},
+    "gpu": {"steps": 20000, "batch_size": 256, "lr": 3e-4, "samples": 2000, "sample_steps": 30, "guidance": 2.0,
+            "set": {}},
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -137,14 +161,18 @@ def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
            "--ckpt-every", str(max(1, b["steps"] // 10)), "--sample-every", "0", "--log-every", "25",
            "--export-at", *map(str, export_steps(b["steps"])), *(["--set", *sets] if sets else []),
            *args.stage1_args]
-    print(f"[{arm} seed {seed}] {' '.join(cmd)}", flush=True)
+    launch(args, cmd, f"the {arm} run (seed {seed})")
+
+
+def launch(args, cmd: list[str], what: str) -> None:
+    print(f"[{what}] {' '.join(cmd)}", flush=True)
     env = dict(os.environ)
     if args.parallel > 1 and "OMP_NUM_THREADS" not in env:  # runs side by side share the cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))
     proc = subprocess.run(cmd, cwd=ROOT, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"error: the {arm} run (seed {seed}) failed with exit status {proc.returncode}; rerun "
-                         f"the same command to resume it")
+        raise SystemExit(f"error: {what} failed with exit status {proc.returncode}; rerun the same command to "
+                         f"resume it")
 
 
 def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x: torch.Tensor,
@@ -165,6 +193,83 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
             "final": evaluate(out / "final", val_x, classifier=classifier),
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
             "path": str(out)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                      Generation: a DiT per tokenizer
+# ------------------------------------------------------------------------------------------------------------
+def dit_budget(args) -> dict:
+    tier = DIT_TIERS[args.tier]
+    return {"steps": args.dit_steps or tier["steps"], "batch_size": args.dit_batch_size or tier["batch_size"],
+            "lr": tier["lr"], "samples": args.dit_samples or tier["samples"],
+            "sample_steps": tier["sample_steps"], "guidance": tier["guidance"],
+            "set": {**tier["set"], **parse_overrides(args.dit_set)}}
+
+
+def dit_dir(args, arm: str, seed: int) -> Path:
+    return Path(args.output_dir) / f"dit-{arm}" / f"seed-{seed}"
+
+
+def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
+    """The DiT of one seed on the latent of the same seed's `arm` tokenizer (trained first if it is missing)."""
+    tokenizer = run_dir(args, arm, seed)
+    if not trained(tokenizer):
+        train_one(args, b, arm, seed, tokenizer)
+    sets = [f"{k}={json.dumps(v)}" for k, v in db["set"].items()]
+    cmd = [*shlex.split(args.launch), str(ROOT / "train" / "dit.py"), "--preset", b["preset"],
+           "--tokenizer", str(tokenizer / "final"), "--data", args.data, "--output-dir", str(dit_dir(args, arm, seed)),
+           "--seed", str(seed), "--steps", str(db["steps"]), "--batch-size", str(db["batch_size"]),
+           "--lr", str(db["lr"]), "--ckpt-every", str(max(1, db["steps"] // 10)), "--sample-every", "0",
+           "--log-every", "25", "--export-at", *map(str, export_steps(db["steps"])),
+           *(["--set", *sets] if sets else []), *shlex.split(args.dit_args)]
+    launch(args, cmd, f"the DiT on {arm} (seed {seed})")
+
+
+@torch.no_grad()
+def evaluate_generator(path: Path, tokenizer: Path, db: dict, real_fd, classifier: Classifier,
+                       batch: int = 50) -> dict:
+    """FD-cls of `db['samples']` class-balanced samples against the validation images (their features in
+    `real_fd`) and the classifier's accuracy on them; the same labels and noise seeds for every DiT."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dit = DiT.from_pretrained(path).eval().to(device)
+    tok = HieraTok.from_pretrained(tokenizer).eval().to(device)
+    classifier = classifier.to(device)
+    labels = torch.arange(db["samples"]) % dit.config.num_classes
+    fd, correct = real_fd.clone(), []
+    for i in range(0, len(labels), batch):
+        y = labels[i:i + batch]
+        _, out = generate(dit, tok, y, steps=db["sample_steps"], guidance=db["guidance"], seed=i)
+        images = out.reconstruction.float().clamp(-1, 1)
+        fd.update(to_unit(images), real=False)
+        correct.append((classifier(images).argmax(1).cpu() == y).float())
+    return {"gfd_cls": float(fd.compute()), "class_accuracy": float(torch.cat(correct).mean()),
+            "samples": len(labels)}
+
+
+def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, classifier: Classifier) -> dict:
+    out = dit_dir(args, arm, seed)
+    if not trained(out):
+        train_dit(args, b, db, arm, seed)
+    curve = []
+    for step in [*export_steps(db["steps"]), db["steps"]]:
+        path = out / "final" if step == db["steps"] else out / "exports" / f"step-{step:08d}"
+        curve.append({"step": step, "images_seen": step * db["batch_size"],
+                      **evaluate_generator(path, out / "tokenizer", db, real_fd, classifier)})
+    summary = json.loads((out / "summary.json").read_text())
+    return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
+            "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": DiT.from_pretrained(out / "final").config
+            .to_dict(), "curve": curve, "final": curve[-1], "step_time_s": summary["wall_s"] / max(1, summary["step"]),
+            "concurrent_runs": args.parallel, "path": str(out)}
+
+
+def real_features(classifier: Classifier, images: torch.Tensor, batch: int = 100):
+    """An FD-cls accumulator holding the classifier features of `images` as the real set (cloned per DiT)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fd = frechet_distance_metric(FeatureExtractor(classifier.to(device))).to(device)
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            fd.update(to_unit(images[i:i + batch].to(device)), real=True)
+    return fd
 
 
 @torch.no_grad()
@@ -194,7 +299,7 @@ def write_report(prefix: Path, report: dict) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_json(prefix.with_suffix(".json"), report)
     prefix.with_suffix(".md").write_text(markdown(report))
-    fig = curves_figure(report["records"], report.get("linear_reference"))
+    fig = curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
     fig.write_html(str(prefix.with_name(prefix.name + "-curves.html")), include_plotlyjs="cdn")
     try:
         fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=900, height=420)
@@ -239,11 +344,20 @@ def parse_args(argv=None):
                          "set; on one GPU several small runs share it); step times are then measured side by side")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the recorded runs (and the linear reference); train nothing")
+    ap.add_argument("--dit-seeds", nargs="*", type=int, default=[],
+                    help="the generation half: for each seed a DiT on the latents of the hieratok and singlescale "
+                         "tokenizers of that seed (default: none)")
+    ap.add_argument("--dit-steps", type=int, default=None, help="override the tier's DiT steps")
+    ap.add_argument("--dit-batch-size", type=int, default=None, help="override the tier's DiT batch")
+    ap.add_argument("--dit-samples", type=int, default=None, help="override the tier's samples per curve point")
+    ap.add_argument("--dit-set", nargs="*", default=[], metavar="KEY=VALUE", help="DiT config overrides")
+    ap.add_argument("--dit-args", default="", help='passed to every DiT run, e.g. --dit-args="--mixed-precision no"')
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
     args = ap.parse_args(argv)
-    if min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
-        ap.error("--seeds must be distinct non-negative integers")
+    for name, seeds in (("--seeds", args.seeds), ("--dit-seeds", args.dit_seeds)):
+        if seeds and (min(seeds) < 0 or len(set(seeds)) != len(seeds)):
+            ap.error(f"{name} must be distinct non-negative integers")
     if args.parallel < 1:
         ap.error("--parallel must be at least 1")
     return args
@@ -257,14 +371,22 @@ def main(argv=None):
     prefix = Path(args.results)
     old = json.loads(prefix.with_suffix(".json").read_text()) if prefix.with_suffix(".json").exists() else {}
     records = [r for r in old.get("records", []) if r["budget"] == b]  # results of another budget are not mixed in
+    db = dit_budget(args)
+    generation = [r for r in old.get("generation", []) if r["budget"] == b and r["dit_budget"] == db]
     curve_x = load_images(args.val, size, b["curve_images"])
     val_x = load_images(args.val, size, args.val_images)
     classifier = load_classifier(args.classifier, b["preset"])
+    if args.dit_seeds and classifier is None and not args.report_only:
+        raise SystemExit("error: --dit-seeds needs a classifier (--classifier): FD-cls and class accuracy of the "
+                         "samples are what the generation half measures")
     reference = linear_reference(args, b, curve_x, val_x)
 
     def report():
-        return {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
-                "linear_reference": reference, "records": records, "summary": summarize(records)}
+        out = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
+               "linear_reference": reference, "records": records, "summary": summarize(records)}
+        if generation:
+            out.update(dit_budget=db, generation=generation, generation_summary=summarize_generation(generation))
+        return out
     if args.report_only:
         if not records:
             raise SystemExit(f"error: no recorded runs of this budget in {prefix.with_suffix('.json')}")
@@ -287,6 +409,19 @@ def main(argv=None):
             records.append(run_record(args, b, arm, seed, curve_x, val_x, classifier))
             write_report(prefix, report())
             print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
+    gen_todo = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS
+                if not any(r["arm"] == arm and r["seed"] == seed for r in generation)]
+    if gen_todo:
+        if args.parallel > 1:  # the tokenizers they need are trained by now (every seed of the grid is recorded)
+            with ThreadPoolExecutor(args.parallel) as pool:
+                for f in [pool.submit(train_dit, args, b, db, arm, seed) for arm, seed in gen_todo
+                          if not trained(dit_dir(args, arm, seed))]:
+                    f.result()
+        real_fd = real_features(classifier, val_x)
+        for arm, seed in gen_todo:
+            generation.append(generation_record(args, b, db, arm, seed, real_fd, classifier))
+            write_report(prefix, report())
+            print(f"[DiT on {arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
     if records:
         print(markdown(report()))
 

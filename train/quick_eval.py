@@ -19,14 +19,19 @@ from hieratok.metrics import psnr
 from hieratok.training.data import DataError, build_dataset, eval_loader
 
 
+def model_dir(path: Path) -> Path:
+    return path if (path / "model.safetensors").exists() else path / "final"
+
+
 @torch.no_grad()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="validation images (ImageFolder)")
     ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("runs", nargs="+", help="run folders with final/ (and linear_codec.safetensors)")
+    ap.add_argument("runs", nargs="+", help="run folders with final/ (and linear_codec.safetensors), or "
+                                            "from_pretrained folders such as RUN/exports/step-N")
     args = ap.parse_args(argv)
-    first = HieraTok.from_pretrained(Path(args.runs[0]) / "final")
+    first = HieraTok.from_pretrained(model_dir(Path(args.runs[0])))
     try:
         ds = build_dataset(args.data, first.config.image_size, max_images=args.images, seed=0)
     except DataError as e:
@@ -34,7 +39,7 @@ def main(argv=None):
     x = torch.cat([b for b, _, _ in eval_loader(ds, 100) if b is not None])
     print(f"{len(x)} images of {args.data}")
     for run in map(Path, args.runs):
-        tok = HieraTok.from_pretrained(run / "final").eval()
+        tok = HieraTok.from_pretrained(model_dir(run)).eval()
         per_scale = {s: [] for s in tok.layout.scales}
         for i in range(0, len(x), 100):
             out = tok.decode(tok.encode(x[i:i + 100]))

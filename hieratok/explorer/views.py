@@ -333,4 +333,4 @@ def experiment(assets: Path) -> tuple[str, go.Figure | None]:
     text = markdown(report).replace("# Controlled experiment", "### Controlled experiment", 1)
     text += (f"\n{len(report['records'])} runs so far over {len(arms)} arms; each curve point is the mean over "
              "seeds with a 95% t-interval (no interval with one seed).")
-    return text, curves_figure(report["records"], report.get("linear_reference"))
+    return text, curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
