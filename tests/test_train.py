@@ -573,3 +573,25 @@ def test_fsdp1_configs_are_refused_with_a_message(image_folder, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "fsdp_version: 2" in proc.stdout + proc.stderr
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_ship_carries_latent_statistics_only_across_an_unchanged_latent(tmp_path):
+    from hieratok import tokenizer_config
+    from train.ship import load_entry
+    cfg = tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    donor = HieraTok(cfg)
+    donor.set_latent_stats(torch.randn(cfg.latent_channels), torch.rand(cfg.latent_channels) + 0.5, count=99)
+    donor.save_pretrained(tmp_path / "dit" / "tokenizer")
+    tuned = HieraTok.from_pretrained(tmp_path / "dit" / "tokenizer")
+    tuned.latent_stats_count.zero_()                      # a stage-2 export: no statistics of its own ...
+    with torch.no_grad():
+        tuned.decoder.head.weight.add_(0.1)               # ... and a fine-tuned decoder
+    tuned.save_pretrained(tmp_path / "s2" / "final")
+    shipped = load_entry(tmp_path, (HieraTok, "s2/final", "dit/tokenizer"))
+    assert torch.equal(shipped.latent_mean, donor.latent_mean) and int(shipped.latent_stats_count) == 99
+    assert torch.equal(shipped.decoder.head.weight, tuned.decoder.head.weight)
+    with torch.no_grad():
+        next(tuned.encoder.parameters()).add_(0.1)       # a changed encoder changes every latent
+    tuned.save_pretrained(tmp_path / "s2b" / "final")
+    with pytest.raises(SystemExit, match="their latents differ"):
+        load_entry(tmp_path, (HieraTok, "s2b/final", "dit/tokenizer"))

@@ -21,8 +21,10 @@ from hieratok import DiT, HieraTok, generate
 from hieratok.classifier import Classifier
 from hieratok.metrics import psnr
 
-# family -> assets folder -> (class, folder under --runs); a tokenizer ships from its DiT run's copy, which holds
-# the latent statistics the generator needs
+# family -> assets folder -> (class, folder under --runs[, folder of the latent statistics]); a tokenizer ships from
+# its DiT run's copy, which holds the latent statistics the generator needs, or -- after a stage-2 decoder fine-tune,
+# whose frozen encoder and downsampler keep every latent as it was -- from the stage-2 run, with the statistics of the
+# DiT run's copy (checked: the weights that define the latent must be identical)
 FAMILIES = {
     "cifar10": {
         "hieratok-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
@@ -52,6 +54,24 @@ def fixed_image(size: int = 32) -> torch.Tensor:
     img = torch.stack([torch.where(disc, 0.9, r), torch.where(disc, 0.8, g), torch.where(disc, 0.1, b)])
     img[:, int(0.15 * size):int(0.25 * size), int(0.5 * size):int(0.9 * size)] = 0.05
     return img * 2 - 1
+
+
+LATENT_DEFINING = ("encoder.", "downsampler.")
+
+
+def load_entry(runs: Path, entry: tuple):
+    cls, src, *stats = entry
+    model = cls.from_pretrained(runs / src)
+    if stats:
+        donor = HieraTok.from_pretrained(runs / stats[0])
+        mine, theirs = model.state_dict(), donor.state_dict()
+        differ = [k for k in theirs if k.startswith(LATENT_DEFINING) and not torch.equal(mine[k], theirs[k])]
+        if differ or not donor.has_latent_stats:
+            raise SystemExit(f"error: {runs / stats[0]} cannot lend its latent statistics to {runs / src}: "
+                             + (f"their latents differ ({len(differ)} tensors, e.g. {differ[0]})" if differ
+                                else "it has none"))
+        model.set_latent_stats(donor.latent_mean, donor.latent_std, count=int(donor.latent_stats_count))
+    return model
 
 
 def tokenizer_of(dit_name: str) -> str:
@@ -85,13 +105,15 @@ def main(argv=None):
     runs, assets = Path(args.runs), Path(args.assets)
     path = assets / "expected.json"
     expected = json.loads(path.read_text()) if path.exists() else {}
-    for name, (cls, src) in FAMILIES[args.family].items():
+    for name, entry in FAMILIES[args.family].items():
+        src = entry[1]
         if args.only is not None and name not in args.only:
             continue
-        if not (runs / src).exists():
-            print(f"not shipped: {runs / src} does not exist")
+        if not all((runs / folder).exists() for folder in entry[1:]):
+            print(f"not shipped: {' or '.join(str(runs / f) for f in entry[1:] if not (runs / f).exists())} "
+                  f"does not exist")
             continue
-        cls.from_pretrained(runs / src).save_pretrained(assets / name, dtype=torch.float16)
+        load_entry(runs, entry).save_pretrained(assets / name, dtype=torch.float16)
         expected[name] = fingerprint(assets, name)
         print(f"shipped {runs / src} -> {assets / name}")
     path.write_text(json.dumps(expected, indent=2))
