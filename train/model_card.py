@@ -44,7 +44,7 @@ def command_line(cfg: dict) -> str:
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
     keep = ["preset", "variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps",
-            "batch_size", "lr", "warmup", "gan_start", "image_size"]
+            "batch_size", "lr", "warmup", "gan_start", "gan_weight", "image_size"]
     if args.get("init_from"):  # the architecture (and so the preset) comes from the checkpoint
         keep.remove("preset")
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
