@@ -88,6 +88,29 @@ def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance
     return z, tokenizer.decode(z)
 
 
+@torch.no_grad()
+def score_samples(dit: DiT, tokenizer: HieraTok, num_samples: int, *, steps: int, guidance: float,
+                  batch_size: int = 50, seed: int = 0, fd=None, classifier: torch.nn.Module | None = None,
+                  batches: Callable[[Iterable], Iterable] = iter) -> torch.Tensor | None:
+    """Generate `num_samples` class-balanced samples (labels 0, 1, ..., num_classes - 1, 0, ...; batch i seeded with
+    `seed + i`, so every DiT gets the same labels and noise) and score them: each decoded image is added to `fd`
+    (a torchmetrics Fréchet accumulator holding the real set, as fake) and classified by `classifier`. Returns the
+    per-sample correctness (1.0 / 0.0) under `classifier`, or None without one. `batches` may wrap the batch starts
+    (e.g. in a progress bar)."""
+    from .metrics import to_unit
+    labels = torch.arange(num_samples) % dit.config.num_classes
+    correct = []
+    for i in batches(range(0, num_samples, batch_size)):
+        y = labels[i:i + batch_size]
+        _, out = generate(dit, tokenizer, y, steps=steps, guidance=guidance, seed=seed + i)
+        images = out.reconstruction.float().clamp(-1, 1)
+        if fd is not None:
+            fd.update(to_unit(images), real=False)
+        if classifier is not None:
+            correct.append((classifier(images).argmax(1).cpu() == y).float())
+    return torch.cat(correct) if correct else None
+
+
 def place_by_neighbours(query: torch.Tensor, reference: torch.Tensor, coords: torch.Tensor, k: int = 10):
     """Place a new latent in a precomputed 2D map: the distance-weighted mean of the map coordinates of its `k`
     nearest reference latents (Euclidean, on flattened latents). Returns ((2,) coordinates, neighbour indices).

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hieratok import DiT, HieraTok, generate
+from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
+from hieratok.latent import score_samples
 from hieratok.losses import downsample_image, load_lpips
 from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
 from hieratok.training.cli import named_paths
@@ -162,22 +163,15 @@ class Evaluator:
         a = self.args
         dit = DiT.from_pretrained(dit_path).to(self.device)
         tok = HieraTok.from_pretrained(tokenizer_path).to(self.device)
-        n_classes = dit.config.num_classes
-        labels = torch.arange(a.num_samples) % n_classes
         fd = self.real_fd_features() if self.fd_name else None
-        correct, t0 = [], time.time()
-        for i in tqdm(range(0, a.num_samples, a.batch_size), desc=f"dit {Path(dit_path).name}"):
-            y = labels[i:i + a.batch_size]
-            _, out = generate(dit, tok, y, steps=a.sample_steps, guidance=a.guidance, seed=a.seed + i)
-            images = out.reconstruction.float().clamp(-1, 1)
-            if fd is not None:
-                fd.update(to_unit(images), real=False)
-            if self.classifier is not None:
-                correct.append((self.classifier(images).argmax(1).cpu() == y).float())
+        t0 = time.time()
+        correct = score_samples(dit, tok, a.num_samples, steps=a.sample_steps, guidance=a.guidance,
+                                batch_size=a.batch_size, seed=a.seed, fd=fd, classifier=self.classifier,
+                                batches=lambda b: tqdm(b, desc=f"dit {Path(dit_path).name}"))
         return {"dit": dit_path, "tokenizer": tokenizer_path, "samples": a.num_samples, "guidance": a.guidance,
                 "sampler_steps": a.sample_steps, "sampler": "heun",
                 "gfd": float(fd.compute()) if fd is not None else None,
-                "class_accuracy": mean_ci(torch.cat(correct)) if correct else None,
+                "class_accuracy": mean_ci(correct) if correct is not None else None,
                 "seconds": round(time.time() - t0, 1)}
 
 

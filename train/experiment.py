@@ -38,7 +38,7 @@ import torch
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
 from hieratok.experiment import curves_figure, markdown, summarize, summarize_generation
-from hieratok.latent import generate
+from hieratok.latent import score_samples
 from hieratok.losses import downsample_image
 from hieratok.metrics import (
     frechet_distance_metric,
@@ -226,24 +226,15 @@ def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate_generator(path: Path, tokenizer: Path, db: dict, real_fd, classifier: Classifier,
-                       batch: int = 50) -> dict:
+def evaluate_generator(path: Path, tokenizer: Path, db: dict, real_fd, classifier: Classifier) -> dict:
     """FD-cls of `db['samples']` class-balanced samples against the validation images (their features in
     `real_fd`) and the classifier's accuracy on them; the same labels and noise seeds for every DiT."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dit = DiT.from_pretrained(path).eval().to(device)
-    tok = HieraTok.from_pretrained(tokenizer).eval().to(device)
-    classifier = classifier.to(device)
-    labels = torch.arange(db["samples"]) % dit.config.num_classes
-    fd, correct = real_fd.clone(), []
-    for i in range(0, len(labels), batch):
-        y = labels[i:i + batch]
-        _, out = generate(dit, tok, y, steps=db["sample_steps"], guidance=db["guidance"], seed=i)
-        images = out.reconstruction.float().clamp(-1, 1)
-        fd.update(to_unit(images), real=False)
-        correct.append((classifier(images).argmax(1).cpu() == y).float())
-    return {"gfd_cls": float(fd.compute()), "class_accuracy": float(torch.cat(correct).mean()),
-            "samples": len(labels)}
+    fd = real_fd.clone()
+    correct = score_samples(DiT.from_pretrained(path).eval().to(device),
+                            HieraTok.from_pretrained(tokenizer).eval().to(device), db["samples"],
+                            steps=db["sample_steps"], guidance=db["guidance"], fd=fd, classifier=classifier.to(device))
+    return {"gfd_cls": float(fd.compute()), "class_accuracy": float(correct.mean()), "samples": len(correct)}
 
 
 def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, classifier: Classifier) -> dict:
