@@ -595,3 +595,22 @@ def test_ship_carries_latent_statistics_only_across_an_unchanged_latent(tmp_path
     tuned.save_pretrained(tmp_path / "s2b" / "final")
     with pytest.raises(SystemExit, match="their latents differ"):
         load_entry(tmp_path, (HieraTok, "s2b/final", "dit/tokenizer"))
+
+
+def test_model_card_update_evaluation_keeps_the_training_part(tmp_path):
+    from train import model_card
+    report = {"data": "val", "images": 10, "command": "train/evaluate.py --update", "tokenizers": {},
+              "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"},
+              "classifier": {"accuracy": {"mean": 0.9, "ci95": 0.01}, "images": 10}}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "cifar10.json").write_text(json.dumps(report))
+    (tmp_path / "cards").mkdir()
+    card = tmp_path / "cards" / "cifar10.md"
+    card.write_text("# Shipped weights\n\n| training table |\n\n## Evaluation\n\nold numbers\n")
+    model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-evaluation"])
+    text = card.read_text()
+    assert text.startswith("# Shipped weights\n\n| training table |\n\n## Evaluation")
+    assert "old numbers" not in text and "0.9000 ± 0.0100" in text and "`train/evaluate.py --update`" in text
+    card.write_text("# no evaluation section\n")
+    with pytest.raises(SystemExit, match="no card with"):
+        model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-evaluation"])

@@ -3,6 +3,8 @@ number typed in), with the hand-written notes assets/notes/<family>.md appended.
 
     python train/model_card.py --family cifar10 --runs runs --assets assets --eval assets/eval/cifar10.json
     python train/model_card.py --family imagenette128 --runs runs --assets assets --eval assets/eval/imagenette128.json
+    # after a new evaluation, where the run folders are gone: keep the card's training part, rewrite the rest
+    python train/model_card.py --family cifar10 --update-evaluation
 """
 from __future__ import annotations
 
@@ -90,9 +92,18 @@ def main(argv=None):
     ap.add_argument("--assets", default="assets")
     ap.add_argument("--eval", default=None, help="default: assets/eval/<family>.json")
     ap.add_argument("--cpu", default=None, help="the CPU the runs trained on (default: this machine's)")
+    ap.add_argument("--update-evaluation", action="store_true",
+                    help="keep the existing card's training part (table, commands: no run folders needed) and "
+                         "rewrite its evaluation, targets and notes from --eval")
     args = ap.parse_args(argv)
     runs, assets, family = Path(args.runs), Path(args.assets), args.family
     report = json.loads(Path(args.eval or assets / "eval" / f"{family}.json").read_text())
+    out = assets / "cards" / f"{family}.md"
+    if args.update_evaluation:
+        if not out.exists() or EVALUATION not in out.read_text():
+            raise SystemExit(f"error: --update-evaluation: no card with a '{EVALUATION}' section at {out}")
+        write_card(out, out.read_text().split(EVALUATION)[0].rstrip().splitlines(), report, family, assets)
+        return
     title, data, script = TITLES[family]
     cpu = args.cpu or _cpu_name()
     lines = [f"# Shipped weights ({title})", "",
@@ -135,10 +146,18 @@ def main(argv=None):
               f"- LPIPS: {report['notes']['lpips']}. The stage-1 and stage-2 losses therefore have no LPIPS term "
               "(`\"lpips\": false` in their run configs) and no LPIPS is reported.",
               f"- Fréchet distances: {report['notes']['fd']}. Numbers are comparable between the two tokenizers "
-              "and DiTs here, not with published FIDs.",
-              "", "## Evaluation", "",
-              f"`{report['command']}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, with 95% "
-              f"intervals over images) and [eval/{family}.md](../eval/{family}.md); the table:", ""]
+              "and DiTs here, not with published FIDs."]
+    write_card(assets / "cards" / f"{family}.md", lines, report, family, assets)
+
+
+EVALUATION = "## Evaluation"
+
+
+def write_card(out: Path, lines: list[str], report: dict, family: str, assets: Path) -> None:
+    """The card: `lines` (the training part), then the evaluation table, the targets and the hand-written notes."""
+    lines = [*lines, "", EVALUATION, "",
+             f"`{report['command']}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, with 95% "
+             f"intervals over images) and [eval/{family}.md](../eval/{family}.md); the table:", ""]
     lines += markdown(report).splitlines()[1:]
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
     for label, value, bar in targets(report, family):
@@ -147,7 +166,6 @@ def main(argv=None):
     notes = assets / "notes" / f"{family}.md"
     if notes.exists():  # the hand-written part: what limits the numbers, and what we would do next
         lines += ["", notes.read_text().strip()]
-    out = assets / "cards" / f"{family}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
