@@ -145,15 +145,15 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     the same images as a dashed line. With generation records, a second panel: each DiT's FD-cls against its steps."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-    panels = 2 if generation else 1
-    fig = make_subplots(rows=1, cols=panels, subplot_titles=(
+    fig = make_subplots(rows=1, cols=2 if generation else 1, subplot_titles=(
         ["tokenizers: finest PSNR", "DiTs: FD-cls of samples"] if generation else None))
     if reference:
         fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
                       annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
-    for col, (runs, x_key, y_key, prefix) in enumerate(
-            [(records, "images_seen", "psnr", "")] + ([(generation, "step", "gfd_cls", "DiT on ")] if generation else []),
-            start=1):
+    panels = [(records, "images_seen", "psnr", "")]
+    if generation:
+        panels.append((generation, "step", "gfd_cls", "DiT on "))
+    for col, (runs, x_key, y_key, prefix) in enumerate(panels, start=1):
         for arm in sorted({r["arm"] for r in runs}):
             rs = [r for r in runs if r["arm"] == arm]
             xs = [p[x_key] for p in rs[0]["curve"]]
@@ -167,7 +167,7 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     if generation:
         fig.update_xaxes(title_text="DiT steps", row=1, col=2)
         fig.update_yaxes(title_text="FD-cls (lower is better)", row=1, col=2)
-    fig.update_layout(height=420, title="Learning curves (mean ± 95% t-interval over seeds, fixed validation subset)")
+    fig.update_layout(height=420, title="Learning curves (mean ± 95% t-interval over seeds)")
     return fig
 
 

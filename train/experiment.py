@@ -40,13 +40,7 @@ from hieratok.classifier import Classifier, FeatureExtractor
 from hieratok.experiment import curves_figure, markdown, summarize, summarize_generation
 from hieratok.latent import score_samples
 from hieratok.losses import downsample_image
-from hieratok.metrics import (
-    frechet_distance_metric,
-    latent_gini_entropy,
-    psnr,
-    ssim,
-    to_unit,
-)
+from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
 from hieratok.training.checkpoint import write_json
 from hieratok.training.cli import parse_overrides
 from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
@@ -247,10 +241,11 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, cla
         curve.append({"step": step, "images_seen": step * db["batch_size"],
                       **evaluate_generator(path, out / "tokenizer", db, real_fd, classifier)})
     summary = json.loads((out / "summary.json").read_text())
+    config = DiT.from_pretrained(out / "final").config.to_dict()
     return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
-            "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": DiT.from_pretrained(out / "final").config
-            .to_dict(), "curve": curve, "final": curve[-1], "step_time_s": summary["wall_s"] / max(1, summary["step"]),
-            "concurrent_runs": args.parallel, "path": str(out)}
+            "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
+            "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
+            "path": str(out)}
 
 
 def real_features(classifier: Classifier, images: torch.Tensor, batch: int = 100):
@@ -293,7 +288,8 @@ def write_report(prefix: Path, report: dict) -> None:
     fig = curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
     fig.write_html(str(prefix.with_name(prefix.name + "-curves.html")), include_plotlyjs="cdn")
     try:
-        fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=900, height=420)
+        width = 1300 if report.get("generation") else 900  # two panels with the generation half
+        fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=width, height=420)
     except Exception as e:  # kaleido (and a browser) are optional: the HTML and the JSON carry the same data
         print(f"note: no PNG of the curves ({type(e).__name__}: {e})")
 
@@ -403,7 +399,7 @@ def main(argv=None):
     gen_todo = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS
                 if not any(r["arm"] == arm and r["seed"] == seed for r in generation)]
     if gen_todo:
-        if args.parallel > 1:  # the tokenizers they need are trained by now (every seed of the grid is recorded)
+        if args.parallel > 1:  # (a DiT whose tokenizer is missing trains that first)
             with ThreadPoolExecutor(args.parallel) as pool:
                 for f in [pool.submit(train_dit, args, b, db, arm, seed) for arm, seed in gen_todo
                           if not trained(dit_dir(args, arm, seed))]:
