@@ -24,17 +24,17 @@ from hieratok.explorer.ui import example_images
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def generate_latency(url: str, family: str, class_name: str, users: int, steps: int) -> float:
+def generate_latency(url: str, family: str, class_name: str, users: int, steps: int, guidance: float) -> float:
     """Median seconds per Generate request (16 samples) through the app's queue with `users` at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gradio_client import Client
     clients = [Client(url, verbose=False) for _ in range(users)]
-    clients[0].predict(family, class_name, 2.0, steps, 0, 16, "HieraTok", api_name="/generate")  # warm-up
+    clients[0].predict(family, class_name, guidance, steps, 0, 16, "HieraTok", api_name="/generate")  # warm-up
 
     def one(i):
         t0 = time.perf_counter()
-        clients[i].predict(family, class_name, 2.0, steps, i, 16, "HieraTok", api_name="/generate")
+        clients[i].predict(family, class_name, guidance, steps, i, 16, "HieraTok", api_name="/generate")
         return time.perf_counter() - t0
     with ThreadPoolExecutor(users) as pool:
         return statistics.median(pool.map(one, range(users)))
@@ -75,9 +75,9 @@ def main(argv=None):
         print("\nGenerate through the running app (16 samples, HieraTok), median seconds per request:\n")
         print("| models | alone | 4 users at once |\n|---|---:|---:|")
         for label in catalog.labels:
-            names = catalog[label].class_names()
-            alone = generate_latency(server.url, label, names[0], 1, steps)
-            four = generate_latency(server.url, label, names[0], 4, steps)
+            names, guidance = catalog[label].class_names(), catalog[label].family.guidance
+            alone = generate_latency(server.url, label, names[0], 1, steps, guidance)
+            four = generate_latency(server.url, label, names[0], 4, steps, guidance)
             print(f"| {label} | {alone:.2f} | {four:.2f} |")
     finally:
         server.stop()
@@ -94,8 +94,9 @@ def main(argv=None):
             ("encode + decode every scale, 1 image", median_time(all_scales, args.repeats), 0.050),
             ("Reconstruct view (incl. image loading, PSNR, rendering)",
              median_time(lambda: views.reconstruct(store, str(example)), args.repeats), None),
-            (f"16 samples, {steps} Heun steps, guidance 2 (Generate view)",
-             median_time(lambda: views.generate_samples(store, store.class_names()[0], 2.0, steps, 0, 16),
+            (f"16 samples, {steps} Heun steps, guidance {store.family.guidance:g} (Generate view)",
+             median_time(lambda: views.generate_samples(store, store.class_names()[0], store.family.guidance, steps,
+                                                        0, 16),
                          max(1, args.repeats // 2)), 5.0),
             ("place an upload in the UMAP (Latent space view)",
              median_time(lambda: views.latent_space(store, "HieraTok", tok.layout.finest, str(example)),

@@ -39,7 +39,7 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
     assert radio["props"]["value"] == PHOTOS and [ch[0] for ch in radio["props"]["choices"]] == [PHOTOS, CIFAR]
     for family, preset, classes in ((PHOTOS, "imagenette128", PHOTO_CLASSES), (CIFAR, "cifar10", None)):
         out = client.predict(family, api_name="/controls")
-        upload, _, layer, head, qscale, row, col, int_scale, gen_class, lat_scale, _, _ = out
+        upload, _, layer, head, qscale, row, col, int_scale, gen_class, guidance, lat_scale, _, _ = out
         tiny = TINY[preset]
         assert layer["maximum"] == tiny["dec_depth"] - 1 and head["maximum"] == tiny["dec_heads"] - 1
         assert [int(c[0]) for c in qscale["choices"]] == [1, 2, 4, 8, 16] and row["maximum"] == int(qscale["value"]) - 1
@@ -48,6 +48,7 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
         assert f"{size}x{size}" in upload["label"]
         if classes:
             assert [c[0] for c in gen_class["choices"]] == list(classes)
+        assert guidance["value"] == (4.0 if preset == "imagenette128" else 2.0)  # each family's measured default
 
 
 def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client, photo):

@@ -24,6 +24,7 @@ class Family:
     label: str
     suffix: str
     photo_examples: bool   # examples from installed packages' photographs (else the DiT samples in examples/)
+    guidance: float = 2.0  # the Generate view's default: the lowest FD-cls of the guidance scales measured
 
     def tokenizer_folder(self, model: str) -> str:
         return f"{_VARIANT[model]}-{self.suffix}"
@@ -40,9 +41,11 @@ class Family:
         return f"latent-map-{self.suffix}"
 
 
-# the app's model picker, default first
-FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_examples=True),
-            Family("CIFAR-10 (32 px)", "cifar10", photo_examples=False))
+# the app's model picker, default first. Guidance: FD-cls of 500 HieraTok-DiT samples against the evaluation images
+# (train/evaluate.py --guidance G): photos 164.8 / 136.6 / 114.9 / 110.0 / 135.3 at 1 / 2 / 3 / 4 / 6 (class
+# accuracy 17 / 27 / 39 / 51 / 65%); CIFAR-10 82.4 at 2, 121.8 at 4 (42 / 57%). See the README.
+FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_examples=True, guidance=4.0),
+            Family("CIFAR-10 (32 px)", "cifar10", photo_examples=False, guidance=2.0))
 
 
 class AppError(RuntimeError):

@@ -127,7 +127,7 @@ def controls(store) -> dict:
         "upload": f"Image (center-cropped, resized to {size}x{size})",
         "layers": cfg.dec_depth, "heads": cfg.dec_heads, "scales": scales,
         "query_scale": scales[-2] if len(scales) > 1 else scales[-1],
-        "classes": names,
+        "classes": names, "guidance": store.family.guidance,
     }
 
 
@@ -137,7 +137,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
         c, missing = controls(catalog[catalog.default]), ""
     except AppError as e:  # no usable weights: the app still starts and each view says what is missing
         c = {"upload": "Image", "layers": 1, "heads": 1, "scales": [1, 2, 4, 8, 16], "query_scale": 8,
-             "classes": [str(i) for i in range(10)]}
+             "classes": [str(i) for i in range(10)], "guidance": views.DEFAULT_GUIDANCE}
         missing = f"\n\n**{e}**"
     with gr.Blocks(title="HieraTok Explorer") as demo:
         gr.Markdown("# HieraTok Explorer\nA multi-scale ViT tokenizer (arXiv 2509.23736): one 16x16 latent, "
@@ -248,7 +248,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                     with gr.Column(scale=1):
                         gen_class = gr.Dropdown(c["classes"], value=c["classes"][0], label="Class",
                                                 allow_custom_value=True)
-                        gen_guidance = Slider(1.0, 8.0, value=views.DEFAULT_GUIDANCE, step=0.25,
+                        gen_guidance = Slider(1.0, 8.0, value=c["guidance"], step=0.25,
                                                  label="Guidance scale")
                         gen_steps = Slider(2, 100, value=views.DEFAULT_STEPS, step=1, label="Sampler steps (Heun)")
                         gen_seed = Number(0, precision=0, label="Seed (empty: random)")
@@ -308,13 +308,13 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                     gr.update(**index_range(k["layers"])), gr.update(**index_range(k["heads"])),
                     gr.update(choices=k["scales"], value=q), gr.update(**index_range(q)), gr.update(**index_range(q)),
                     gr.update(choices=["all"] + [f"{s}x{s}" for s in k["scales"]], value="all"),
-                    gr.update(choices=k["classes"], value=k["classes"][0]),
+                    gr.update(choices=k["classes"], value=k["classes"][0]), gr.update(value=k["guidance"]),
                     gr.update(choices=k["scales"], value=k["scales"][-1]),
                     views.mask_image(store, "scale_causal"), gr.update(value="scale_causal"))
 
         family.change(guarded(switch), family,
                       [rec_in, att_in, att_layer, att_head, att_scale, att_row, att_col, int_scale, gen_class,
-                       lat_scale, mask_img, mask_kind], api_name="controls")
+                       gen_guidance, lat_scale, mask_img, mask_kind], api_name="controls")
         demo.load(guarded(lambda fam: views.mask_image(catalog[fam], "scale_causal")), family, mask_img)
         demo.load(guarded(lambda: views.experiment(catalog.assets)), None, [exp_text, exp_plot], api_name="experiment")
     return demo

@@ -17,7 +17,7 @@ from .models import AppError, ModelStore
 
 DISPLAY = 192  # pixels a side for every displayed image (upscaled from 2 ... 32 px)
 DEFAULT_STEPS = 10     # Heun steps of the Generate view: 16 samples in about 3 s on 2 CPU cores
-DEFAULT_GUIDANCE = 2.0
+DEFAULT_GUIDANCE = 2.0  # where no family loads (each family has its measured default: models.Family.guidance)
 
 
 def _load(store: ModelStore, source, name: str = "HieraTok"):
