@@ -614,3 +614,14 @@ def test_model_card_update_evaluation_keeps_the_training_part(tmp_path):
     card.write_text("# no evaluation section\n")
     with pytest.raises(SystemExit, match="no card with"):
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-evaluation"])
+
+
+def test_report_lists_each_generators_settings_when_they_differ():
+    from hieratok.training.report import markdown
+    gen = {"gfd": 10.0, "class_accuracy": {"mean": 0.5, "ci95": 0.04}, "samples": 500, "sampler_steps": 10}
+    report = {"data": "val", "images": 10, "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "n/a"},
+              "generators": {"hieratok": {**gen, "guidance": 4.0}, "hieratok-g2": {**gen, "guidance": 2.0}}}
+    md = markdown(report)
+    assert "| guidance | 4 | 2 |" in md and "| Heun steps | 10 | 10 |" in md
+    report["generators"].pop("hieratok-g2")
+    assert "500 samples per model, guidance 4.0, 10 Heun steps." in markdown(report)

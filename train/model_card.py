@@ -78,7 +78,8 @@ def targets(report: dict, family: str):
              None if finest is None or ref is None else finest - ref, 1.0),
             ("every coarser HieraTok scale >= 18 dB", min(coarse) if coarse else None, 18.0),
             ("classifier val accuracy >= 75%", None if acc is None else 100 * acc, 75.0),
-            ("HieraTok DiT sample class accuracy >= 40%", None if gen_acc is None else 100 * gen_acc, 40.0)]
+            (f"HieraTok DiT sample class accuracy >= 40% (guidance {gens.get('hieratok', {}).get('guidance')}, the "
+             "app's default)", None if gen_acc is None else 100 * gen_acc, 40.0)]
 
 
 def size_mb(path: Path) -> float:

@@ -48,7 +48,12 @@ def markdown(report: dict) -> str:
         lines += ["## Generators", "", "| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         lines.append(f"| g{fd_name} | " + " | ".join(fmt(gens[n]["gfd"]) for n in names) + " |")
         lines.append("| class accuracy | " + " | ".join(fmt(gens[n]["class_accuracy"], 4) for n in names) + " |")
-        g0 = next(iter(gens.values()))
-        lines += ["", f"{g0['samples']} samples per model, guidance {g0['guidance']}, "
-                      f"{g0['sampler_steps']} Heun steps.", ""]
+        settings = {(g["samples"], g["guidance"], g["sampler_steps"]) for g in gens.values()}
+        if len(settings) == 1:
+            samples, guidance, steps = settings.pop()
+            lines += ["", f"{samples} samples per model, guidance {guidance}, {steps} Heun steps.", ""]
+        else:  # e.g. a guidance sweep: the settings per column
+            for key, label in (("guidance", "guidance"), ("sampler_steps", "Heun steps"), ("samples", "samples")):
+                lines.append(f"| {label} | " + " | ".join(f"{gens[n][key]:g}" for n in names) + " |")
+            lines.append("")
     return "\n".join(lines)
