@@ -130,6 +130,11 @@ def generation_markdown(report: dict) -> list[str]:
                "ci95": 100 * row["class_accuracy"]["ci95"]}
         lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['gfd_cls'], 1)} | {fmt(acc, 1)}% | "
                      f"{fmt(row['step_time_s'], 3)} |")
+    chance = 1 / report["generation"][0]["config"]["num_classes"]
+    if all(row["class_accuracy"]["mean"] < 1.5 * chance for row in g["arms"].values()):
+        lines += ["", f"**Every DiT is still near chance ({100 * chance:.0f}%) at this budget**: the samples are not "
+                      f"yet class-conditional images, so neither the FD-cls values nor the ratio below can rank the "
+                      f"latents; a larger DiT budget (`--dit-steps`, or `--tier gpu`) is what decides."]
     sp = g["speedup"]
     if sp["ratio"]:
         seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {p['steps_hieratok']:.0f} "

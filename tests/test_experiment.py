@@ -119,6 +119,11 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
     from hieratok.explorer import views
     text, fig = views.experiment(tmp_path)
     assert "## Generation" in text and {"DiT on hieratok", "DiT on singlescale"} <= {t.name for t in fig.data}
+    # another budget in the same folders is refused, not resumed or recorded as this one
+    other = list(args)
+    other[other.index("--steps") + 1] = "6"
+    with pytest.raises(SystemExit, match="was started with"):
+        experiment.main(other)
     with pytest.raises(SystemExit, match="needs a classifier"):
         experiment.main([a if a != str(tmp_path / "classifier") else "none" for a in args])
 

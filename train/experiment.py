@@ -146,7 +146,21 @@ def trained(out: Path) -> bool:
     return (out / "final" / "model.safetensors").exists()
 
 
+def check_budget(out: Path, **expected) -> None:
+    """A run folder started under another budget (steps, batch, lr, seed) is neither resumed nor recorded as this
+    one: its schedule and exports belong to that budget."""
+    config = out / "run_config.json"
+    if not config.exists():
+        return
+    args = json.loads(config.read_text())["args"]
+    differ = {k: args.get(k) for k, v in expected.items() if args.get(k) != v}
+    if differ:
+        raise SystemExit(f"error: {out} was started with {differ}, not this budget's "
+                         f"{ {k: expected[k] for k in differ} }: pass another --output-dir (or the same budget)")
+
+
 def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
+    check_budget(out, steps=b["steps"], batch_size=b["batch_size"], lr=b["lr"], seed=seed)
     variant, overrides = ARMS[arm]
     sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**b["set"], **overrides}.items()]
     cmd = [*shlex.split(args.launch), str(ROOT / "train" / "stage1.py"), "--preset", b["preset"],
@@ -172,6 +186,7 @@ def launch(args, cmd: list[str], what: str) -> None:
 def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x: torch.Tensor,
                classifier: Classifier | None) -> dict:
     out = run_dir(args, arm, seed)
+    check_budget(out, steps=b["steps"], batch_size=b["batch_size"], lr=b["lr"], seed=seed)
     if not trained(out):
         train_one(args, b, arm, seed, out)
     curve = []
@@ -209,6 +224,7 @@ def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
     tokenizer = run_dir(args, arm, seed)
     if not trained(tokenizer):
         train_one(args, b, arm, seed, tokenizer)
+    check_budget(dit_dir(args, arm, seed), steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed)
     sets = [f"{k}={json.dumps(v)}" for k, v in db["set"].items()]
     cmd = [*shlex.split(args.launch), str(ROOT / "train" / "dit.py"), "--preset", b["preset"],
            "--tokenizer", str(tokenizer / "final"), "--data", args.data, "--output-dir", str(dit_dir(args, arm, seed)),
@@ -233,6 +249,7 @@ def evaluate_generator(path: Path, tokenizer: Path, db: dict, real_fd, classifie
 
 def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, classifier: Classifier) -> dict:
     out = dit_dir(args, arm, seed)
+    check_budget(out, steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed)
     if not trained(out):
         train_dit(args, b, db, arm, seed)
     curve = []
