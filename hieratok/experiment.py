@@ -152,9 +152,6 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     from plotly.subplots import make_subplots
     fig = make_subplots(rows=1, cols=2 if generation else 1, subplot_titles=(
         ["tokenizers: finest PSNR", "DiTs: FD-cls of samples"] if generation else None))
-    if reference:
-        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
-                      annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
     panels = [(records, "images_seen", "psnr", "")]
     if generation:
         panels.append((generation, "step", "gfd_cls", "DiT on "))
@@ -167,6 +164,9 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
             ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
             fig.add_trace(go.Scatter(x=xs, y=mean, name=prefix + arm, mode="lines+markers",
                                      error_y=dict(type="data", array=ci, visible=True)), row=1, col=col)
+    if reference:  # after the traces: plotly leaves a line out of a subplot that has no data yet
+        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
+                      annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
     fig.update_xaxes(title_text="images seen", row=1, col=1)
     fig.update_yaxes(title_text="PSNR, finest scale (dB)", row=1, col=1)
     if generation:

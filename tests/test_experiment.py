@@ -56,6 +56,7 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     assert "| singlescale | 2 |" in text and "4 runs so far over 2 arms" in text
     assert sorted(t.name for t in fig.data) == ["hieratok", "singlescale"]
     assert [len(t.x) for t in fig.data] == [3, 3]
+    assert [shape.line.dash for shape in fig.layout.shapes] == ["dash"]  # the linear reference
     empty, none = views.experiment(tmp_path / "nothing-here")
     assert none is None and "No results of the controlled experiment yet" in empty
 
