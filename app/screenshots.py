@@ -68,6 +68,11 @@ def main(argv=None):
             expect(page.get_by_text("lands among", exact=False)).to_be_visible()
             page.wait_for_timeout(1500)  # let plotly finish drawing
             page.screenshot(path=str(out / "latent_space.png"), full_page=True)
+
+            page.get_by_role("tab", name="Experiment").click()
+            expect(page.get_by_text("Controlled experiment", exact=False).first).to_be_visible()
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(out / "experiment.png"), full_page=True)
             browser.close()
     finally:
         server.stop()
