@@ -46,6 +46,7 @@ from hieratok.training.cli import parse_overrides
 from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # arm -> (tokenizer variant, config overrides)
 ARMS = {
@@ -87,14 +88,13 @@ DIT_TIERS = {
 def evaluate(path: Path, images: torch.Tensor, batch: int = 64, classifier: Classifier | None = None) -> dict:
     """Per-scale PSNR, finest SSIM and the finest latent's Gini / entropy of a tokenizer on fixed images; with a
     classifier also rFD-cls, the Fréchet distance between its features of the images and of the reconstructions."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = HieraTok.from_pretrained(path).eval().to(device)
+    tok = HieraTok.from_pretrained(path).eval().to(DEVICE)
     per_scale = {s: [] for s in tok.layout.scales}
     ssims, latents = [], []
-    fd = (frechet_distance_metric(FeatureExtractor(classifier.to(device))).to(device)
+    fd = (frechet_distance_metric(FeatureExtractor(classifier.to(DEVICE))).to(DEVICE)
           if classifier is not None else None)
     for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(device)
+        x = images[i:i + batch].to(DEVICE)
         z = tok.encode(x)
         latents.append(z.float().cpu())
         out = tok.decode(z)
@@ -239,11 +239,10 @@ def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
 def evaluate_generator(path: Path, tokenizer: Path, db: dict, real_fd, classifier: Classifier) -> dict:
     """FD-cls of `db['samples']` class-balanced samples against the validation images (their features in
     `real_fd`) and the classifier's accuracy on them; the same labels and noise seeds for every DiT."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     fd = real_fd.clone()
-    correct = score_samples(DiT.from_pretrained(path).eval().to(device),
-                            HieraTok.from_pretrained(tokenizer).eval().to(device), db["samples"],
-                            steps=db["sample_steps"], guidance=db["guidance"], fd=fd, classifier=classifier.to(device))
+    correct = score_samples(DiT.from_pretrained(path).eval().to(DEVICE),
+                            HieraTok.from_pretrained(tokenizer).eval().to(DEVICE), db["samples"],
+                            steps=db["sample_steps"], guidance=db["guidance"], fd=fd, classifier=classifier.to(DEVICE))
     return {"gfd_cls": float(fd.compute()), "class_accuracy": float(correct.mean()), "samples": len(correct)}
 
 
@@ -258,7 +257,7 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, cla
         curve.append({"step": step, "images_seen": step * db["batch_size"],
                       **evaluate_generator(path, out / "tokenizer", db, real_fd, classifier)})
     summary = json.loads((out / "summary.json").read_text())
-    config = DiT.from_pretrained(out / "final").config.to_dict()
+    config = json.loads((out / "final" / "config.json").read_text())
     return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
             "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
@@ -267,11 +266,10 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, cla
 
 def real_features(classifier: Classifier, images: torch.Tensor, batch: int = 100):
     """An FD-cls accumulator holding the classifier features of `images` as the real set (cloned per DiT)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    fd = frechet_distance_metric(FeatureExtractor(classifier.to(device))).to(device)
+    fd = frechet_distance_metric(FeatureExtractor(classifier.to(DEVICE))).to(DEVICE)
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            fd.update(to_unit(images[i:i + batch].to(device)), real=True)
+            fd.update(to_unit(images[i:i + batch].to(DEVICE)), real=True)
     return fd
 
 

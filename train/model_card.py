@@ -148,7 +148,7 @@ def main(argv=None):
               "(`\"lpips\": false` in their run configs) and no LPIPS is reported.",
               f"- Fréchet distances: {report['notes']['fd']}. Numbers are comparable between the two tokenizers "
               "and DiTs here, not with published FIDs."]
-    write_card(assets / "cards" / f"{family}.md", lines, report, family, assets)
+    write_card(out, lines, report, family, assets)
 
 
 EVALUATION = "## Evaluation"
