@@ -30,16 +30,17 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("runs", nargs="+", help="run folders with final/ (and linear_codec.safetensors), or "
                                             "from_pretrained folders such as RUN/exports/step-N")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     first = HieraTok.from_pretrained(model_dir(Path(args.runs[0])))
     try:
         ds = build_dataset(args.data, first.config.image_size, max_images=args.images, seed=0)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
-    x = torch.cat([b for b, _, _ in eval_loader(ds, 100) if b is not None])
+    x = torch.cat([b for b, _, _ in eval_loader(ds, 100) if b is not None]).to(args.device)
     print(f"{len(x)} images of {args.data}")
     for run in map(Path, args.runs):
-        tok = HieraTok.from_pretrained(model_dir(run)).eval()
+        tok = HieraTok.from_pretrained(model_dir(run)).eval().to(args.device)
         per_scale = {s: [] for s in tok.layout.scales}
         for i in range(0, len(x), 100):
             out = tok.decode(tok.encode(x[i:i + 100]))
@@ -47,7 +48,7 @@ def main(argv=None):
                 per_scale[s].append(psnr(im, downsample_image(x[i:i + 100], im.shape[-1])))
         scores = ", ".join(f"{s}x{s} {torch.cat(v).mean():.2f}" for s, v in per_scale.items())
         codec = run / "linear_codec.safetensors"
-        ref = (f"; linear codec {psnr(PatchPCA.load(codec).reconstruct(x).clamp(-1, 1), x).mean():.2f} dB"
+        ref = (f"; linear codec {psnr(PatchPCA.load(codec).reconstruct(x.cpu()).clamp(-1, 1), x.cpu()).mean():.2f} dB"
                if codec.exists() else "")
         print(f"{run}: PSNR {scores} dB{ref}")
 

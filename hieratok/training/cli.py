@@ -37,6 +37,10 @@ def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> 
     ap.add_argument("--keep-ckpts", type=int, default=2, help="checkpoints kept on disk")
     ap.add_argument("--export-at", type=int, nargs="*", default=[], metavar="STEP",
                     help="also export the EMA model as <output-dir>/exports/step-N at these steps (learning curves)")
+    ap.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                    help="stop this invocation after SECONDS of training (a job's wall-clock limit): checkpoint and "
+                         "export as at the end, summary.json says where it stopped; a later run resumes the same "
+                         "schedule")
     ap.add_argument("--log-with", default="csv", choices=["csv", "tensorboard", "wandb", "none"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override config fields, e.g. --set latent_channels=8 kl_weight=1e-5")

@@ -88,6 +88,7 @@ class Run:
         set_seed(args.seed)
         self._last_log_time, self._last_log_images = time.time(), 0
         self._bar = None
+        self.stopped_at: int | None = None  # the step a --time-limit stopped this invocation after
 
     # ---- set-up -----------------------------------------------------------------------------------------------
     @property
@@ -297,7 +298,7 @@ class Run:
         self._bar = tqdm(total=self.args.steps, initial=start_step, disable=not self.is_main, dynamic_ncols=True,
                          desc=self.name)
         self._last_log_time, self._last_log_images = time.time(), self.state.images_seen
-        self._step_end = time.time()
+        self._step_end = started = time.time()
         for step, (x, y, skipped) in zip(range(start_step, self.args.steps), loader):
             # one collective: the skipped count and whether any process lost its whole share, so that every
             # process takes the same decision (one leaving alone would leave the others blocked in a collective)
@@ -320,7 +321,23 @@ class Run:
             self.state.wall_s += now - self._step_end
             self._step_end = now
             self._bar.update(1)
+            if self.time_is_up(now - started) and step + 1 < self.args.steps:
+                self.stopped_at = step + 1
+                self.info(f"--time-limit {self.args.time_limit:g} s reached after step {step + 1} of "
+                          f"{self.args.steps}; checkpointing and exporting (resume continues the schedule)")
+                self.save_checkpoint()
+                break
         self._bar.close()
+
+    def time_is_up(self, elapsed: float) -> bool:
+        """Whether `--time-limit` is spent, decided by the main process for all (each one's clock differs)."""
+        limit = getattr(self.args, "time_limit", None)
+        if not limit:
+            return False
+        up = torch.tensor(float(elapsed >= limit), device=self.device)
+        if self.accelerator.num_processes > 1:
+            up = self.accelerator.reduce(up, "max")
+        return bool(up)
 
     def check_finite(self, loss: torch.Tensor, step: int):
         """Stop every process when the loss of any of them is not finite (decided together: a process stopping
@@ -402,6 +419,7 @@ class Run:
             bad = getattr(getattr(self, "_dataset", None), "unreadable", {})
             summary = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1),
                        "unreadable_files": {self._dataset.samples[i][0]: why for i, why in sorted(bad.items())},
+                       "stopped_by_time_limit_at": self.stopped_at,
                        "num_processes": self.accelerator.num_processes,
                        "distributed": str(self.accelerator.distributed_type), "rank_weight_sha256": rank_hashes}
             write_json(self.out / "summary.json", summary)

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The photographs model set on one GPU within a wall-clock budget: HieraTok and the single-scale baseline (stage 1,
+# side by side on the one GPU), then a DiT on each. A 40-step probe of each pair measures its speed on this machine
+# and the step counts follow from the budget, so that the cosine schedules end where the time does; --time-limit
+# stops a run that would overrun anyway (checkpointed, resumable). Both members of a pair get the same steps and
+# batch (an equal budget: the slower one's speed sets it). The same recipe as train/reproduce_imagenette.sh (the
+# CPU one) otherwise: the imagenette128 preset, HieraTok's finest scale weighted 1 against 0.25 for the others.
+#   bash train/reproduce_imagenette_gpu.sh TRAIN_DATA RUNS [BUDGET_S] [VAL_DATA]
+# BUDGET_S (default 420) is the training time of both phases together (STAGE1_SHARE percent for stage 1); startup,
+# probes and exports come on top, about 100 s. With VAL_DATA, `train/quick_eval.py` reads the stage-1 learning
+# curve (exports at 1/4, 1/2 and the end) into RUNS/stage1-curve.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=$1
+R=$2
+B=${3:-420}
+VAL=${4:-}
+PY=${PYTHON:-python}
+P=imagenette128
+S1_BATCH=${S1_BATCH:-256}
+DIT_BATCH=${DIT_BATCH:-256}
+PROBE=${PROBE_STEPS:-40}
+W=${NUM_WORKERS:-6}
+SHARE=${STAGE1_SHARE:-60}
+mkdir -p "$R"
+log() { echo "[$(date +%T)] $*" | tee -a "$R/gpu_recipe.log"; }
+ht_set=(--set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]")
+
+# images per second of a probe run: the mean of its metrics.csv rows after the first (which holds the start-up)
+rate() {
+  $PY - "$1/metrics.csv" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))[1:]
+print(sum(float(r["images_per_s"]) for r in rows) / len(rows))
+EOF
+}
+# steps that fit SECONDS at the slower of two rates (images/s) and BATCH, rounded down to a multiple of 50
+steps_for() {
+  $PY -c "import sys; s, b, r1, r2 = map(float, sys.argv[1:]); print(max(50, int(s * min(r1, r2) / b) // 50 * 50))" "$@"
+}
+stage1() {  # variant output steps extra-args...
+  local v=$1 out=$2 steps=$3; shift 3
+  local extra=()
+  [ "$v" = hieratok ] && extra=("${ht_set[@]}")
+  $PY train/stage1.py --preset $P --variant "$v" --data "$D" --output-dir "$out" --steps "$steps" \
+      --batch-size "$S1_BATCH" --num-workers "$W" --sample-every 0 --ckpt-every 1000 --log-every 10 \
+      "${extra[@]}" "$@"
+}
+dit() {  # variant output steps extra-args...
+  local v=$1 out=$2 steps=$3; shift 3
+  $PY train/dit.py --preset $P --tokenizer "$R/$v-$P-s1/final" --data "$D" --output-dir "$out" --steps "$steps" \
+      --batch-size "$DIT_BATCH" --latent-cache "$R/dit-$v-$P/latents.safetensors" --sample-every 0 \
+      --ckpt-every 1000 --log-every 10 "$@"
+}
+
+t1=$(( B * SHARE / 100 ))
+t2=$(( B - t1 ))
+log "budget ${B}s: stage 1 ${t1}s, DiT ${t2}s; $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo no GPU)"
+
+# ---- stage 1 ------------------------------------------------------------------------------------------------
+# run a pair side by side and wait for both (a failed member stops the recipe)
+pair() {
+  local pids=() v
+  for v in hieratok singlescale; do "$@" "$v" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p"; done
+}
+probe1() { stage1 "$1" "$R/probe-$1" "$PROBE" > "$R/probe-$1.log" 2>&1; }
+pair probe1
+r_ht=$(rate "$R/probe-hieratok"); r_ss=$(rate "$R/probe-singlescale")
+n1=$(steps_for "$t1" "$S1_BATCH" "$r_ht" "$r_ss")
+log "stage-1 probe: hieratok ${r_ht} img/s, singlescale ${r_ss} img/s side by side -> $n1 steps of $S1_BATCH"
+train1() {
+  mkdir -p "$R/$1-$P-s1"  # the patch-PCA codec the probe fitted (deterministic: the same fit)
+  cp "$R/probe-$1/linear_codec.safetensors" "$R/$1-$P-s1/"
+  stage1 "$1" "$R/$1-$P-s1" "$n1" --time-limit "$t1" --export-at $(( n1 / 4 )) $(( n1 / 2 )) \
+      --sample-every 1000000000 > "$R/$1-$P-s1.log" 2>&1
+}
+pair train1
+log "stage 1 done: $(tail -c 300 "$R/hieratok-$P-s1/summary.json" | tr -d '\n ')"
+if [ -n "$VAL" ]; then  # the exports that exist (a --time-limit stop can come before them)
+  shopt -s nullglob
+  evals=("$R"/hieratok-$P-s1/exports/step-* "$R/hieratok-$P-s1" "$R"/singlescale-$P-s1/exports/step-* \
+         "$R/singlescale-$P-s1")
+  shopt -u nullglob
+  $PY train/quick_eval.py --data "$VAL" --images 500 "${evals[@]}" > "$R/stage1-curve.txt" 2>&1 &
+  curve=$!
+fi
+
+# ---- DiT ----------------------------------------------------------------------------------------------------
+probe2() { dit "$1" "$R/probe-dit-$1" "$PROBE" > "$R/probe-dit-$1.log" 2>&1; }
+pair probe2
+r_ht=$(rate "$R/probe-dit-hieratok"); r_ss=$(rate "$R/probe-dit-singlescale")
+n2=$(steps_for "$t2" "$DIT_BATCH" "$r_ht" "$r_ss")
+log "DiT probe: ${r_ht} / ${r_ss} latents/s -> $n2 steps of $DIT_BATCH"
+train2() { dit "$1" "$R/dit-$1-$P" "$n2" --time-limit "$t2" --sample-every 1000000000 > "$R/dit-$1-$P.log" 2>&1; }
+pair train2
+if [ -n "${curve:-}" ]; then
+  wait "$curve" || log "quick_eval failed (see $R/stage1-curve.txt)"
+  tee -a "$R/gpu_recipe.log" < "$R/stage1-curve.txt"
+fi
+log "done"
