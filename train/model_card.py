@@ -28,9 +28,9 @@ RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
         ("classifier-cifar10", ["classifier"]),
     ],
     "imagenette128": [
-        ("hieratok-imagenette128", ["hieratok-imagenette128-s1"]),
-        ("singlescale-imagenette128", ["singlescale-imagenette128-s1"]),
-        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128", "dit-hieratok-imagenette128-long"]),
+        ("hieratok-imagenette128", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
+        ("singlescale-imagenette128", ["singlescale-imagenette128-s1", "singlescale-imagenette128-s2rec"]),
+        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128"]),
         ("dit-singlescale-imagenette128", ["dit-singlescale-imagenette128"]),
         ("classifier-imagenette128", ["classifier-imagenette128"]),
     ],
@@ -39,6 +39,7 @@ TITLES = {"cifar10": ("CIFAR-10, 32 x 32", "`../shared/data/cifar10/train` (50,0
                       "train/reproduce_cifar10.sh"),
           "imagenette128": ("Imagenette photographs, 128 x 128", "`../shared/data/imagenette/train` (9,469 "
                             "photographs of ten ImageNet classes)", "train/reproduce_imagenette.sh")}
+GPU_SCRIPTS = {"imagenette128": "train/reproduce_imagenette_gpu.sh"}
 
 
 def command_line(cfg: dict) -> str:
@@ -46,7 +47,7 @@ def command_line(cfg: dict) -> str:
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
     keep = ["preset", "variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps",
-            "batch_size", "lr", "warmup", "gan_start", "gan_weight", "image_size"]
+            "batch_size", "lr", "warmup", "ema_decay", "gan_start", "gan_weight", "image_size", "time_limit"]
     if args.get("init_from"):  # the architecture (and so the preset) comes from the checkpoint
         keep.remove("preset")
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
@@ -107,18 +108,29 @@ def main(argv=None):
         return
     title, data, script = TITLES[family]
     cpu = args.cpu or _cpu_name()
+    configs = {f: json.loads((runs / f / "run_config.json").read_text()) for _, fs in RUNS[family] for f in fs
+               if (runs / f / "run_config.json").exists()}
+    gpus = sorted({hardware(c) for c in configs.values()} - {"CPU"})
+    where = (f"on a 2-core CPU ({cpu}, torch {torch.__version__}, one thread per run, two runs side by side; "
+             f"precision in each run's run_config.json). No GPU was used. `bash {script}` runs every command "
+             "below in order.")
+    if gpus:
+        where = (f"on the hardware in the table: {' and '.join(gpus)} for the runs so marked, in a fixed time budget "
+                 f"(`bash {GPU_SCRIPTS.get(family, script)}`), the rest on a 2-core CPU ({cpu}, torch "
+                 f"{torch.__version__}, one thread per run, two runs side by side). Precision is in each run's "
+                 f"run_config.json. `bash {script}` runs the CPU commands below in order and skips a run whose "
+                 "output exists (e.g. copied from the GPU recipe).")
     lines = [f"# Shipped weights ({title})", "",
-             f"Every checkpoint here was trained by this repository's `train/` scripts on {data}, on a 2-core CPU "
-             f"({cpu}, torch {torch.__version__}, one thread per run, two runs side by side; precision in each "
-             f"run's run_config.json). No GPU was used. `bash {script}` runs every command below in order. Each "
+             f"Every checkpoint here was trained by this repository's `train/` scripts on {data}, {where} Each "
              "folder loads with `from_pretrained` (weights stored in float16; loading upcasts to float32).", "",
-             "| checkpoint | params | GFLOPs / image | decoder tokens | run | steps | images seen | wall time | size |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "| checkpoint | params | GFLOPs / image | decoder tokens | run | hardware | steps | images seen | "
+             "wall time | size |",
+             "|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     commands = []
     for name, folders in RUNS[family]:
         path = assets / name
         if not path.exists():
-            lines.append(f"| {name} | not shipped yet | | | | | | | |")
+            lines.append(f"| {name} | not shipped yet | | | | | | | | |")
             continue
         params = None
         if "dit" not in name and "classifier" not in name:
@@ -132,11 +144,14 @@ def main(argv=None):
             params, gflops, tokens = sum(p.numel() for p in model.parameters()), "", ""
         for i, folder in enumerate(folders):
             summary = json.loads((runs / folder / "summary.json").read_text())
-            cfg = json.loads((runs / folder / "run_config.json").read_text())
-            commands.append(f"# {folder}\n{command_line(cfg)}")
+            cfg = configs[folder]
+            commands.append(f"# {folder} ({hardware(cfg)})\n{command_line(cfg)}")
             lead = i == 0
+            steps = str(summary["step"])
+            if summary.get("stopped_by_time_limit_at"):
+                steps = f"{steps} of {cfg['args']['steps']} (time limit)"
             lines.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
-                         f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {summary['step']} | "
+                         f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | {steps} | "
                          f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
                          f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
     lines += ["", "Wall time is the time spent in the training loop (data, forward, backward, optimizer), summed "
@@ -170,6 +185,15 @@ def write_card(out: Path, lines: list[str], report: dict, family: str, assets: P
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+
+
+def hardware(cfg: dict) -> str:
+    """'CPU', or 'GPU (name)' for a run on CUDA (the name from the run's record, or its precision note)."""
+    if not str(cfg.get("device", "cpu")).startswith("cuda"):
+        return "CPU"
+    why = cfg.get("mixed_precision", {}).get("why", "")
+    name = cfg.get("hardware") or (why.split("CUDA ", 1)[1].split(" (")[0] if "CUDA " in why else "")
+    return f"GPU ({name})" if name else "GPU"
 
 
 def _cpu_name() -> str:

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The exact commands behind the photographs model set in assets/ (Imagenette at 128 px, this project's 2-core CPU
-# budget). Each step resumes, or is skipped when its output exists, so the script can be re-run after an
-# interruption or in a later sitting.
+# The exact commands behind the photographs model set in assets/ (Imagenette at 128 px). Each step resumes, or is
+# skipped when its output exists, so the script can be re-run after an interruption or in a later sitting.
 #   bash train/reproduce_imagenette.sh [DATA_ROOT] [RUNS]          (defaults: ../shared/data/imagenette, runs)
+#
+# Stage 1 of the shipped tokenizers ran on one GPU (an H200, lent for one session), by the GPU recipe:
+#   python train/pack_dataset.py --data $D/train --size 128 --output pack/train.tar   # 54 MiB, WebP q90
+#   bash train/reproduce_imagenette_gpu.sh <unpacked train> $R 440 <500 unpacked val images>
+# both tokenizers side by side, batch 256, a 5,800-step schedule that its time limit stopped at step 3,417 (264 s,
+# 874,752 images). Its DiT phase did not run (the session's GPU time ran out); everything below ran on this
+# project's 2-core CPU. Without a GPU run in RUNS, `chain` trains stage 1 here instead: the earlier CPU recipe
+# (2,000 steps x 32 images, about 6 hours a tokenizer; a weaker tokenizer, see assets/notes/imagenette128.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-../shared/data/imagenette}
@@ -13,36 +20,32 @@ P=imagenette128
 
 done_() { [ -f "$1/final/model.safetensors" ]; }
 
-# Stage 1 for both tokenizers at the same budget (2,000 steps x 32 = 64,000 images), linear shortcut initialised
-# to the patch-PCA codec of 2,000 training images; HieraTok's finest scale carries half the reconstruction loss
-# (the calibration in assets/notes/imagenette128.md: with equal weights the finest scale drifted below the codec).
+# Stage 1 on the CPU (skipped when the GPU recipe's run is there): linear shortcut initialised to the patch-PCA
+# codec of 2,000 training images; HieraTok's finest scale weighted 1 against 0.25 for each coarser one.
 chain() {
   v=$1; shift
   done_ $R/$v-$P-s1 || $PY train/stage1.py --preset $P --variant $v --data $D/train --output-dir $R/$v-$P-s1 \
       --steps 2000 --batch-size 32 --ckpt-every 100 --sample-every 500 --log-every 25 "$@"
 }
-dit() {
+# Decoder-only anneal (no discriminator; encoder and downsampler frozen, so the latents -- and the DiT trained on
+# them -- stay as they were): the GPU run stopped mid-schedule, this takes its decoder's learning rate to zero.
+anneal() {
   v=$1
+  done_ $R/$v-$P-s2rec || $PY train/stage2.py --init-from $R/$v-$P-s1/final --gan-weight 0 --data $D/train \
+      --output-dir $R/$v-$P-s2rec --steps 400 --batch-size 32 --lr 1e-4 --ema-decay 0.99 --ckpt-every 100 \
+      --sample-every 400 --log-every 25
+}
+dit() {  # variant steps sample-every export-at...
+  v=$1 steps=$2 every=$3; shift 3
   done_ $R/dit-$v-$P || $PY train/dit.py --preset $P --tokenizer $R/$v-$P-s1/final --data $D/train \
-      --output-dir $R/dit-$v-$P --steps ${DIT_STEPS:-600} --batch-size 128 --ckpt-every 100 --sample-every 400 \
-      --log-every 25
+      --output-dir $R/dit-$v-$P --steps $steps --batch-size 128 --ckpt-every 100 --sample-every $every \
+      --log-every 25 --export-at "$@"
 }
 classifier() {
   # ResNet-9 on 64-px copies of the photographs (it resizes any input to 64 px): FD-cls and sample accuracy
   done_ $R/classifier-$P || $PY train/classifier.py --image-size 64 --data $D/train --output-dir $R/classifier-$P \
       --steps ${CLS_STEPS:-1000} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
 }
-dit_long() {
-  # a second sitting: the DiT continued from its 600-step export on the same cached latents, planned for 3,500 more
-  # steps (a fresh warm-up and cosine schedule) with exports at 1,000 / 2,000 / 3,000 for the learning curve. The
-  # shipped one was stopped at 2,500 for lack of session time: interrupted after its step-2500 checkpoint and
-  # resumed with DIT_LONG_STEPS=2500, which only exports (the schedule stays the 3,500-step one).
-  v=$1
-  done_ $R/dit-$v-$P-long || $PY train/dit.py --init-from $R/dit-$v-$P/final --tokenizer $R/$v-$P-s1/final \
-      --latent-cache $R/dit-$v-$P/latents.safetensors --data $D/train --output-dir $R/dit-$v-$P-long \
-      --steps ${DIT_LONG_STEPS:-3500} --batch-size 128 --ckpt-every 100 --sample-every 500 --log-every 25 \
-      --export-at 1000 2000 3000
-}
-{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok; dit_long hieratok; } &
-{ chain singlescale; classifier; dit singlescale; } &
+{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok 2400 800 800 1600; } &
+{ chain singlescale; anneal hieratok; anneal singlescale; dit singlescale 1200 600 600; classifier; } &
 wait

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The photographs model set on one GPU within a wall-clock budget: HieraTok and the single-scale baseline (stage 1,
-# side by side on the one GPU), then a DiT on each. A 40-step probe of each pair measures its speed on this machine
+# side by side on the one GPU), then a DiT on each. An 80-step probe of each pair measures its speed on this machine
 # and the step counts follow from the budget, so that the cosine schedules end where the time does; --time-limit
 # stops a run that would overrun anyway (checkpointed, resumable). Both members of a pair get the same steps and
 # batch (an equal budget: the slower one's speed sets it). The same recipe as train/reproduce_imagenette.sh (the
@@ -8,7 +8,8 @@
 #   bash train/reproduce_imagenette_gpu.sh TRAIN_DATA RUNS [BUDGET_S] [VAL_DATA]
 # BUDGET_S (default 420) is the training time of both phases together (STAGE1_SHARE percent for stage 1); startup,
 # probes and exports come on top, about 100 s. With VAL_DATA, `train/quick_eval.py` reads the stage-1 learning
-# curve (exports at 1/4, 1/2 and the end) into RUNS/stage1-curve.txt.
+# curve (exports at 1/4, 1/2 and the end) into RUNS/stage1-curve.txt. With PACK_TO=DIR, each run's folder (weights
+# as float16, no checkpoints or caches) goes into DIR/<run>.tar, for a transfer that limits file sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=$1
@@ -19,18 +20,20 @@ PY=${PYTHON:-python}
 P=imagenette128
 S1_BATCH=${S1_BATCH:-256}
 DIT_BATCH=${DIT_BATCH:-256}
-PROBE=${PROBE_STEPS:-40}
+PROBE=${PROBE_STEPS:-80}
 W=${NUM_WORKERS:-6}
 SHARE=${STAGE1_SHARE:-60}
 mkdir -p "$R"
 log() { echo "[$(date +%T)] $*" | tee -a "$R/gpu_recipe.log"; }
 ht_set=(--set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]")
 
-# images per second of a probe run: the mean of its metrics.csv rows after the first (which holds the start-up)
+# images per second of a probe run: the mean of its metrics.csv rows from step 40 on (before: the start-up, and
+# batches the loader's workers had prepared ahead, which overstated the speed 1.9x on the first try)
 rate() {
   $PY - "$1/metrics.csv" <<'EOF'
 import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))[1:]
+rows = list(csv.DictReader(open(sys.argv[1])))
+rows = [r for r in rows if int(r["step"]) > 40] or rows[1:]
 print(sum(float(r["images_per_s"]) for r in rows) / len(rows))
 EOF
 }
@@ -50,6 +53,7 @@ dit() {  # variant output steps extra-args...
   local v=$1 out=$2 steps=$3; shift 3
   $PY train/dit.py --preset $P --tokenizer "$R/$v-$P-s1/final" --data "$D" --output-dir "$out" --steps "$steps" \
       --batch-size "$DIT_BATCH" --latent-cache "$R/dit-$v-$P/latents.safetensors" --sample-every 0 \
+      --num-workers "$W" \
       --ckpt-every 1000 --log-every 10 "$@"
 }
 
@@ -97,5 +101,37 @@ pair train2
 if [ -n "${curve:-}" ]; then
   wait "$curve" || log "quick_eval failed (see $R/stage1-curve.txt)"
   tee -a "$R/gpu_recipe.log" < "$R/stage1-curve.txt"
+fi
+if [ -n "${PACK_TO:-}" ]; then
+  $PY - "$R" "$PACK_TO" <<'EOF'
+import io, sys, tarfile
+from pathlib import Path
+from safetensors.torch import load_file, save
+R, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+skip = {"checkpoints", "exports", "latents.safetensors"}
+tars = {}  # a DiT run's tokenizer copy goes apart: with the DiT in one file, it would pass 16 MiB
+for run in sorted(d for d in R.iterdir() if d.is_dir() and not d.name.startswith("probe")):
+    for f in sorted(run.rglob("*")):
+        rel = f.relative_to(R)
+        if f.is_dir() or skip & set(rel.parts):
+            continue
+        name = f"{run.name}-tokenizer" if rel.parts[1] == "tokenizer" else run.name
+        tar = tars.get(name) or tars.setdefault(name, tarfile.open(out / f"{name}.tar", "w"))
+        if f.name == "model.safetensors":  # float16 storage, as assets/ keeps it
+            data = save({k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()})
+            info = tarfile.TarInfo(str(rel))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        else:
+            tar.add(str(f), str(rel))
+for tar in tars.values():
+    tar.close()
+with tarfile.open(out / "logs.tar", "w") as tar:
+    for f in sorted(R.glob("*.log")) + sorted(R.glob("*.txt")) + sorted(R.glob("probe-*/metrics.csv")):
+        tar.add(str(f), str(f.relative_to(R)))
+for f in sorted(out.iterdir()):
+    print(f"{f}: {f.stat().st_size / 2**20:.1f} MiB")
+EOF
 fi
 log "done"

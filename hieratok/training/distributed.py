@@ -1,6 +1,7 @@
 """Devices, precision and sharding: native-bf16 detection, DTensor helpers, FSDP2 on CPUs and GPUs."""
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
@@ -27,6 +28,19 @@ def native_bf16() -> tuple[bool, str]:
         return False, "CPU flags unreadable (no /proc/cpuinfo)"
     found = sorted(flags & {"amx_bf16", "avx512_bf16"})
     return bool(found), f"CPU with {', '.join(found)}" if found else "CPU without AMX or AVX512-BF16"
+
+
+def hardware_name() -> str:
+    """The device the run computes on, for the record: the GPU's name, else the CPU's model name."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve_mixed_precision(choice: str) -> tuple[str, str]:

@@ -44,7 +44,8 @@ from ..losses import load_lpips
 from .checkpoint import STATE_FILE, TrainState, load_state, read_state, save_state, write_json
 from .cli import validate_args
 from .data import DataError, StreamBatches, build_dataset, make_loader
-from .distributed import enable_fsdp_on_cpu, full, local, model_class, prepare_fsdp, resolve_mixed_precision
+from .distributed import (enable_fsdp_on_cpu, full, hardware_name, local, model_class, prepare_fsdp,
+                          resolve_mixed_precision)
 from .ema import EMA
 from .tracking import CSVTracker, flat
 
@@ -84,6 +85,7 @@ class Run:
                                  "num_processes": self.accelerator.num_processes,
                                  "distributed": str(self.accelerator.distributed_type),
                                  "device": str(self.accelerator.device),
+                                 "hardware": hardware_name(),
                                  "mixed_precision": {"used": precision, "why": precision_note}}
         set_seed(args.seed)
         self._last_log_time, self._last_log_images = time.time(), 0
