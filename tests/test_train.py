@@ -156,12 +156,13 @@ def test_pack_dataset_keeps_classes_names_and_pixels(image_folder, tmp_path):
         pack_dataset.main(["--data", str(image_folder), "--size", "24", "--output", str(tmp_path / "p.tar")])
         with tarfile.open(tmp_path / "p.tar") as tar:
             tar.extractall(tmp_path / "x", filter="data")
-        original, packed = FolderImages(str(image_folder), 24), FolderImages(str(tmp_path / "x" / image_folder.name), 24)
+        original = FolderImages(str(image_folder), 24)
+        packed = FolderImages(str(tmp_path / "x" / image_folder.name), 24)
         assert packed.classes == original.classes and packed.class_names == ["name 0", "name 1", "name 2"]
         assert packed.targets == original.targets
         x = torch.stack([original[i][0] for i in range(len(original))])
         y = torch.stack([packed[i][0] for i in range(len(packed))])
-        # lossy: 29 dB on these images of per-pixel noise (38 dB on photographs); another image of the same class scores 16
+        # lossy: 29 dB on these images of per-pixel noise (38 dB on photographs); another image of its class: 16 dB
         assert y.shape == (36, 3, 24, 24) and psnr(y, x).mean() > 25 and psnr(y, x.roll(1, 0)).mean() < 20
         pack_dataset.main(["--data", str(image_folder), "--size", "24", "--images", "5",
                            "--output", str(tmp_path / "q.tar")])

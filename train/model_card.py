@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 
 from hieratok import HieraTok
 from hieratok.cost import cost_of
+from hieratok.training.distributed import cpu_name
 from hieratok.training.report import markdown
 
 RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
@@ -107,7 +107,7 @@ def main(argv=None):
         write_card(out, out.read_text().split(EVALUATION)[0].rstrip().splitlines(), report, family, assets)
         return
     title, data, script = TITLES[family]
-    cpu = args.cpu or _cpu_name()
+    cpu = args.cpu or cpu_name()
     configs = {f: json.loads((runs / f / "run_config.json").read_text()) for _, fs in RUNS[family] for f in fs
                if (runs / f / "run_config.json").exists()}
     gpus = sorted({hardware(c) for c in configs.values()} - {"CPU"})
@@ -151,7 +151,8 @@ def main(argv=None):
             if summary.get("stopped_by_time_limit_at"):
                 steps = f"{steps} of {cfg['args']['steps']} (time limit)"
             lines.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
-                         f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | {steps} | "
+                         f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | "
+                         f"{steps} | "
                          f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
                          f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
     lines += ["", "Wall time is the time spent in the training loop (data, forward, backward, optimizer), summed "
@@ -194,16 +195,6 @@ def hardware(cfg: dict) -> str:
     why = cfg.get("mixed_precision", {}).get("why", "")
     name = cfg.get("hardware") or (why.split("CUDA ", 1)[1].split(" (")[0] if "CUDA " in why else "")
     return f"GPU ({name})" if name else "GPU"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

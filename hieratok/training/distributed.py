@@ -32,8 +32,11 @@ def native_bf16() -> tuple[bool, str]:
 
 def hardware_name() -> str:
     """The device the run computes on, for the record: the GPU's name, else the CPU's model name."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+
+
+def cpu_name() -> str:
+    """This machine's CPU model name (/proc/cpuinfo), else what `platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
