@@ -145,6 +145,23 @@ def test_time_limit_stops_exports_and_a_resume_finishes_the_same_schedule(image_
         assert torch.equal(a[k], b[k]), k
 
 
+def test_cached_images_serve_the_loaders_pixels_and_train_bit_identically(image_folder, tmp_path):
+    from hieratok.training.data import CachedImages, FolderImages
+    ds = FolderImages(str(image_folder), 32)
+    cached = CachedImages(ds, batch_size=5)
+    assert len(cached) == len(ds) and cached.class_names == ds.class_names and cached.pixels.dtype == torch.uint8
+    for i in (0, 7, 35):
+        for flip in (False, True):
+            (a, la), (b, lb) = ds[(i, flip)], cached[(i, flip)]
+            assert torch.equal(a, b) and la == lb
+    common = ["--data", image_folder, "--steps", 3, "--batch-size", 8, *TINY_TOK, *FAST]
+    stage1(["--output-dir", tmp_path / "files", *common])
+    stage1(["--output-dir", tmp_path / "cached", *common, "--cache-images", "--num-workers", 2])
+    a, b = weights(tmp_path / "files" / "final"), weights(tmp_path / "cached" / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_pack_dataset_keeps_classes_names_and_pixels(image_folder, tmp_path):
     import tarfile
 
@@ -213,7 +230,8 @@ def test_a_checkpoint_without_state_is_refused_with_a_message(image_folder, tmp_
                 *TINY_TOK, *FAST])
 
 
-def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, caplog):
+@pytest.mark.parametrize("cache", [[], ["--cache-images"]], ids=["files", "cached"])
+def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, caplog, cache):
     data = tmp_path / "data"
     for c in image_folder.iterdir():
         (data / c.name).mkdir(parents=True)
@@ -222,7 +240,7 @@ def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, caplog):
     (data / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (data / "class1" / "truncated.png").write_bytes((image_folder / "class1" / "000.png").read_bytes()[:60])
     out = tmp_path / "s1"
-    stage1(["--data", data, "--output-dir", out, "--steps", 4, "--batch-size", 7, *TINY_TOK, *FAST])
+    stage1(["--data", data, "--output-dir", out, "--steps", 4, "--batch-size", 7, *TINY_TOK, *FAST, *cache])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] >= 2  # 14 images, 28 drawn: each unreadable file is met twice
     assert summary["images_seen"] == 28 - summary["skipped"]
@@ -401,11 +419,18 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
         assert s["psnr"]["mean"] > 0 and -1 <= s["ssim"]["mean"] <= 1
         assert 0 <= s["latent_density"]["gini"] <= 1 and 0 <= s["latent_density"]["entropy"] <= 1
     assert tok["rfd"] > 0 and tok["lpips"] is None and "unavailable" in report["notes"]["lpips"]
+    # the paired difference to the codec of its latent size: the mean of per-image differences is the difference
+    # of the means; its interval is its own
+    paired = tok["finest_psnr_minus_linear"]
+    assert paired["reference"] == "linear-pca-C4" and paired["ci95"] > 0
+    means = [r["scales"]["16x16"]["psnr"]["mean"] for r in (tok, ref)]
+    assert paired["mean"] == pytest.approx(means[0] - means[1])
     assert report["notes"]["fd_name"] == "FD-cls"
     gen = report["generators"]["tok"]
     assert gen["gfd"] > 0 and 0 <= gen["class_accuracy"]["mean"] <= 1
     md = (tmp_path / "eval.md").read_text()
     assert "rFD-cls" in md and "gFD-cls" in md and "PSNR 16x16" in md and "linear-pca-C4" in md
+    assert "finest − linear codec (paired" in md
     assert "| rFID" not in md and "| gFID" not in md  # without Inception weights, nothing is called FID
 
     # --update adds a second DiT to the report without evaluating the tokenizers again; both commands are kept

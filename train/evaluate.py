@@ -47,6 +47,7 @@ class Evaluator:
     def __init__(self, args):
         self.args = args
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.finest_psnr: dict = {}  # per-image finest-scale PSNR by tokenizer path / linear geometry (paired CIs)
         try:
             self.dataset = build_dataset(args.data, args.image_size, split="test", max_images=args.max_images,
                                          seed=args.seed)
@@ -118,6 +119,7 @@ class Evaluator:
                 "latent_density": latent_gini_entropy(torch.cat(latents[s]))}
         result["lpips"] = mean_ci(torch.cat(lp)) if lp else None
         result["rfd"] = float(fd.compute()) if fd is not None else None
+        self.finest_psnr[path] = torch.cat(per_scale[scales[-1]]["psnr"])
         return result
 
     # ---- the linear reference -------------------------------------------------------------------------------
@@ -140,6 +142,7 @@ class Evaluator:
                 fd.update(to_unit(x), real=True)
                 fd.update(to_unit(rec), real=False)
         side = a.image_size // patch_size
+        self.finest_psnr[("linear", patch_size, channels)] = torch.cat(values["psnr"])
         return {"kind": "linear", "fit": {"data": a.fit_data, "images": n}, "patch_size": patch_size,
                 "latent_channels": channels, "decoder_tokens": side * side, "params": codec.components.numel(),
                 "scales": {f"{side}x{side}": {"pixels": a.image_size,
@@ -262,6 +265,12 @@ def main(argv=None):
                              for t in report["tokenizers"].values()})
         for p, c in geometries:
             report["tokenizers"][f"linear-pca-C{c}"] = ev.linear_reference(p, c)
+        # each tokenizer against the linear codec of its latent size, image by image (a paired interval)
+        for name, t in tokenizers.items():
+            result = report["tokenizers"][name]
+            key = ("linear", result["config"]["patch_size"], result["config"]["latent_channels"])
+            diff = ev.finest_psnr[t] - ev.finest_psnr[key]
+            result["finest_psnr_minus_linear"] = {**mean_ci(diff), "reference": f"linear-pca-C{key[2]}"}
     report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
     out = Path(args.output)
     if args.update and out.with_suffix(".json").exists():

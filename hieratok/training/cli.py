@@ -31,6 +31,9 @@ def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> 
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None, help="train on a fixed random subset (tiny runs)")
     ap.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    ap.add_argument("--cache-images", action="store_true",
+                    help="decode the dataset once into memory (uint8) instead of reading every file each epoch: for "
+                         "a fast GPU fed by few CPU cores (Imagenette at 128 px: 465 MB)")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--sample-every", type=int, default=500, help="save an image grid every N steps (0: never)")
     ap.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")

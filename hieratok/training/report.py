@@ -33,6 +33,10 @@ def markdown(report: dict) -> str:
         lines.append("| PSNR, finest scale | " + " | ".join(
             fmt(toks[n]["scales"][max(toks[n]["scales"], key=lambda k: int(k.split("x")[0]))]["psnr"])
             for n in names) + " |")
+        if any(toks[n].get("finest_psnr_minus_linear") for n in names):
+            lines.append("| PSNR, finest − linear codec (paired, per image) | " + " | ".join(
+                fmt(toks[n].get("finest_psnr_minus_linear")) if toks[n].get("finest_psnr_minus_linear") else "—"
+                for n in names) + " |")
         lines.append(f"| r{fd_name} | " + " | ".join(fmt(toks[n]["rfd"]) for n in names) + " |")
         for key in ("gini", "entropy"):
             for s in all_scales:

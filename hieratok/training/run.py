@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..losses import load_lpips
 from .checkpoint import STATE_FILE, TrainState, load_state, read_state, save_state, write_json
 from .cli import validate_args
-from .data import DataError, StreamBatches, build_dataset, make_loader
+from .data import CachedImages, DataError, StreamBatches, build_dataset, make_loader
 from .distributed import (enable_fsdp_on_cpu, full, hardware_name, local, model_class, prepare_fsdp,
                           resolve_mixed_precision)
 from .ema import EMA
@@ -112,10 +112,16 @@ class Run:
 
     def dataset(self, image_size: int, split: str = "train"):
         try:
-            return build_dataset(self.args.data, image_size, split=split, max_images=self.args.max_images,
-                                 seed=self.args.seed)
+            ds = build_dataset(self.args.data, image_size, split=split, max_images=self.args.max_images,
+                               seed=self.args.seed)
         except DataError as e:
             raise SystemExit(f"error: {e}") from None
+        if getattr(self.args, "cache_images", False):
+            start = time.time()
+            ds = CachedImages(ds, self.args.num_workers)
+            self.info(f"cached {len(ds)} images in memory ({ds.pixels.numel() / 2**20:.0f} MiB) in "
+                      f"{time.time() - start:.0f} s")
+        return ds
 
     def lpips(self, cfg, weights_path: str | None):
         """(LPIPS module on this device or None, a note saying which and why); warns once when it is off."""
