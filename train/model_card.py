@@ -189,12 +189,12 @@ def write_card(out: Path, lines: list[str], report: dict, family: str, assets: P
 
 
 def hardware(cfg: dict) -> str:
-    """'CPU', or 'GPU (name)' for a run on CUDA (the name from the run's record, or its precision note)."""
+    """'CPU', or 'GPU <name>' for a run on CUDA (the name from the run's record, or its precision note)."""
     if not str(cfg.get("device", "cpu")).startswith("cuda"):
         return "CPU"
     why = cfg.get("mixed_precision", {}).get("why", "")
     name = cfg.get("hardware") or (why.split("CUDA ", 1)[1].split(" (")[0] if "CUDA " in why else "")
-    return f"GPU ({name})" if name else "GPU"
+    return f"GPU {name}" if name else "GPU"
 
 
 if __name__ == "__main__":
