@@ -100,17 +100,18 @@ class TorchvisionCIFAR10(FolderImages):
         return buf.getvalue()
 
 
-class CachedImages(Dataset):
+class CachedImages(FolderImages):
     """A dataset decoded once into memory as uint8 pixels, served like the dataset itself ((index, flip) ->
     (image, label), None for an unreadable file): for a fast accelerator fed by few CPU cores, where reading and
     resizing files, not the model, sets the pace. Imagenette at 128 px takes 465 MB; for datasets that fit."""
 
     def __init__(self, ds: FolderImages, num_workers: int = 0, batch_size: int = 256):
+        # no FolderImages.__init__: `ds` has listed the files already; its listing and names are shared
         self.classes, self.class_names, self.root = ds.classes, ds.class_names, getattr(ds, "root", None)
         self.samples, self.targets, self.image_size = ds.samples, ds.targets, ds.image_size
         self.pixels = torch.zeros(len(ds), 3, ds.image_size, ds.image_size, dtype=torch.uint8)
         readable = torch.zeros(len(ds), dtype=torch.bool)
-        loader = DataLoader(_AsBytes(ds), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+        loader = DataLoader(_AsUint8(ds), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
         for batch in loader:
             for index, pixels in batch:
                 if pixels is not None:
@@ -118,12 +119,6 @@ class CachedImages(Dataset):
         # the loader processes named each unreadable file; the reason stays with them
         self.unreadable = {int(i): "unreadable (left out when the images were cached)"
                            for i in (~readable).nonzero().flatten()}
-
-    def __len__(self):
-        return len(self.samples)
-
-    def read(self, index: int) -> bytes | str:
-        return self.samples[index][0]
 
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
@@ -133,7 +128,7 @@ class CachedImages(Dataset):
         return (x.flip(-1) if flip else x), self.targets[index]
 
 
-class _AsBytes(Dataset):
+class _AsUint8(Dataset):
     """(index, uint8 pixels or None) of each item of an image dataset, for caching."""
 
     def __init__(self, ds):
