@@ -19,7 +19,7 @@ def test_t_interval_against_a_hand_computed_example():
     assert math.isnan(t_interval([5.0])["ci95"])
 
 
-def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_path, capsys):  # noqa: F811
+def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_path, capsys, monkeypatch):  # noqa: F811
     from hieratok.classifier import Classifier, ClassifierConfig
     from train import experiment
     Classifier(ClassifierConfig(image_size=32, width=4)).save_pretrained(tmp_path / "classifier")
@@ -80,6 +80,24 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     config = json.loads((run / "run_config.json").read_text())
     assert [r["started_at_step"] for r in config["resumes"]] == [3]  # from its newest checkpoint, not from scratch
     assert len(json.loads((tmp_path / "eval" / "experiment.json").read_text())["records"]) == 4
+
+    # two invocations on one results file (say, other arms in a second process): a run the other one records while
+    # this one works is kept, not overwritten by this one's older copy of the file
+    results = tmp_path / "eval" / "experiment.json"
+    full = json.loads(results.read_text())
+    theirs = next(r for r in full["records"] if (r["arm"], r["seed"]) == ("hieratok", 1))
+    results.write_text(json.dumps({**full, "records": [r for r in full["records"] if r["seed"] == 0]}))
+    real_record = experiment.run_record
+
+    def other_process_records_meanwhile(*a, **k):
+        now = json.loads(results.read_text())
+        results.write_text(json.dumps({**now, "records": [*now["records"], theirs]}))
+        return real_record(*a, **k)
+    monkeypatch.setattr(experiment, "run_record", other_process_records_meanwhile)
+    experiment.main([*args[:args.index("--arms")], "--arms", "singlescale", "--seeds", "1",
+                     *args[args.index("--classifier"):]])
+    assert sorted((r["arm"], r["seed"]) for r in json.loads(results.read_text())["records"]) == [
+        ("hieratok", 0), ("hieratok", 1), ("singlescale", 0), ("singlescale", 1)]
 
 
 def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():

@@ -374,10 +374,20 @@ def main(argv=None):
     from hieratok import tokenizer_config
     size = tokenizer_config(b["preset"]).image_size
     prefix = Path(args.results)
-    old = json.loads(prefix.with_suffix(".json").read_text()) if prefix.with_suffix(".json").exists() else {}
-    records = [r for r in old.get("records", []) if r["budget"] == b]  # results of another budget are not mixed in
-    db = dit_budget(args)
-    generation = [r for r in old.get("generation", []) if r["budget"] == b and r["dit_budget"] == db]
+    records, generation, db = [], [], dit_budget(args)
+
+    def merge_recorded():
+        """Add the runs recorded in the results file since we last looked -- by an earlier invocation, or by another
+        one writing the same file now (e.g. other arms in a second process) -- so that no writer drops another's
+        runs. Results of another budget are not mixed in."""
+        path = prefix.with_suffix(".json")
+        old = json.loads(path.read_text()) if path.exists() else {}
+        for mine, theirs, same in ((records, old.get("records", []), lambda r: r["budget"] == b),
+                                   (generation, old.get("generation", []),
+                                    lambda r: r["budget"] == b and r["dit_budget"] == db)):
+            have = {(r["arm"], r["seed"]) for r in mine}
+            mine += [r for r in theirs if same(r) and (r["arm"], r["seed"]) not in have]
+    merge_recorded()
     curve_x = load_images(args.val, size, b["curve_images"])
     val_x = load_images(args.val, size, args.val_images)
     classifier = load_classifier(args.classifier, b["preset"])
@@ -387,6 +397,7 @@ def main(argv=None):
     reference = linear_reference(args, b, curve_x, val_x)
 
     def report():
+        merge_recorded()
         out = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
                "linear_reference": reference, "records": records, "summary": summarize(records)}
         if generation:
@@ -408,6 +419,7 @@ def main(argv=None):
                 f.result()
     for seed in args.seeds:          # seeds outermost: a partial grid has every arm at the same number of seeds
         for arm in args.arms:
+            merge_recorded()
             if any(r["arm"] == arm and r["seed"] == seed for r in records):
                 print(f"[{arm} seed {seed}] done, skipped")
                 continue
@@ -424,6 +436,9 @@ def main(argv=None):
                     f.result()
         real_fd = real_features(classifier, val_x)
         for arm, seed in gen_todo:
+            merge_recorded()
+            if any(r["arm"] == arm and r["seed"] == seed for r in generation):
+                continue
             generation.append(generation_record(args, b, db, arm, seed, real_fd, classifier))
             write_report(prefix, report())
             print(f"[DiT on {arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)

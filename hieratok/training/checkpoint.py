@@ -31,7 +31,7 @@ STATE_FILE = "state.json"
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: a crash leaves the previous file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temporary
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
 
