@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 
@@ -98,7 +99,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Controlled experiment ({report['tier']} tier)", "",
              f"Budget per run: {report['budget']['steps']} steps x {report['budget']['batch_size']} images, "
              f"preset {report['budget']['preset']} with {report['budget']['set'] or 'its own sizes'}; final metrics "
-             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.", "",
+             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.{trained_on(report)}",
+             "",
              "| arm | seeds | PSNR finest (dB) | Δ PSNR vs hieratok (paired) | SSIM | latent Gini | latent entropy "
              "| rFD-cls | step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, row in s.items():
@@ -114,6 +116,12 @@ def markdown(report: dict) -> str:
     if report.get("generation"):
         lines += [""] + generation_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def trained_on(report: dict) -> str:
+    """' Trained on: <device> (n runs), ...' where the records say (step times compare within a device only)."""
+    devices = Counter(r.get("hardware") or "not recorded" for r in report["records"])
+    return " Trained on: " + ", ".join(f"{d} ({n} runs)" for d, n in devices.most_common()) + "." if devices else ""
 
 
 def generation_markdown(report: dict) -> list[str]:

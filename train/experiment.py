@@ -44,6 +44,7 @@ from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr,
 from hieratok.training.checkpoint import write_json
 from hieratok.training.cli import parse_overrides
 from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
+from hieratok.training.distributed import run_hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,7 +115,7 @@ def evaluate(path: Path, images: torch.Tensor, batch: int = 64, classifier: Clas
             "rfd_cls": float(fd.compute()) if fd is not None else None}
 
 
-def load_images(spec: str, size: int, limit: int | None) -> torch.Tensor:
+def load_images(spec: str, size: int, limit: int | None, num_workers: int = 0) -> torch.Tensor:
     """The first `limit` images of a fixed, evenly spaced order over the set (all of them when None)."""
     try:
         ds = build_dataset(spec, size, split="test")
@@ -123,7 +124,7 @@ def load_images(spec: str, size: int, limit: int | None) -> torch.Tensor:
     if limit is not None and limit < len(ds):
         keep = torch.linspace(0, len(ds) - 1, limit).round().long().tolist()
         ds = torch.utils.data.Subset(ds, keep)
-    return torch.cat([x for x, _, _ in eval_loader(ds, 100) if x is not None])
+    return torch.cat([x for x, _, _ in eval_loader(ds, 100, num_workers) if x is not None])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -204,7 +205,13 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
             "decoder_tokens": cfg.layout.num_tokens, "curve": curve,
             "final": evaluate(out / "final", val_x, classifier=classifier),
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
-            "path": str(out)}
+            "hardware": trained_on(out), "path": str(out)}
+
+
+def trained_on(out: Path) -> str:
+    """'CPU' or 'GPU <name>', from the run's run_config.json: runs of one budget on a CPU and on a GPU are the same
+    experiment, their step times are not comparable."""
+    return run_hardware(json.loads((out / "run_config.json").read_text()))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -264,7 +271,7 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, cla
     return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
             "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
-            "path": str(out)}
+            "hardware": trained_on(out), "path": str(out)}
 
 
 def real_features(classifier: Classifier, images: torch.Tensor, batch: int = 100):
@@ -288,7 +295,7 @@ def linear_reference(args, b: dict, curve_x: torch.Tensor, val_x: torch.Tensor, 
         codec, source = PatchPCA.load(saved[0]), str(saved[0])
     else:
         codec, n = fit_patch_pca(build_dataset(args.data, cfg.image_size, split="test"), cfg.patch_size,
-                                 cfg.latent_channels, fit_images)
+                                 cfg.latent_channels, fit_images, num_workers=args.num_workers)
         source = f"fitted on {n} training images"
 
     def mean_psnr(images):
@@ -347,6 +354,9 @@ def parse_args(argv=None):
     ap.add_argument("--parallel", type=int, default=1,
                     help="train this many runs at once (each with cores / N threads unless OMP_NUM_THREADS is "
                          "set; on one GPU several small runs share it); step times are then measured side by side")
+    ap.add_argument("--num-workers", type=int, default=0,
+                    help="loader processes for this driver's own image reading (validation images, the linear "
+                         "reference's fit); the runs take theirs through --stage1-args / --dit-args")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the recorded runs (and the linear reference); train nothing")
     ap.add_argument("--dit-seeds", nargs="*", type=int, default=[],
@@ -388,8 +398,8 @@ def main(argv=None):
             have = {(r["arm"], r["seed"]) for r in mine}
             mine += [r for r in theirs if same(r) and (r["arm"], r["seed"]) not in have]
     merge_recorded()
-    curve_x = load_images(args.val, size, b["curve_images"])
-    val_x = load_images(args.val, size, args.val_images)
+    curve_x = load_images(args.val, size, b["curve_images"], args.num_workers)
+    val_x = load_images(args.val, size, args.val_images, args.num_workers)
     classifier = load_classifier(args.classifier, b["preset"])
     if args.dit_seeds and classifier is None and not args.report_only:
         raise SystemExit("error: --dit-seeds needs a classifier (--classifier): FD-cls and class accuracy of the "

@@ -17,6 +17,7 @@ import torch
 from hieratok import HieraTok
 from hieratok.cost import cost_of
 from hieratok.training.distributed import cpu_name
+from hieratok.training.distributed import run_hardware as hardware
 from hieratok.training.report import markdown
 
 RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
@@ -186,15 +187,6 @@ def write_card(out: Path, lines: list[str], report: dict, family: str, assets: P
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
-
-
-def hardware(cfg: dict) -> str:
-    """'CPU', or 'GPU <name>' for a run on CUDA (the name from the run's record, or its precision note)."""
-    if not str(cfg.get("device", "cpu")).startswith("cuda"):
-        return "CPU"
-    why = cfg.get("mixed_precision", {}).get("why", "")
-    name = cfg.get("hardware") or (why.split("CUDA ", 1)[1].split(" (")[0] if "CUDA " in why else "")
-    return f"GPU {name}" if name else "GPU"
 
 
 if __name__ == "__main__":

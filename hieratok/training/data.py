@@ -230,10 +230,11 @@ def eval_loader(ds: FolderImages, batch_size: int, num_workers: int = 0) -> Data
 
 
 def fit_patch_pca(ds: FolderImages, patch_size: int, channels: int, num_images: int,
-                  batch_size: int = 64) -> tuple[PatchPCA, int]:
+                  batch_size: int = 64, num_workers: int = 0) -> tuple[PatchPCA, int]:
     """The patch-PCA codec (`hieratok.linear`) fitted on `num_images` evenly spaced images of `ds`: the same images
     whatever the seed, so every run of one geometry fits the same codec. Returns (codec, images used)."""
     n = min(num_images, len(ds))
     subset = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
-    codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, batch_size) if x is not None), patch_size, channels)
+    codec = PatchPCA.fit((x for x, _, _ in eval_loader(subset, batch_size, num_workers) if x is not None),
+                         patch_size, channels)
     return codec, n

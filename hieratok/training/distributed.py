@@ -35,6 +35,16 @@ def hardware_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
 
 
+def run_hardware(cfg: dict) -> str:
+    """A run's device from its run_config.json: 'CPU', or 'GPU <name>' for a run on CUDA (the name from the
+    run's record, or its precision note)."""
+    if not str(cfg.get("device", "cpu")).startswith("cuda"):
+        return "CPU"
+    why = cfg.get("mixed_precision", {}).get("why", "")
+    name = cfg.get("hardware") or (why.split("CUDA ", 1)[1].split(" (")[0] if "CUDA " in why else "")
+    return f"GPU {name}" if name else "GPU"
+
+
 def cpu_name() -> str:
     """This machine's CPU model name (/proc/cpuinfo), else what `platform` knows."""
     try:
