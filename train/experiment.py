@@ -80,7 +80,7 @@ GEN_ARMS = ["hieratok", "singlescale"]
 DIT_TIERS = {
     "cpu": {"steps": 2400, "batch_size": 128, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 6.0,
             "set": {}},
-    "gpu": {"steps": 20000, "batch_size": 256, "lr": 3e-4, "samples": 2000, "sample_steps": 30, "guidance": 2.0,
+    "gpu": {"steps": 20000, "batch_size": 256, "lr": 3e-4, "samples": 2000, "sample_steps": 30, "guidance": 6.0,
             "set": {}},
 }
 
@@ -209,8 +209,8 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
 
 
 def trained_on(out: Path) -> str:
-    """'CPU' or 'GPU <name>', from the run's run_config.json: runs of one budget on a CPU and on a GPU are the same
-    experiment, their step times are not comparable."""
+    """'CPU' or 'GPU <name>', from the run's run_config.json: runs of one budget on the same data are the same
+    experiment on a CPU or a GPU; their step times are not comparable."""
     return run_hardware(json.loads((out / "run_config.json").read_text()))
 
 
