@@ -48,7 +48,7 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
         assert f"{size}x{size}" in upload["label"]
         if classes:
             assert [c[0] for c in gen_class["choices"]] == list(classes)
-        assert guidance["value"] == (6.0 if preset == "imagenette128" else 2.0)  # each family's measured default
+        assert guidance["value"] == (3.0 if preset == "imagenette128" else 2.0)  # each family's measured default
 
 
 def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client, photo):

@@ -31,7 +31,7 @@ RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
     "imagenette128": [
         ("hieratok-imagenette128", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
         ("singlescale-imagenette128", ["singlescale-imagenette128-s1", "singlescale-imagenette128-s2rec"]),
-        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128"]),
+        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128", "dit-hieratok-imagenette128-long"]),
         ("dit-singlescale-imagenette128", ["dit-singlescale-imagenette128"]),
         ("classifier-imagenette128", ["classifier-imagenette128"]),
     ],

@@ -46,6 +46,14 @@ classifier() {
   done_ $R/classifier-$P || $PY train/classifier.py --image-size 64 --data $D/train --output-dir $R/classifier-$P \
       --steps ${CLS_STEPS:-1000} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
 }
-{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok 2400 800 800 1600; } &
+# The shipped HieraTok DiT: the 2,400-step run above continued for 3,000 more steps (a new cosine schedule from its
+# final weights, on the same cached latents).
+dit_long() {
+  done_ $R/dit-hieratok-$P-long || $PY train/dit.py --init-from $R/dit-hieratok-$P/final \
+      --tokenizer $R/hieratok-$P-s1/final --latent-cache $R/dit-hieratok-$P/latents.safetensors --data $D/train \
+      --output-dir $R/dit-hieratok-$P-long --steps 3000 --batch-size 128 --ckpt-every 100 --sample-every 1000 \
+      --log-every 25 --export-at 1000 2000
+}
+{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok 2400 800 800 1600; dit_long; } &
 { chain singlescale; anneal hieratok; anneal singlescale; dit singlescale 1200 600 600; classifier; } &
 wait

@@ -38,7 +38,7 @@ FAMILIES = {
                                    "dit-hieratok-imagenette128/tokenizer"),
         "singlescale-imagenette128": (HieraTok, "singlescale-imagenette128-s2rec/final",
                                       "dit-singlescale-imagenette128/tokenizer"),
-        "dit-hieratok-imagenette128": (DiT, "dit-hieratok-imagenette128/final"),
+        "dit-hieratok-imagenette128": (DiT, "dit-hieratok-imagenette128-long/final"),
         "dit-singlescale-imagenette128": (DiT, "dit-singlescale-imagenette128/final"),
         "classifier-imagenette128": (Classifier, "classifier-imagenette128/final"),
     },

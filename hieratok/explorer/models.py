@@ -42,9 +42,9 @@ class Family:
 
 
 # the app's model picker, default first. Guidance: FD-cls of 500 HieraTok-DiT samples against the evaluation images
-# (train/evaluate.py --guidance G): photos 222.5 / 197.3 / 166.0 / 170.6 at 3 / 4 / 6 / 8 (class accuracy
-# 16 / 22 / 36 / 46%); CIFAR-10 82.4 at 2, 121.8 at 4 (42 / 57%). See the README.
-FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_examples=True, guidance=6.0),
+# (train/evaluate.py --guidance G): photos 123.9 / 101.3 / 101.9 / 142.7 / 192.7 at 2 / 3 / 4 / 6 / 8 (class
+# accuracy 36 / 53 / 66 / 78 / 82%); CIFAR-10 82.4 at 2, 121.8 at 4 (42 / 57%). See the README.
+FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_examples=True, guidance=3.0),
             Family("CIFAR-10 (32 px)", "cifar10", photo_examples=False, guidance=2.0))
 
 
