@@ -99,7 +99,7 @@ def markdown(report: dict) -> str:
     lines = [f"# Controlled experiment ({report['tier']} tier)", "",
              f"Budget per run: {report['budget']['steps']} steps x {report['budget']['batch_size']} images, "
              f"preset {report['budget']['preset']} with {report['budget']['set'] or 'its own sizes'}; final metrics "
-             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.{trained_on(report)}",
+             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.{devices_line(report)}",
              "",
              "| arm | seeds | PSNR finest (dB) | Δ PSNR vs hieratok (paired) | SSIM | latent Gini | latent entropy "
              "| rFD-cls | step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -118,7 +118,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def trained_on(report: dict) -> str:
+def devices_line(report: dict) -> str:
     """' Trained on: <device> (n runs), ...' where the records say (step times compare within a device only)."""
     devices = Counter(r.get("hardware") or "not recorded" for r in report["records"])
     return " Trained on: " + ", ".join(f"{d} ({n} runs)" for d, n in devices.most_common()) + "." if devices else ""
