@@ -80,10 +80,15 @@ def summarize_generation(records: list[dict]) -> dict:
     for seed in sorted(set(h) & set(s)):
         target = max(h[seed]["final"]["gfd_cls"], s[seed]["final"]["gfd_cls"])  # both reach it
         sh, ss = steps_to_reach(h[seed]["curve"], target), steps_to_reach(s[seed]["curve"], target)
+        # reached at the first measured point: the true step is at most that, so the ratio is only a bound
+        early = {arm: r[seed]["curve"][0]["gfd_cls"] <= target for arm, r in (("hieratok", h), ("singlescale", s))}
+        bound = ("none" if early["hieratok"] and early["singlescale"] else "lower" if early["hieratok"]
+                 else "upper" if early["singlescale"] else None)
         per_seed.append({"seed": seed, "target_gfd_cls": target, "steps_hieratok": sh, "steps_singlescale": ss,
-                         "ratio": ss / sh})
+                         "ratio": ss / sh, "bound": bound})
     out["speedup"] = {"per_seed": per_seed,
-                      "ratio": t_interval([p["ratio"] for p in per_seed]) if per_seed else None}
+                      "ratio": t_interval([p["ratio"] for p in per_seed]) if per_seed else None,
+                      "censored": any(p["bound"] for p in per_seed)}
     return out
 
 
@@ -145,11 +150,20 @@ def generation_markdown(report: dict) -> list[str]:
                       f"latents; a larger DiT budget (`--dit-steps`, or `--tier gpu`) is what decides."]
     sp = g["speedup"]
     if sp["ratio"]:
-        seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {p['steps_hieratok']:.0f} "
-                          f"/ singlescale {p['steps_singlescale']:.0f} steps" for p in sp["per_seed"])
+        def steps(p, arm):
+            first = p["bound"] == "none" or p["bound"] == ("lower" if arm == "hieratok" else "upper")
+            return f"{'<= ' if first else ''}{p['steps_' + arm]:.0f}"
+        ratio_sign = {None: "", "lower": ">= ", "upper": "<= ", "none": "undetermined, "}
+        seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {steps(p, 'hieratok')} / "
+                          f"singlescale {steps(p, 'singlescale')} steps, ratio {ratio_sign[p['bound']]}"
+                          f"{p['ratio']:.2f}" for p in sp["per_seed"])
         lines += ["", f"Steps to reach a common FD-cls (per seed the worse of the two final values, interpolated "
                       f"between measured points): singlescale / hieratok = **{fmt(sp['ratio'])}x** ({seeds}). The "
                       f"paper claims 1.38x; above 1 means the multi-scale latent trains the DiT faster."]
+        if sp.get("censored"):
+            lines += ["", "A DiT that already beats the target at its first measured point only bounds its step "
+                          "count (<=), so that seed's ratio is a bound, not an estimate, and the interval above mixes "
+                          "bounds; only earlier measured points can resolve it."]
     return lines
 
 

@@ -115,6 +115,19 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     # seed 0: target 30 (singlescale's final): hieratok reaches it at 200, singlescale at 400 -> 2x; seed 1: 1x
     assert [p["ratio"] for p in g["speedup"]["per_seed"]] == [2.0, 1.0]
     assert g["speedup"]["ratio"]["mean"] == 1.5 and g["arms"]["singlescale"]["gfd_cls"]["mean"] == 25.0
+    assert [p["bound"] for p in g["speedup"]["per_seed"]] == [None, None] and not g["speedup"]["censored"]
+    # hieratok (50 at step 100) already below singlescale's final 55 at its first point: its step is only <= 100,
+    # so the ratio (singlescale 400 / 100) is a lower bound and the table says so
+    stuck = [{"step": 100, "gfd_cls": 70.0}, {"step": 200, "gfd_cls": 60.0}, {"step": 400, "gfd_cls": 55.0}]
+    g = summarize_generation([rec("hieratok", 0, curve), rec("singlescale", 0, stuck)])
+    p = g["speedup"]["per_seed"][0]
+    assert (p["target_gfd_cls"], p["steps_hieratok"], p["steps_singlescale"], p["bound"]) == (55.0, 100.0, 400.0,
+                                                                                              "lower")
+    from hieratok.experiment import generation_markdown
+    text = "\n".join(generation_markdown({"dit_budget": {"steps": 400, "batch_size": 8, "set": [], "samples": 10,
+                                                         "sample_steps": 4, "guidance": 3}, "generation_summary": g,
+                                          "val_images": 10, "generation": [{"config": {"num_classes": 10}}]}))
+    assert "hieratok <= 100 / singlescale 400 steps, ratio >= 4.00" in text and "a bound, not an estimate" in text
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811
