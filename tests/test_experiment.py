@@ -139,9 +139,14 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
             "--dit-seeds", "0", "--dit-steps", "4", "--dit-batch-size", "6", "--dit-samples", "12",
             "--dit-set", "dim=32", "depth=1", "heads=2", "--dit-args=--mixed-precision no",
             "--classifier", str(tmp_path / "classifier"), *TINY, "--stage1-args", "--mixed-precision", "no"]
+    cut = args.index("--stage1-args")  # one tokenizer's DiT alone first, as one of two processes would
+    experiment.main(args[:cut] + ["--dit-arms", "hieratok"] + args[cut:])
+    first = json.loads((tmp_path / "eval" / "experiment.json").read_text())["generation"]
+    assert [r["arm"] for r in first] == ["hieratok"] and not (tmp_path / "runs" / "dit-singlescale").exists()
     experiment.main(args)
     report = json.loads((tmp_path / "eval" / "experiment.json").read_text())
     gen = report["generation"]
+    assert [r for r in gen if r["arm"] == "hieratok"] == first  # kept, not re-trained or re-sampled
     assert sorted((r["arm"], r["seed"]) for r in gen) == [("hieratok", 0), ("singlescale", 0)]
     for r in gen:
         assert [p["step"] for p in r["curve"]] == [1, 2, 4] and r["dit_budget"]["steps"] == 4

@@ -20,6 +20,7 @@ With `--dit-seeds`, the generation half: for each seed a DiT on the latent of th
 fixed points: FD-cls against the validation images and the classifier's accuracy on the samples. From the curves,
 per seed, the steps each DiT needs to reach the worse of the two final FD-cls values, and their ratio (the paper's
 claim: 1.38x faster with the multi-scale latent). Records land in the same JSON under "generation".
+`--dit-arms hieratok` in one process and `--dit-arms singlescale` in another train the two DiTs side by side.
 """
 from __future__ import annotations
 
@@ -362,6 +363,9 @@ def parse_args(argv=None):
     ap.add_argument("--dit-seeds", nargs="*", type=int, default=[],
                     help="the generation half: for each seed a DiT on the latents of the hieratok and singlescale "
                          "tokenizers of that seed (default: none)")
+    ap.add_argument("--dit-arms", nargs="+", default=GEN_ARMS, choices=GEN_ARMS,
+                    help="which tokenizers' DiTs this invocation trains (default: both; one each in two processes "
+                         "that share the results file runs the two side by side)")
     ap.add_argument("--dit-steps", type=int, default=None, help="override the tier's DiT steps")
     ap.add_argument("--dit-batch-size", type=int, default=None, help="override the tier's DiT batch")
     ap.add_argument("--dit-samples", type=int, default=None, help="override the tier's samples per curve point")
@@ -436,7 +440,7 @@ def main(argv=None):
             records.append(run_record(args, b, arm, seed, curve_x, val_x, classifier))
             write_report(prefix, report())
             print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
-    gen_todo = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS
+    gen_todo = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS if arm in args.dit_arms
                 if not any(r["arm"] == arm and r["seed"] == seed for r in generation)]
     if gen_todo:
         if args.parallel > 1:  # (a DiT whose tokenizer is missing trains that first)
