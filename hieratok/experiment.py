@@ -81,8 +81,9 @@ def summarize_generation(records: list[dict]) -> dict:
         target = max(h[seed]["final"]["gfd_cls"], s[seed]["final"]["gfd_cls"])  # both reach it
         sh, ss = steps_to_reach(h[seed]["curve"], target), steps_to_reach(s[seed]["curve"], target)
         # reached at the first measured point: the true step is at most that, so the ratio is only a bound
+        # (None: an estimate; "lower" / "upper": hieratok's / singlescale's step is bounded; "both": undetermined)
         early = {arm: r[seed]["curve"][0]["gfd_cls"] <= target for arm, r in (("hieratok", h), ("singlescale", s))}
-        bound = ("none" if early["hieratok"] and early["singlescale"] else "lower" if early["hieratok"]
+        bound = ("both" if early["hieratok"] and early["singlescale"] else "lower" if early["hieratok"]
                  else "upper" if early["singlescale"] else None)
         per_seed.append({"seed": seed, "target_gfd_cls": target, "steps_hieratok": sh, "steps_singlescale": ss,
                          "ratio": ss / sh, "bound": bound})
@@ -151,9 +152,9 @@ def generation_markdown(report: dict) -> list[str]:
     sp = g["speedup"]
     if sp["ratio"]:
         def steps(p, arm):
-            first = p["bound"] == "none" or p["bound"] == ("lower" if arm == "hieratok" else "upper")
+            first = p["bound"] == "both" or p["bound"] == ("lower" if arm == "hieratok" else "upper")
             return f"{'<= ' if first else ''}{p['steps_' + arm]:.0f}"
-        ratio_sign = {None: "", "lower": ">= ", "upper": "<= ", "none": "undetermined, "}
+        ratio_sign = {None: "", "lower": ">= ", "upper": "<= ", "both": "undetermined, "}
         seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {steps(p, 'hieratok')} / "
                           f"singlescale {steps(p, 'singlescale')} steps, ratio {ratio_sign[p['bound']]}"
                           f"{p['ratio']:.2f}" for p in sp["per_seed"])

@@ -364,8 +364,8 @@ def parse_args(argv=None):
                     help="the generation half: for each seed a DiT on the latents of the hieratok and singlescale "
                          "tokenizers of that seed (default: none)")
     ap.add_argument("--dit-arms", nargs="+", default=GEN_ARMS, choices=GEN_ARMS,
-                    help="which tokenizers' DiTs this invocation trains (default: both; one each in two processes "
-                         "that share the results file runs the two side by side)")
+                    help="which tokenizers' DiTs this invocation trains (default: both; one arm in each of two "
+                         "processes sharing the results file trains the pair side by side)")
     ap.add_argument("--dit-steps", type=int, default=None, help="override the tier's DiT steps")
     ap.add_argument("--dit-batch-size", type=int, default=None, help="override the tier's DiT batch")
     ap.add_argument("--dit-samples", type=int, default=None, help="override the tier's samples per curve point")
