@@ -26,6 +26,16 @@ def t_interval(values: list[float], level: float = 0.95) -> dict:
     return {"mean": mean, "ci95": float(half), "n": n}
 
 
+def ratio_interval(ratios: list[float], level: float = 0.95) -> dict:
+    """Geometric mean and 95% interval of positive ratios over independent runs: the t-interval of their logarithms,
+    exponentiated (a ratio's interval is multiplicative; an arithmetic one could even reach below zero)."""
+    logs = t_interval([math.log(r) for r in ratios], level)
+    out = {"mean": math.exp(logs["mean"]), "n": logs["n"], "low": float("nan"), "high": float("nan")}
+    if not math.isnan(logs["ci95"]):
+        out.update(low=math.exp(logs["mean"] - logs["ci95"]), high=math.exp(logs["mean"] + logs["ci95"]))
+    return out
+
+
 def summarize(records: list[dict]) -> dict:
     """Per arm: mean and 95% t-interval over seeds of each final metric; paired differences against hieratok."""
     arms = {}
@@ -63,10 +73,15 @@ def steps_to_reach(curve: list[dict], target: float, key: str = "gfd_cls") -> fl
     return None
 
 
+def _point(record: dict, step: int) -> dict:
+    return next(p for p in record["curve"] if p["step"] == step)
+
+
 def summarize_generation(records: list[dict]) -> dict:
     """Per tokenizer arm: final FD-cls and class accuracy over seeds; per seed with both arms, the steps each DiT
     needs to reach the worse of the two final FD-cls values and their ratio singlescale / hieratok (above 1: the
-    multi-scale latent trains the DiT faster), with a t-interval over seeds."""
+    multi-scale latent trains the DiT faster); over seeds, the ratios' geometric mean and interval
+    (`ratio_interval`)."""
     arms = {}
     for r in records:
         arms.setdefault(r["arm"], []).append(r)
@@ -87,8 +102,14 @@ def summarize_generation(records: list[dict]) -> dict:
                  else "upper" if early["singlescale"] else None)
         per_seed.append({"seed": seed, "target_gfd_cls": target, "steps_hieratok": sh, "steps_singlescale": ss,
                          "ratio": ss / sh, "bound": bound})
+    # the same comparison without a target: the paired difference hieratok - singlescale at each measured step
+    both = sorted(set(h) & set(s))
+    out["paired"] = [{"step": pt["step"], **{key: t_interval([_point(h[seed], pt["step"])[key]
+                                                              - _point(s[seed], pt["step"])[key] for seed in both])
+                                             for key in ("gfd_cls", "class_accuracy")}}
+                     for pt in (h[both[0]]["curve"] if both else [])]
     out["speedup"] = {"per_seed": per_seed,
-                      "ratio": t_interval([p["ratio"] for p in per_seed]) if per_seed else None,
+                      "ratio": ratio_interval([p["ratio"] for p in per_seed]) if per_seed else None,
                       "censored": any(p["bound"] for p in per_seed)}
     return out
 
@@ -149,6 +170,15 @@ def generation_markdown(report: dict) -> list[str]:
         lines += ["", f"**Every DiT is still near chance ({100 * chance:.0f}%) at this budget**: the samples are not "
                       f"yet class-conditional images, so neither the FD-cls values nor the ratio below can rank the "
                       f"latents; a larger DiT budget (`--dit-steps`, or `--tier gpu`) is what decides."]
+    if g.get("paired"):
+        n = g["paired"][0]["gfd_cls"]["n"]
+        diffs = " / ".join(fmt(p["gfd_cls"], 1) for p in g["paired"])
+        accs = " / ".join(fmt({**p["class_accuracy"], "mean": 100 * p["class_accuracy"]["mean"],
+                               "ci95": 100 * p["class_accuracy"]["ci95"]}, 1) for p in g["paired"])
+        at = " / ".join(f"{p['step']:,}" for p in g["paired"])
+        lines += ["", f"Paired by seed ({n} {'seed' if n == 1 else 'seeds'}), hieratok minus singlescale at "
+                      f"{at} DiT steps: FD-cls {diffs} (below 0: the multi-scale latent's samples are closer to "
+                      f"the data); class accuracy {accs} points."]
     sp = g["speedup"]
     if sp["ratio"]:
         def steps(p, arm):
@@ -158,9 +188,12 @@ def generation_markdown(report: dict) -> list[str]:
         seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {steps(p, 'hieratok')} / "
                           f"singlescale {steps(p, 'singlescale')} steps, ratio {ratio_sign[p['bound']]}"
                           f"{p['ratio']:.2f}" for p in sp["per_seed"])
+        r = sp["ratio"]
+        over = (f"geometric mean over {r['n']} seeds, 95% interval {r['low']:.2f}–{r['high']:.2f}"
+                if not math.isnan(r["low"]) else "one seed, no interval")
         lines += ["", f"Steps to reach a common FD-cls (per seed the worse of the two final values, interpolated "
-                      f"between measured points): singlescale / hieratok = **{fmt(sp['ratio'])}x** ({seeds}). The "
-                      f"paper claims 1.38x; above 1 means the multi-scale latent trains the DiT faster."]
+                      f"between measured points): singlescale / hieratok = **{r['mean']:.2f}x** ({over}; {seeds}). "
+                      f"The paper claims 1.38x; above 1 means the multi-scale latent trains the DiT faster."]
         if sp.get("censored"):
             lines += ["", "A DiT that already beats the target at its first measured point only bounds its step "
                           "count (<=), so that seed's ratio is a bound, not an estimate, and the interval above mixes "

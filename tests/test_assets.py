@@ -54,3 +54,14 @@ def test_classifier_logits_on_the_fixed_image(name):
     assert len(clf.config.class_names) == 10 and not any(n.startswith("n0") for n in clf.config.class_names)
     x = fixed_image(clf.config.image_size)[None]
     torch.testing.assert_close(clf(x)[0], torch.tensor(expected[name]["logits_fixed_image"]), rtol=1e-3, atol=1e-3)
+
+
+def test_the_published_experiment_table_is_what_its_results_file_says():
+    from hieratok.experiment import load_results, markdown
+    results = ASSETS / "eval" / "experiment.json"
+    if not results.exists():
+        pytest.skip("no experiment results published yet")
+    report = load_results(results)
+    assert report["records"] and all(r.get("hardware") for r in report["records"])  # step times need a device
+    # regenerate with `train/experiment.py ... --results assets/eval/experiment --report-only` after any change
+    assert (ASSETS / "eval" / "experiment.md").read_text() == markdown(report)

@@ -109,12 +109,24 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     slow = [{"step": 100, "gfd_cls": 60.0}, {"step": 200, "gfd_cls": 40.0}, {"step": 400, "gfd_cls": 30.0}]
 
     def rec(arm, seed, c):
-        return {"arm": arm, "seed": seed, "curve": c, "final": {**c[-1], "class_accuracy": 0.5}, "step_time_s": 1.0}
+        c = [{**p, "class_accuracy": 0.5} for p in c]
+        return {"arm": arm, "seed": seed, "curve": c, "final": c[-1], "step_time_s": 1.0}
     g = summarize_generation([rec("hieratok", 0, curve), rec("singlescale", 0, slow),
                               rec("hieratok", 1, curve), rec("singlescale", 1, curve)])
     # seed 0: target 30 (singlescale's final): hieratok reaches it at 200, singlescale at 400 -> 2x; seed 1: 1x
     assert [p["ratio"] for p in g["speedup"]["per_seed"]] == [2.0, 1.0]
-    assert g["speedup"]["ratio"]["mean"] == 1.5 and g["arms"]["singlescale"]["gfd_cls"]["mean"] == 25.0
+    assert g["arms"]["singlescale"]["gfd_cls"]["mean"] == 25.0
+    # over seeds the ratio is averaged on the log scale: geometric mean sqrt(2 * 1); log-ratios (ln 2, 0) have
+    # sd ln2 / sqrt2, so the half-width is t(0.975, df 1) * (ln2 / sqrt2) / sqrt2 = 12.7062 * ln2 / 2 = 4.4036
+    r = g["speedup"]["ratio"]
+    assert r["n"] == 2 and r["mean"] == pytest.approx(2 ** 0.5)
+    assert (r["low"], r["high"]) == (pytest.approx(math.exp(0.34657 - 4.40365), rel=1e-4),
+                                     pytest.approx(math.exp(0.34657 + 4.40365), rel=1e-4))
+    # paired by seed at every measured step: seed 0 is 10 lower at each step, seed 1 equal -> mean -5, half-width
+    # 12.7062 * sd(-10, 0) / sqrt2 = 12.7062 * 5 = 63.53
+    assert [p["step"] for p in g["paired"]] == [100, 200, 400]
+    assert all(p["gfd_cls"]["mean"] == -5.0 and p["gfd_cls"]["ci95"] == pytest.approx(63.531, abs=1e-3)
+               and p["class_accuracy"]["mean"] == 0.0 for p in g["paired"])
     assert [p["bound"] for p in g["speedup"]["per_seed"]] == [None, None] and not g["speedup"]["censored"]
     # hieratok (50 at step 100) already below singlescale's final 55 at its first point: its step is only <= 100,
     # so the ratio (singlescale 400 / 100) is a lower bound and the table says so
