@@ -91,8 +91,9 @@ def summarize_generation(records: list[dict]) -> dict:
                           "step_time_s": t_interval([r["step_time_s"] for r in rs])} for arm, rs in arms.items()}}
     h = {r["seed"]: r for r in arms.get("hieratok", [])}
     s = {r["seed"]: r for r in arms.get("singlescale", [])}
+    both = sorted(set(h) & set(s))
     per_seed = []
-    for seed in sorted(set(h) & set(s)):
+    for seed in both:
         target = max(h[seed]["final"]["gfd_cls"], s[seed]["final"]["gfd_cls"])  # both reach it
         sh, ss = steps_to_reach(h[seed]["curve"], target), steps_to_reach(s[seed]["curve"], target)
         # reached at the first measured point: the true step is at most that, so the ratio is only a bound
@@ -103,7 +104,6 @@ def summarize_generation(records: list[dict]) -> dict:
         per_seed.append({"seed": seed, "target_gfd_cls": target, "steps_hieratok": sh, "steps_singlescale": ss,
                          "ratio": ss / sh, "bound": bound})
     # the same comparison without a target: the paired difference hieratok - singlescale at each measured step
-    both = sorted(set(h) & set(s))
     out["paired"] = [{"step": pt["step"], **{key: t_interval([_point(h[seed], pt["step"])[key]
                                                               - _point(s[seed], pt["step"])[key] for seed in both])
                                              for key in ("gfd_cls", "class_accuracy")}}
@@ -145,6 +145,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def percent(m: dict) -> dict:
+    """A fraction's mean and interval in percent."""
+    return {**m, "mean": 100 * m["mean"], "ci95": 100 * m["ci95"]}
+
+
 def devices_line(report: dict) -> str:
     """' Trained on: <device> (n runs), ...' where the records say (step times compare within a device only)."""
     devices = Counter(r.get("hardware") or "not recorded" for r in report["records"])
@@ -161,10 +166,8 @@ def generation_markdown(report: dict) -> list[str]:
              "", "| latent of | seeds | gFD-cls (final) | class accuracy (final) | DiT step (s) |",
              "|---|---|---:|---:|---:|"]
     for arm, row in g["arms"].items():
-        acc = {**row["class_accuracy"], "mean": 100 * row["class_accuracy"]["mean"],
-               "ci95": 100 * row["class_accuracy"]["ci95"]}
-        lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['gfd_cls'], 1)} | {fmt(acc, 1)}% | "
-                     f"{fmt(row['step_time_s'], 3)} |")
+        lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['gfd_cls'], 1)} | "
+                     f"{fmt(percent(row['class_accuracy']), 1)}% | {fmt(row['step_time_s'], 3)} |")
     chance = 1 / report["generation"][0]["config"]["num_classes"]
     if all(row["class_accuracy"]["mean"] < 1.5 * chance for row in g["arms"].values()):
         lines += ["", f"**Every DiT is still near chance ({100 * chance:.0f}%) at this budget**: the samples are not "
@@ -173,8 +176,7 @@ def generation_markdown(report: dict) -> list[str]:
     if g.get("paired"):
         n = g["paired"][0]["gfd_cls"]["n"]
         diffs = " / ".join(fmt(p["gfd_cls"], 1) for p in g["paired"])
-        accs = " / ".join(fmt({**p["class_accuracy"], "mean": 100 * p["class_accuracy"]["mean"],
-                               "ci95": 100 * p["class_accuracy"]["ci95"]}, 1) for p in g["paired"])
+        accs = " / ".join(fmt(percent(p["class_accuracy"]), 1) for p in g["paired"])
         at = " / ".join(f"{p['step']:,}" for p in g["paired"])
         lines += ["", f"Paired by seed ({n} {'seed' if n == 1 else 'seeds'}), hieratok minus singlescale at "
                       f"{at} DiT steps: FD-cls {diffs} (below 0: the multi-scale latent's samples are closer to "
