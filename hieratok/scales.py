@@ -100,6 +100,19 @@ class ScaleLayout:
             return k_1L == q_L1
         raise ValueError(f"unknown attention mask {kind!r}; choose one of {MASK_KINDS}")
 
+    def attention_blocks(self, kind: str = "scale_causal") -> tuple[tuple[int, int, int, int, bool], ...]:
+        """`mask(kind)` as blocks (q0, q1, k0, k1, masked): queries [q0, q1) attend to keys [k0, k1), through the
+        mask where `masked`, else to all of them. The finest scale's queries see a contiguous range of keys with no
+        hole (every key under scale_causal, their own scale under scale_independent), so they need no mask; the
+        coarser scales form one small masked block. The explicit attention path computes exactly these blocks."""
+        L = self.num_tokens
+        if kind not in MASK_KINDS:
+            raise ValueError(f"unknown attention mask {kind!r}; choose one of {MASK_KINDS}")
+        if kind == "full" or self.num_scales == 1:
+            return ((0, L, 0, L, False),)
+        fine = self.offsets[-1]  # where the finest scale's tokens start
+        return ((0, fine, 0, fine, True), (fine, L, 0 if kind == "scale_causal" else fine, L, False))
+
     def mass_per_scale(self, weights_L: torch.Tensor) -> torch.Tensor:
         """(..., L) attention weights over keys -> (..., num_scales): the mass each scale receives."""
         return torch.stack([weights_L[..., self.slice(i)].sum(-1) for i in range(self.num_scales)], dim=-1)

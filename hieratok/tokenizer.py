@@ -138,7 +138,12 @@ class Decoder(nn.Module):
         nn.init.normal_(self.level_embed.weight, std=0.02)
         self.transformer = Transformer(cfg.dec_dim, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio,
                                        cfg.grad_checkpointing)
-        self.head = nn.Linear(cfg.dec_dim, cfg.patch_size ** 2 * cfg.in_channels)  # shared by all scales
+        out_dim = cfg.patch_size ** 2 * cfg.in_channels
+        self.head = nn.Linear(cfg.dec_dim, out_dim)  # shared by all scales (or the finest scale's, see below)
+        # per_scale_heads: every coarser scale gets its own output LayerNorm and head (the finest keeps `head`)
+        self.scale_heads = (nn.ModuleList(nn.Sequential(nn.LayerNorm(cfg.dec_dim, eps=1e-6), nn.Linear(cfg.dec_dim,
+                                                                                                  out_dim))
+                                          for _ in self.layout.scales[:-1]) if cfg.per_scale_heads else None)
         # linear path: each token's latent -> its patch's pixels, added to the head (HieraTokConfig.linear_shortcut);
         # one map per scale, since a coarse token stands for a downsampled region, not for one patch
         self.shortcut = (nn.ModuleList(nn.Linear(cfg.latent_channels, cfg.patch_size ** 2 * cfg.in_channels)
@@ -155,8 +160,13 @@ class Decoder(nn.Module):
         x_BLC = x_BLC + self.pos_embed[:, :L] + self.level_embed(self.level_ids[:L])
         # full attention (or a single scale): no mask, so SDPA can take its unmasked fast path
         mask_LL = None if self.attention == "full" or layout.num_scales == 1 else self.mask[:L, :L]
-        x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn)
-        chunks = layout.split(self.head(x_BLC))
+        x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn, layout.attention_blocks(self.attention))
+        if self.scale_heads is None:
+            chunks = layout.split(self.head(x_BLC))
+        else:  # own heads for the coarse scales; the finest (present only in a full decode) keeps `head`
+            tokens = layout.split(x_BLC)
+            heads = [*self.scale_heads, self.head][: layout.num_scales]
+            chunks = [head(t) for head, t in zip(heads, tokens)]
         if self.shortcut is not None:
             chunks = [c + lin(z) for c, lin, z in zip(chunks, self.shortcut, layout.split(z_BLC))]
         images = [unpatchify(chunk, self.patch_size, self.out_channels) for chunk in chunks]
@@ -215,8 +225,14 @@ class HieraTok(nn.Module, HubCheckpointMixin,
                 self.encoder.to_moments.weight.zero_()
                 self.encoder.to_moments.bias.zero_()
                 self.encoder.to_moments.bias[C:].fill_(-8.0)
-                self.decoder.head.weight.zero_()
-                self.decoder.head.bias.zero_()
+                for head in self.output_heads():
+                    head.weight.zero_()
+                    head.bias.zero_()
+
+    def output_heads(self) -> list[nn.Linear]:
+        """The decoder's output layers: the shared head, and the per-scale ones where there are."""
+        extra = [seq[-1] for seq in self.decoder.scale_heads] if self.decoder.scale_heads is not None else []
+        return [self.decoder.head, *extra]
 
     def shortcut_parameters(self) -> list[nn.Parameter]:
         """The linear shortcuts' parameters (empty without `linear_shortcut`)."""
@@ -283,7 +299,13 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         """Training forward: (per-scale DecodeOutput, posterior). `shard`: see `hieratok.rng`."""
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
-        return self.decode(z), post
+        out = self.decode(z)
+        if not self.config.coarse_grad_to_encoder and self.config.is_multiscale:
+            # the coarse images again, from a latent the encoder gets no gradient through: with the scale-causal
+            # mask they equal the full decode's coarse images, so only the gradient's route changes
+            coarse = self.decode(z.detach(), num_scales=self.layout.num_scales - 1)
+            out = DecodeOutput([*coarse.images, out.reconstruction], out.scales)
+        return out, post
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,40 @@ def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
     assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json"}
 
 
+def test_the_fast_path_learns_the_reference_paths_loss_curve(image_folder, tmp_path):
+    """200 steps in bf16: the explicit attention path (what --attention auto picks for bf16 training on a CPU)
+    against SDPA. Tolerance: every 20-step mean of the loss within 3% of the reference's (measured: < 1%)."""
+    common = ["--data", image_folder, "--steps", 200, "--batch-size", 8, "--lr", 2e-3, *TINY_TOK,
+              "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0, "--ckpt-every", 1000,
+              "--compile", "off"]
+    curves = {}
+    for path in ("sdpa", "math"):
+        stage1(["--output-dir", tmp_path / path, "--attention", path, *common])
+        curves[path] = np.array([r["loss"] for r in read_metrics(tmp_path / path)])
+    ref, fast = curves["sdpa"].reshape(10, 20).mean(1), curves["math"].reshape(10, 20).mean(1)
+    assert ref[-1] < 0.5 * ref[0]  # it learned
+    np.testing.assert_allclose(fast, ref, rtol=0.03)
+    speed = json.loads((tmp_path / "math" / "run_config.json").read_text())["speed"]
+    assert speed["attention"] == "math" and speed["compile"] is False
+
+
+@pytest.mark.skipif(not __import__("hieratok.perf").perf.compile_available()[0], reason="no C++ compiler")
+def test_compiled_training_resumes_bit_identically(image_folder, tmp_path):
+    """--compile on: the blocks are compiled, and a run stopped by its time limit and resumed ends with the
+    weights of the run that went straight through."""
+    common = ["--data", image_folder, "--steps", 6, "--batch-size", 8, "--ckpt-every", 1000, *TINY_TOK,
+              "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0, "--compile", "on"]
+    stage1(["--output-dir", tmp_path / "straight", *common])
+    config = json.loads((tmp_path / "straight" / "run_config.json").read_text())
+    assert config["speed"]["compile"] is True
+    stage1(["--output-dir", tmp_path / "resumed", *common, "--steps", 6, "--time-limit", 1e-9])
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["stopped_by_time_limit_at"] == 1
+    stage1(["--output-dir", tmp_path / "resumed", *common])
+    a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "resumed" / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_time_limit_stops_exports_and_a_resume_finishes_the_same_schedule(image_folder, tmp_path):
     common = ["--data", image_folder, "--steps", 4, "--batch-size", 8, *TINY_TOK, *FAST]
     stage1(["--output-dir", tmp_path / "straight", *common])

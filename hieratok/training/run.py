@@ -40,7 +40,9 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..layers import set_attention_impl
 from ..losses import load_lpips
+from ..perf import compile_available, compile_blocks, transformer_blocks, tune_allocator
 from .checkpoint import STATE_FILE, TrainState, load_state, read_state, save_state, write_json
 from .cli import validate_args
 from .data import CachedImages, DataError, StreamBatches, build_dataset, make_loader
@@ -87,12 +89,37 @@ class Run:
                                  "device": str(self.accelerator.device),
                                  "hardware": hardware_name(),
                                  "mixed_precision": {"used": precision, "why": precision_note}}
+        self._speed_setup(precision)
         set_seed(args.seed)
         self._last_log_time, self._last_log_images = time.time(), 0
         self._bar = None
         self.stopped_at: int | None = None  # the step a --time-limit stopped this invocation after
 
     # ---- set-up -----------------------------------------------------------------------------------------------
+    def _speed_setup(self, precision: str):
+        """The CPU allocator, the attention path and whether blocks are compiled (hieratok.perf); recorded in
+        run_config.json["speed"]."""
+        args, on_cpu = self.args, self.accelerator.device.type == "cpu"
+        attention = getattr(args, "attention", "auto")
+        compile_choice = getattr(args, "compile", "off")
+        if compile_choice == "auto":
+            long_bf16_cpu = on_cpu and precision == "bf16" and args.steps >= 500
+            compile_choice, why = ("on", "auto: bf16 on a CPU, >= 500 steps") if long_bf16_cpu else (
+                "off", "auto: " + ("not a CPU" if not on_cpu else "not bf16" if precision != "bf16"
+                                   else "fewer than 500 steps"))
+        else:
+            why = "set on the command line"
+        if compile_choice == "on":
+            ok, note = compile_available()
+            if not ok:
+                self.warning(f"warning: --compile on, but {note}; running uncompiled")
+                compile_choice, why = "off", note
+            elif self.fsdp:
+                compile_choice, why = "off", "not under FSDP (blocks are sharded units)"
+        self._compile = compile_choice == "on"
+        self.run_config["speed"] = {"allocator": tune_allocator() if on_cpu else "unchanged (not a CPU)",
+                                    "attention": attention, "compile": self._compile, "compile_why": why}
+
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
@@ -154,10 +181,12 @@ class Run:
         return tuple(out) if len(out) > 1 else out[0]
 
     def _remember(self, prepared):
-        """The prepared models and optimizers, in the order checkpoints store them."""
+        """The prepared models and optimizers, in the order checkpoints store them; each model gets the run's
+        attention path."""
         for obj in prepared:
             if isinstance(obj, nn.Module):
                 self._ckpt_models.append(obj)
+                set_attention_impl(self.unwrap(obj), getattr(self.args, "attention", "auto"))
             elif isinstance(obj, (torch.optim.Optimizer, AcceleratedOptimizer)):
                 self._ckpt_optimizers.append(obj)
 
@@ -174,6 +203,9 @@ class Run:
         if ema:
             # parameters only: buffers here are constants (masks, position tables, latent statistics)
             self.ema = EMA(self.unwrap(model), self.args.ema_decay, sharded=self.fsdp)
+        if self._compile and transformer_blocks(self.unwrap(model)):  # after the EMA's copy: it stays eager
+            self.info(f"compiling {compile_blocks(self.unwrap(model))} transformer blocks (the first step takes "
+                      f"longer)")
         self._schedulers.extend(stateful)  # their state dicts go to the checkpoint's state.json
 
     def whole(self, model: nn.Module, averaged: bool = False) -> nn.Module | None:

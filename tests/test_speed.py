@@ -1,0 +1,130 @@
+"""The fast training path (hieratok.perf, the explicit attention): the same numbers as the reference path, the
+same prefix property, and a compiled step that runs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hieratok import HieraTok, tokenizer_config
+from hieratok.layers import Attention, _ExplicitAttention, explicit_attention, resolve_attention, set_attention_impl
+from hieratok.perf import compile_available, tune_allocator
+from hieratok.scales import MASK_KINDS, ScaleLayout
+
+SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
+
+
+def qkv(layout, dtype, heads=2, dim=8, batch=2):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, heads, layout.num_tokens, dim, generator=g).to(dtype).requires_grad_()
+            for _ in range(3)]
+
+
+@pytest.mark.parametrize("scales", [(1, 2, 4, 8, 16), (1, 2), (4,), (2, 4, 8)])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_attention_blocks_are_exactly_the_mask(scales, kind):
+    layout = ScaleLayout(scales)
+    mask = layout.mask(kind)
+    covered = torch.zeros_like(mask)
+    for q0, q1, k0, k1, masked in layout.attention_blocks(kind):
+        assert not covered[q0:q1].any(), "query rows belong to one block"
+        if not masked:
+            assert mask[q0:q1, k0:k1].all(), "an unmasked block must be all True in the mask"
+        covered[q0:q1, k0:k1] = mask[q0:q1, k0:k1]
+    assert torch.equal(covered, mask)
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_explicit_attention_matches_sdpa_in_value_and_gradient(kind, dtype, tol):
+    layout = ScaleLayout((1, 2, 4, 8))
+    mask = layout.mask(kind)
+    q, k, v = qkv(layout, dtype)
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad.float())
+    out = explicit_attention(q, k, v, mask, layout.attention_blocks(kind))
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * 5)
+
+
+def test_explicit_attention_backward_passes_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = [torch.randn(1, 2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    bias = torch.zeros(5, 5, dtype=torch.float64).masked_fill(~ScaleLayout((1, 2)).mask(), float("-inf"))
+    assert torch.autograd.gradcheck(lambda a, b, c: _ExplicitAttention.apply(a, b, c, bias), (q, k, v))
+
+
+def test_auto_picks_the_explicit_path_only_for_bf16_training_on_cpu():
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    assert resolve_attention("auto", x) == "sdpa"                      # fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_attention("auto", x) == "math"                  # bf16 training
+        with torch.no_grad():
+            assert resolve_attention("auto", x) == "sdpa"              # inference
+    assert resolve_attention("sdpa", x.bfloat16()) == "sdpa"           # an explicit choice is kept
+    with pytest.raises(ValueError, match="one of"):
+        set_attention_impl(Attention(8, 2), "flash")
+
+
+def test_the_prefix_property_holds_exactly_on_the_fast_path():
+    model = HieraTok(tokenizer_config("cifar10", **SMALL)).train()
+    set_attention_impl(model, "math")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = model.latent_pyramid(model.encode(x))
+        for level in range(4):
+            changed = [m if i <= level else m + torch.randn_like(m) for i, m in enumerate(maps)]
+            a, b = model.decode_maps(maps).images, model.decode_maps(changed).images
+            for i in range(level + 1):
+                assert torch.equal(a[i], b[i]), f"scale {i} changed when scales > {level} changed"
+            assert not torch.equal(a[level + 1], b[level + 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_training_step_on_the_explicit_path_matches_sdpa(dtype):
+    """Same weights, same batch: the loss and every parameter gradient agree between the two paths."""
+    from hieratok.losses import ReconstructionLoss
+    torch.manual_seed(0)
+    ref = HieraTok(tokenizer_config("cifar10", **SMALL)).train()
+    fast = HieraTok(ref.config)
+    fast.load_state_dict(ref.state_dict())
+    set_attention_impl(ref, "sdpa")
+    set_attention_impl(fast, "math")
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss_fn = ReconstructionLoss(ref.config)
+    losses = []
+    for model in (ref, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out, post = model(x, generator=torch.Generator().manual_seed(3))
+            loss = loss_fn(x, out, post).total
+        loss.backward()
+        losses.append(loss.item())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert abs(losses[0] - losses[1]) <= tol * abs(losses[0])
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+        scale = a.grad.abs().max().item() + 1e-12
+        assert (a.grad - b.grad).abs().max().item() <= (1e-4 if dtype == torch.float32 else 0.1) * scale, name
+
+
+def test_allocator_tuning_is_idempotent_and_says_what_it_did():
+    note = tune_allocator()
+    assert note == tune_allocator() and ("glibc" in note or "left as is" in note)
+
+
+def test_benchmark_prints_achieved_flops_against_the_gemm(capsys):
+    from train import benchmark
+    benchmark.main(["--preset", "cifar10", "--models", "tokenizer:hieratok:enc_dim=32,enc_depth=1,enc_heads=2,"
+                    "dec_dim=48,dec_depth=1,dec_heads=3", "dit:dim=64,depth=1,heads=2", "--paths", "reference",
+                    "--batch-size", "4", "--dit-batch-size", "4", "--warmup", "1", "--repeats", "2",
+                    "--precision", "fp32"])
+    out = capsys.readouterr().out
+    assert "GEMM 2048^2" in out and "% of GEMM" in out
+    rows = [line for line in out.splitlines() if line.startswith("| tokenizer") or line.startswith("| dit")]
+    assert len(rows) == 2 and all("reference" in r for r in rows)
+    with pytest.raises(SystemExit, match="model spec"):
+        benchmark.main(["--models", "vae"])
+
+
+needs_compile = pytest.mark.skipif(not compile_available()[0], reason=compile_available()[1])
