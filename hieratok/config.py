@@ -55,9 +55,15 @@ class HieraTokConfig(ConfigMixin):
     # latent size (hieratok.linear): training starts at the linear reference's quality and the transformers learn
     # the residual. The transformers' output layers start at zero. Off for the cifar10 and imagenet256 presets.
     linear_shortcut: bool = False
+    # one output LayerNorm and head per scale instead of one shared by all scales (the "shared output" arm)
+    per_scale_heads: bool = False
     # --- training-side settings, kept with the model so a checkpoint says how it was made ---
     multiscale_supervision: bool = True  # False: only the finest scale's image is supervised
     scale_loss_weights: tuple[float, ...] | None = None  # per scale, coarse -> fine; None = all 1
+    # False: the coarse scales' losses send no gradient into the encoder -- the coarse images are decoded a second
+    # time from a detached latent (same downsampler and decoder weights, so those still learn them), while the
+    # finest image's loss reaches the encoder through every token (the "encoder compromise" arm)
+    coarse_grad_to_encoder: bool = True
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     lpips_weight: float = 0.5            # on the finest scale, when the LPIPS backbone is available
@@ -146,6 +152,21 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     "independent-attn": lambda c: c.replace(attention="scale_independent", name="hieratok-independent-attn"),
     # multi-scale tokens but only the finest image supervised (the reviewers' ablation)
     "no-mss": lambda c: c.replace(multiscale_supervision=False, name="hieratok-no-mss"),
+    # --- explanations of the finest-scale cost of multi-scale supervision (one each) ---
+    # the finest scale carries half of the reconstruction loss (the experiment's finest-weighted arm)
+    "finest-weighted": lambda c: c.replace(scale_loss_weights=(0.125,) * (len(c.scales) - 1) + (0.5,),
+                                           name="hieratok-finest-weighted"),
+    # encoder compromise: the coarse losses train the downsampler and decoder, not the encoder
+    "stopgrad-coarse": lambda c: c.replace(coarse_grad_to_encoder=False, name="hieratok-stopgrad-coarse"),
+    # loss balance: every scale supervised, the pixel weights summing to 1 as for single-scale (equal shares)
+    "mss-total1": lambda c: c.replace(scale_loss_weights=(1.0 / len(c.scales),) * len(c.scales),
+                                      name="hieratok-mss-total1"),
+    # shared output: a LayerNorm and a head per scale
+    "scale-heads": lambda c: c.replace(per_scale_heads=True, name="hieratok-scale-heads"),
+    # the encoder compromise and the loss balance together
+    "stopgrad-total1": lambda c: c.replace(coarse_grad_to_encoder=False,
+                                           scale_loss_weights=(1.0 / len(c.scales),) * len(c.scales),
+                                           name="hieratok-stopgrad-total1"),
 }
 VARIANTS = tuple(VARIANT_BUILDERS)
 

@@ -60,7 +60,12 @@ ARMS = {
     "full-attn": ("full-attn", {}),
     "independent-attn": ("independent-attn", {}),
     # multi-scale supervision with the finest scale carrying half the reconstruction loss
-    "finest-weighted": ("hieratok", {"scale_loss_weights": [0.125, 0.125, 0.125, 0.125, 0.5]}),
+    "finest-weighted": ("finest-weighted", {}),
+    # why multi-scale supervision costs the finest scale: one explanation per arm (hieratok.config.VARIANT_BUILDERS)
+    "stopgrad-coarse": ("stopgrad-coarse", {}),
+    "mss-total1": ("mss-total1", {}),
+    "scale-heads": ("scale-heads", {}),
+    "stopgrad-total1": ("stopgrad-total1", {}),
 }
 KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
 

@@ -1,0 +1,99 @@
+"""The variants that test why multi-scale supervision costs the finest scale (stop-gradient, loss balance, per-scale
+heads): each builds, learns, round-trips and keeps the prefix property; the stop-gradient provably stops."""
+import pytest
+import torch
+
+from hieratok import HieraTok, tokenizer_config
+from hieratok.losses import ReconstructionLoss
+
+SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
+NEW = ["stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-total1", "finest-weighted"]
+
+
+def images(b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, 32, 32, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("variant", NEW)
+def test_variant_learns_round_trips_and_keeps_the_prefix_property(variant, tmp_path):
+    cfg = tokenizer_config("cifar10", variant, **SMALL)
+    model = HieraTok(cfg).train()
+    loss_fn = ReconstructionLoss(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = images()
+    losses = []
+    for step in range(40):
+        out, post = model(x, generator=torch.Generator().manual_seed(step))
+        loss = loss_fn(x, out, post).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+    model.eval().save_pretrained(tmp_path / variant)
+    loaded = HieraTok.from_pretrained(tmp_path / variant)
+    assert loaded.config == cfg
+    with torch.no_grad():
+        for a, b in zip(model.decode(model.encode(x)).images, loaded.decode(loaded.encode(x)).images):
+            assert torch.equal(a, b)
+        maps = model.latent_pyramid(model.encode(x))
+        changed = [m if i <= 1 else m + torch.randn_like(m) for i, m in enumerate(maps)]
+        a, b = model.decode_maps(maps).images, model.decode_maps(changed).images
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def encoder_grad_norm(model) -> float:
+    return sum(p.grad.abs().sum().item() for p in model.encoder.parameters() if p.grad is not None)
+
+
+def test_stopgrad_sends_no_coarse_loss_gradient_to_the_encoder():
+    cfg = tokenizer_config("cifar10", "stopgrad-coarse", **SMALL)
+    model = HieraTok(cfg).train()
+    x = images()
+    out, _ = model(x, sample=False)
+    coarse_loss = sum(im.square().mean() for im in out.images[:-1])
+    coarse_loss.backward()
+    assert encoder_grad_norm(model) == 0.0
+    assert sum(p.grad.abs().sum() for p in model.downsampler.parameters() if p.grad is not None) > 0
+    assert model.decoder.proj_in.weight.grad.abs().sum() > 0  # the decoder still learns the coarse images
+
+    model.zero_grad()
+    out, _ = model(x, sample=False)
+    out.reconstruction.square().mean().backward()  # the finest loss still trains the encoder
+    assert encoder_grad_norm(model) > 0
+
+    # the forward values are the method's: the same images as without the stop-gradient
+    plain = HieraTok(cfg.replace(coarse_grad_to_encoder=True))
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for a, b in zip(model(x, sample=False)[0].images, plain(x, sample=False)[0].images):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_plain_method_does_send_coarse_loss_gradient_to_the_encoder():
+    model = HieraTok(tokenizer_config("cifar10", "hieratok", **SMALL)).train()
+    out, _ = model(images(), sample=False)
+    sum(im.square().mean() for im in out.images[:-1]).backward()
+    assert encoder_grad_norm(model) > 0
+
+
+def test_loss_balance_variants_weigh_the_pixels_as_single_scale_does():
+    for variant in ("mss-total1", "stopgrad-total1"):
+        weights = ReconstructionLoss(tokenizer_config("cifar10", variant)).scale_weights
+        assert len(weights) == 5 and abs(sum(weights) - 1.0) < 1e-9 and len(set(weights)) == 1
+    assert sum(ReconstructionLoss(tokenizer_config("cifar10", "singlescale")).scale_weights) == 1.0
+    assert sum(ReconstructionLoss(tokenizer_config("cifar10", "hieratok")).scale_weights) == 5.0
+
+
+def test_scale_heads_give_each_coarse_scale_its_own_output_layer():
+    model = HieraTok(tokenizer_config("cifar10", "scale-heads", **SMALL)).train()
+    assert len(model.decoder.scale_heads) == 4 and len(model.output_heads()) == 5
+    out, _ = model(images(), sample=False)
+    out.images[1].square().mean().backward()  # the 2x2 image's loss reaches its head and not the finest head
+    assert model.decoder.scale_heads[1][-1].weight.grad.abs().sum() > 0
+    assert model.decoder.head.weight.grad is None
+    # with the linear shortcut (photo preset) every output head starts at zero
+    photo = HieraTok(tokenizer_config("imagenette128", "scale-heads", enc_depth=1, dec_depth=1))
+    assert all(h.weight.abs().sum() == 0 for h in photo.output_heads())
