@@ -111,7 +111,8 @@ class DiT(nn.Module, HubCheckpointMixin,
 
     def forward(self, x_BChw: torch.Tensor, t_B: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        x = self.x_embed(x_BChw).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        # (B, N, D), contiguous before the blocks (see layers.Transformer.forward)
+        x = (self.x_embed(x_BChw).flatten(2).transpose(1, 2) + self.pos_embed).contiguous()
         c = self.t_embed(t_B) + self.y_embed(y_B)
         for blk in self.blocks:
             x = blk(x, c)

@@ -89,11 +89,14 @@ def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
-def resolve_attention(impl: str, x: torch.Tensor) -> str:
+def resolve_attention(impl: str, x: torch.Tensor, head_dim: int = 64) -> str:
     """`auto` -> the measured faster path for this call: the explicit path for training in bf16 on a CPU (flash's
-    bf16 backward is the slow spot there), SDPA everywhere else (inference; fp32, where flash wins; GPUs)."""
+    bf16 backward is the slow spot there) at head sizes that are multiples of 16 (at 24, torch 2.14.1's compiled
+    explicit path computed NaN), SDPA everywhere else (inference; fp32, where flash wins; GPUs)."""
     if impl != "auto":
         return impl
+    if head_dim % 16:
+        return "sdpa"
     training = torch.is_grad_enabled() and x.requires_grad
     lowp = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                           and torch.get_autocast_dtype("cpu") == torch.bfloat16)
@@ -122,7 +125,7 @@ class Attention(nn.Module):
                 logits_BHLL = logits_BHLL.masked_fill(~mask_LL, float("-inf"))
             attn_BHLL = logits_BHLL.softmax(dim=-1)
             out = attn_BHLL @ v
-        elif resolve_attention(self.impl, x_BLC) == "math":
+        elif resolve_attention(self.impl, x_BLC, self.head_dim) == "math":
             out = explicit_attention(q, k, v, mask_LL, blocks)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL)
@@ -174,6 +177,9 @@ class Transformer(nn.Module):
 
     def forward(self, x_BLC, mask_LL=None, return_attn: bool = False, blocks=None):
         """`blocks`: the mask's block structure (see `AttentionBlock`), used by the explicit attention path."""
+        # contiguous before the blocks: a transposed patch embedding reaching a compiled block under bf16 autocast
+        # came out as NaN (torch 2.14.1 inductor, width 96; see hieratok.perf.compile_blocks)
+        x_BLC = x_BLC.contiguous()
         attns = []
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and not return_attn:

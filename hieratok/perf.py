@@ -55,20 +55,55 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (Block, DiTBlock))]
 
 
-def compile_blocks(model: nn.Module, mode: str | None = None) -> int:
+def compile_blocks(model: nn.Module, mode: str | None = None, check: bool = True) -> int:
     """Compile every transformer block in place (`nn.Module.compile`: parameter names, state dicts and
     checkpoints stay as they are). Inductor fuses the LayerNorms, GELU, residual adds, autocast's weight casts and
     the explicit attention's softmax into a few C++ loops per block; GEMMs stay oneDNN's. Returns the number of
     blocks compiled. The first step of each shape compiles (~40 s for the photo tokenizer on 2 cores; inductor's
     on-disk cache makes a later run's compilation a few seconds).
 
+    `check`: the first call of each block also runs it eagerly and compares; a compiled block whose output is not
+    finite where the eager one is, or differs by more than 5% of its scale, goes back to eager with a warning.
+    torch 2.14.1's inductor produced NaN here for blocks of head size 24 in bf16 (a transposed input; the
+    explicit attention), where eager is exact -- a compiler bug must cost speed, never a run.
+
     The default mode, not max-autotune: on the photo tokenizer max-autotune took 3x longer to compile and its
     timing-based GEMM choices gave 0.75-1.0 s steps from one compilation to the next (default: 1.04 s), so a
     run's kernels would depend on the load during its compilation."""
     blocks = transformer_blocks(model)
     for blk in blocks:
-        blk.compile(dynamic=False, mode=mode)
+        blk.forward = _CompiledForward(blk, mode, check)  # an instance attribute: hooks and state dict unchanged
     return len(blocks)
+
+
+class _CompiledForward:
+    """A block's forward, compiled; on its first call (with `check`) compared with the eager forward."""
+
+    def __init__(self, block: nn.Module, mode: str | None, check: bool):
+        self.eager = block.forward  # the bound method of the block's class
+        self.compiled = torch.compile(self.eager, dynamic=False, mode=mode)
+        self.name, self.check = type(block).__name__, check
+
+    def __call__(self, *args, **kwargs):
+        if not self.check:
+            return self.compiled(*args, **kwargs)
+        self.check = False
+        out = self.compiled(*args, **kwargs)
+        with torch.no_grad():
+            ref = _first(self.eager(*args, **kwargs)).float()
+        got = _first(out).detach().float()
+        bad = bool(torch.isfinite(ref).all()) and not bool(torch.isfinite(got).all())
+        err = float("inf") if bad else (got - ref).abs().max().item() / (ref.abs().max().item() + 1e-6)
+        if bad or err > 0.05:
+            logger.warning("warning: the compiled %s computed %s (relative error %.3g against eager); running "
+                           "this block eagerly", self.name, "non-finite values" if bad else "other values", err)
+            self.compiled = self.eager
+            return self.eager(*args, **kwargs)
+        return out
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
 
 
 def compile_available() -> tuple[bool, str]:
@@ -79,3 +114,60 @@ def compile_available() -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001 -- any failure to find a compiler means "no"
         return False, f"no C++ compiler for torch.compile ({type(e).__name__}: {e})"
     return True, "torch.compile (inductor) available"
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                       How many cores this process has
+# ------------------------------------------------------------------------------------------------------------
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (e.g. 2.0), or None when unlimited or unknown.
+
+    cgroup v2: `cpu.max` holds "QUOTA PERIOD" or "max PERIOD"; v1: `cpu/cpu.cfs_quota_us` (-1: unlimited) over
+    `cpu/cpu.cfs_period_us`. A container limited to 2 vCPUs on a 64-core host sees 64 in os.cpu_count()."""
+    from pathlib import Path
+    base = Path(root)
+    try:
+        quota, period = (base / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (base / "cpu", base / "cpu,cpuacct", base):
+        try:
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            period = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
+
+
+def available_cpus(root: str = "/sys/fs/cgroup") -> tuple[int, str]:
+    """(cores this process may use, how that was decided): the affinity mask, capped by the cgroup quota."""
+    import math
+    import os
+    try:
+        affinity = len(os.sched_getaffinity(0))
+        why = f"affinity mask {affinity}"
+    except AttributeError:  # not Linux
+        affinity = os.cpu_count() or 1
+        why = f"os.cpu_count() {affinity}"
+    quota = cgroup_cpu_limit(root)
+    if quota is not None and math.ceil(quota) < affinity:
+        return max(1, math.ceil(quota)), f"{why}, cgroup CPU quota {quota:g} cores"
+    return affinity, why + (f", cgroup CPU quota {quota:g} cores" if quota is not None else ", no cgroup quota")
+
+
+def thread_count(requested: int | None = None, env: str = "HIERATOK_THREADS") -> tuple[int, str]:
+    """Torch threads for a server: `requested` (a flag), else $HIERATOK_THREADS, else `available_cpus()`."""
+    import os
+    if requested:
+        return requested, "set by --threads"
+    if os.environ.get(env):
+        try:
+            value = int(os.environ[env])
+        except ValueError:
+            raise ValueError(f"${env} must be a whole number of threads, got {os.environ[env]!r}") from None
+        if value < 1:
+            raise ValueError(f"${env} must be at least 1, got {value}")
+        return value, f"set by ${env}"
+    return available_cpus()

@@ -107,6 +107,8 @@ def measure(spec: str, path: str, args) -> dict:
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             value = loss()
+        if not torch.isfinite(value):  # a fast step that computes nonsense is no result
+            raise SystemExit(f"error: {spec} on the {path} path: the loss is {value.item()}")
         value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

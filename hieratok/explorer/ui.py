@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import logging
 import os
@@ -23,26 +24,44 @@ import torch
 from hieratok import MASK_KINDS
 from hieratok.image import MAX_BYTES
 
+from hieratok.perf import thread_count
+
 from . import views
 from .models import DEFAULT_ASSETS, MODELS, AppError, Catalog
 
 
-class UploadImage(gr.Image):
-    """gr.Image (upload and paste) that hands our loader the raw file instead of decoding it first, so that
-    corrupt, exotic or oversized files get our clear messages rather than a generic decoding error."""
+@contextlib.contextmanager
+def no_stub_files():
+    """Define Gradio component subclasses without Gradio writing a `.pyi` stub beside this module: its
+    ComponentMeta does so for every subclass (meant for custom-component packages), which writes into the installed
+    package at import time and fails in a read-only install. Our subclasses are templates of built-in components
+    and need no stub."""
+    import gradio.component_meta as meta
+    original = meta.create_or_modify_pyi
+    meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        meta.create_or_modify_pyi = original
 
-    is_template = True  # rendered by the frontend as a plain Image
 
-    @classmethod
-    def get_component_class_id(cls) -> str:
-        return gr.Image.get_component_class_id()  # the frontend looks the component up by this id
+with no_stub_files():
+    class UploadImage(gr.Image):
+        """gr.Image (upload and paste) that hands our loader the raw file instead of decoding it first, so that
+        corrupt, exotic or oversized files get our clear messages rather than a generic decoding error."""
 
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.url and payload.url.startswith("data:"):
-            return base64.b64decode(payload.url.split(",", 1)[1])
-        return payload.path
+        is_template = True  # rendered by the frontend as a plain Image
+
+        @classmethod
+        def get_component_class_id(cls) -> str:
+            return gr.Image.get_component_class_id()  # the frontend looks the component up by this id
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.url and payload.url.startswith("data:"):
+                return base64.b64decode(payload.url.split(",", 1)[1])
+            return payload.path
 
 
 def unchecked(component: type) -> type:
@@ -50,15 +69,16 @@ def unchecked(component: type) -> type:
     loaded model and answer with a message naming the parameter and its range or choices (Gradio's own checks
     name neither, log a traceback, and round 1.5 to 2 silently)."""
 
-    class Unchecked(component):
-        is_template = True  # rendered by the frontend as the base component
+    with no_stub_files():
+        class Unchecked(component):
+            is_template = True  # rendered by the frontend as the base component
 
-        @classmethod
-        def get_component_class_id(cls) -> str:
-            return component.get_component_class_id()
+            @classmethod
+            def get_component_class_id(cls) -> str:
+                return component.get_component_class_id()
 
-        def preprocess(self, payload):
-            return payload
+            def preprocess(self, payload):
+                return payload
 
     Unchecked.__name__ = Unchecked.__qualname__ = component.__name__
     return Unchecked
@@ -325,6 +345,9 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     ap.add_argument("--assets", default=str(default_assets), help="folder with the checkpoints the app serves")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: $HIERATOK_THREADS, else the cores this process may use: the "
+                         "affinity mask capped by the cgroup CPU quota, as on a Space)")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="light requests (reconstruct, latent space) computed at once; the heavy ones (generate, "
                          "attention, interpolate) run one at a time on every core, the rest queue")
@@ -333,7 +356,12 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     log.setLevel(logging.INFO)  # our one-line user errors; other libraries stay at warnings
     # every core for each request: a lone Generate uses them all; heavy requests queue for their one slot instead of
     # splitting the cores (which would oversubscribe them and slow every request)
-    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        threads, why = thread_count(args.threads)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s)", threads, why)
     demo = build_demo(Catalog(Path(args.assets)))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,
