@@ -21,10 +21,16 @@ def _seed():
 
 # ---- the live app (test_app.py, test_browser.py share one set of tiny assets and one server) ------------------
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    from hieratok.explorer.server import AppServer
+def app_assets(tmp_path_factory):
+    """One set of tiny app assets for every test that serves the app (the live server, the staged Space)."""
     from tests.app_fixtures import make_assets
-    assets = make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
+    return make_assets(tmp_path_factory.mktemp("app"), tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def app_server(app_assets, tmp_path_factory):
+    from hieratok.explorer.server import AppServer
+    assets = app_assets
     # the README's entry point, as a user starts it
     server = AppServer(assets, tmp_path_factory.mktemp("log") / "app.log",
                        command=[sys.executable, str(ROOT / "app" / "main.py")], env={"OMP_NUM_THREADS": "1"})

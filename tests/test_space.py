@@ -64,3 +64,77 @@ def test_importing_the_app_writes_nothing_into_the_package(tmp_path):
                    check=True, env=env, cwd=tmp_path)
     after = sorted(p.relative_to(package) for p in package.rglob("*") if "__pycache__" not in p.parts)
     assert after == before
+
+
+def test_the_staged_space_starts_as_a_space_does_and_serves(tmp_path, app_assets, photo):
+    """app/deploy.py --stage: only what a Space needs; started from the staged root with `python app.py` by an
+    interpreter that sees site-packages but neither the repository nor the editable install (`-S` skips the
+    .pth files that hold the editable finder), it serves a reconstruction through gradio_client."""
+    import site
+    import time
+    import urllib.request
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from app import deploy
+    from hieratok.explorer.server import free_port
+    from tests.app_fixtures import FAMILY_LABELS
+
+    staged = tmp_path / "space"
+    deploy.main(["me/hieratok-explorer", "--stage", str(staged), "--assets", str(app_assets), "--dry-run"])
+    files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert {"app.py", "README.md", "requirements.txt", "hieratok/__init__.py"} <= files
+    assert not any(part in {".venv", "runs", "build", "__pycache__"} for f in files for part in f.split("/"))
+    assert not any(f.endswith((".pyc", ".pyi")) for f in files)
+    readme = (staged / "README.md").read_text()
+    front = readme.split("\n---\n", 1)[0]
+    for key in ("sdk: gradio", "sdk_version:", "python_version:", "app_file: app.py", "license:",
+                "short_description:"):
+        assert key in front
+    reqs = (staged / "requirements.txt").read_text()
+    assert "download.pytorch.org/whl/cpu" in reqs and "+cpu" in reqs
+    for training_only in ("accelerate", "lpips", "torchvision", "torch-fidelity", "tqdm", "pytest", "playwright"):
+        assert training_only not in reqs
+
+    # offline (as here), the upload stops with a message that keeps the staged tree and says how to upload it
+    with pytest.raises(SystemExit, match=r"could not upload to the Space me/hieratok-explorer(.|\n)*hf upload"):
+        deploy.main(["me/hieratok-explorer", "--stage", str(tmp_path / "again"), "--assets", str(app_assets)])
+    assert (tmp_path / "again" / "app.py").exists()
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=os.pathsep.join(site.getsitepackages()), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", GRADIO_SERVER_PORT=str(port), OMP_NUM_THREADS="1")
+    log = open(tmp_path / "space.log", "w")
+    proc = subprocess.Popen([sys.executable, "-S", "app.py"], cwd=staged, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(600):
+            assert proc.poll() is None, (tmp_path / "space.log").read_text()
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert f"from {staged / 'hieratok'}" in (tmp_path / "space.log").read_text()
+        def reconstruct(_):
+            client = Client(url, verbose=False)
+            return client.predict(FAMILY_LABELS["cifar10"], handle_file(photo), "HieraTok", False, "nearest",
+                                  api_name="/reconstruct")
+
+        # the same upload from four clients at once: every image of every answer arrives whole and decodes
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(reconstruct, range(4)))
+        for _, gallery, _, final, diff, _, text in answers:
+            assert len(gallery) == 5 and "compression" in text
+            for path in [g["image"] for g in gallery] + [final, diff]:
+                with Image.open(path) as im:
+                    im.load()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

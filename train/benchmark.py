@@ -11,11 +11,13 @@ tokenizer, the rectified-flow loss for a DiT. Paths:
 - `reference`: SDPA attention, eager, glibc's default allocator (the training path before hieratok.perf);
 - `fast`: what the trainers do by default (`--attention auto`, `--compile` on, the allocator tuned).
 
-Each (model, path) runs in its own process (the allocator setting is process-wide), after warm-up steps that
-include compilation; the median of `--repeats` steps is reported. FLOPs are counted once per model by
-`torch.utils.flop_counter` on the reference path (forward + backward; masked attention counted in full, as SDPA
-computes it), so both paths are credited with the same work. `% GEMM` divides achieved FLOP/s by a 2048 x 2048
-matmul's at the same precision in the same process.
+Each (model, path) runs in its own resident process (the allocator setting is process-wide) and warms up,
+compiling where its path does; then the processes take turns, one step each, `--repeats` rounds, so that a machine
+whose speed drifts (this one's GEMM varied 2-3x from minute to minute) drifts under every row alike. Medians are
+reported. FLOPs are counted once per model by `torch.utils.flop_counter` on the reference path (forward +
+backward; masked attention counted in full, as SDPA computes it), so both paths are credited with the same work.
+`% GEMM`: each step's achieved FLOP/s over a 2048 x 2048 matmul's at the same precision timed right after it in
+the same process (median over steps).
 """
 from __future__ import annotations
 
@@ -75,22 +77,17 @@ def build(spec: str, preset: str, batch: int, device):
     return model, loss, cfg.to_dict()
 
 
-def gemm_flops(dtype, device, size: int = 2048, repeats: int = 5) -> float:
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ a
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * size ** 3 / statistics.median(times)
+def gemm_seconds(a: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    a @ a
+    if a.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
-def measure(spec: str, path: str, args) -> dict:
-    """One (model, path) in this process: its FLOPs per step, step times and the GEMM reference."""
+def serve(spec: str, path: str, args) -> None:
+    """A worker for one (model, path): count the FLOPs, warm up (compiling on the fast path), then on each
+    'step' line read from stdin run one training step and one 2048^2 GEMM, and print both times as JSON."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from hieratok.layers import set_attention_impl
@@ -118,7 +115,6 @@ def measure(spec: str, path: str, args) -> dict:
     set_attention_impl(model, "sdpa")
     with FlopCounterMode(display=False) as counter:  # the model's work, counted once on the reference path
         step()
-    flops = counter.get_total_flops()
     if path == "fast":
         set_attention_impl(model, "auto")
         if device.type == "cpu":
@@ -126,22 +122,66 @@ def measure(spec: str, path: str, args) -> dict:
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step()
-    warmup_s = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
+    gemm = torch.randn(2048, 2048, device=device, dtype=dtype or torch.float32)
+    gemm_seconds(gemm)
+    print(json.dumps({"ready": True, "config": cfg, "flops": counter.get_total_flops(),
+                      "warmup_s": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
         t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
-    return {"spec": spec, "path": path, "config": cfg, "flops": flops, "step_s": statistics.median(times),
-            "times": times, "warmup_s": warmup_s, "gemm_flops": gemm_flops(dtype or torch.float32, device)}
+        step_s = time.perf_counter() - t0
+        print(json.dumps({"step_s": step_s, "gemm_s": gemm_seconds(gemm)}), flush=True)
 
 
-def run_child(spec: str, path: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--one", spec, path]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"error: {spec} on the {path} path failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class Worker:
+    def __init__(self, spec: str, path: str, argv: list[str]):
+        self.spec, self.path = spec, path
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--serve", spec, path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise SystemExit(f"error: the {self.spec} worker on the {self.path} path exited "
+                             f"({self.proc.returncode}); see its error above")
+        return json.loads(line)
+
+    def step(self) -> dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def measure(specs: list[str], paths: list[str], argv: list[str], repeats: int) -> list[dict]:
+    """Every (model, path) in its own resident process, their steps interleaved round by round."""
+    workers = []
+    try:
+        for spec in specs:
+            for path in paths:
+                workers.append(Worker(spec, path, argv))
+                print(f"  {spec} {path}: ready (warm-up {workers[-1].info['warmup_s']:.0f} s)", file=sys.stderr)
+        samples = [[w.step() for w in workers] for _ in range(repeats)]
+    finally:
+        for w in workers:
+            w.close()
+    results, gemm = [], 2 * 2048 ** 3
+    for i, w in enumerate(workers):
+        flops, mine = w.info["flops"], [round_[i] for round_ in samples]
+        steps = [s["step_s"] for s in mine]
+        results.append({"spec": w.spec, "path": w.path, "config": w.info["config"], "flops": flops,
+                        "step_s": statistics.median(steps), "times": steps, "warmup_s": w.info["warmup_s"],
+                        "gemm_flops": statistics.median(gemm / s["gemm_s"] for s in mine),
+                        "gemm_fraction": statistics.median((flops / s["step_s"]) / (gemm / s["gemm_s"])
+                                                           for s in mine)})
+    return results
 
 
 def table(results: list[dict], batch: dict[str, int]) -> str:
@@ -153,7 +193,7 @@ def table(results: list[dict], batch: dict[str, int]) -> str:
         speedup = f"{ref[r['spec']] / r['step_s']:.2f}x" if r["spec"] in ref else "--"
         n = batch["tokenizer" if r["spec"].startswith("tokenizer") else "dit"]
         lines.append(f"| {r['spec']} | {r['path']} | {r['step_s']:.3f} | {n / r['step_s']:.1f} | "
-                     f"{r['flops'] / 1e9:.1f} | {achieved / 1e9:.0f} | {100 * achieved / r['gemm_flops']:.1f}% | "
+                     f"{r['flops'] / 1e9:.1f} | {achieved / 1e9:.0f} | {100 * r['gemm_fraction']:.1f}% | "
                      f"{speedup} |")
     return "\n".join(lines)
 
@@ -172,26 +212,20 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.one:
-        print(json.dumps(measure(*args.one, args)))
+    if args.serve:
+        serve(*args.serve, args)
         return
     for spec in args.models:
         parse_spec(spec)  # refuse a bad spec before anything runs
     from hieratok.training.distributed import hardware_name, native_bf16
-    child_argv = [a for a in argv if a != "--one"]
-    results = []
-    for spec in args.models:
-        for path in args.paths:
-            results.append(run_child(spec, path, child_argv))
-            r = results[-1]
-            print(f"  {spec} {path}: {r['step_s']:.3f} s/step (warm-up {r['warmup_s']:.0f} s)", file=sys.stderr)
+    results = measure(args.models, args.paths, argv, args.repeats)
     print(f"{hardware_name()} ({native_bf16()[1]}); torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"{args.precision}; preset {args.preset}; tokenizer batch {args.batch_size}, DiT batch "
-          f"{args.dit_batch_size}; median of {args.repeats} steps; GEMM 2048^2 "
+          f"{args.dit_batch_size}; median of {args.repeats} interleaved steps; GEMM 2048^2 "
           f"{statistics.median(r['gemm_flops'] for r in results) / 1e9:.0f} GFLOP/s")
     print(table(results, {"tokenizer": args.batch_size, "dit": args.dit_batch_size}))
     by = {(r["spec"], r["path"]): r for r in results}

@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr
 import torch
 
+import hieratok
 from hieratok import MASK_KINDS
 from hieratok.image import MAX_BYTES
 
@@ -362,6 +363,7 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
         raise SystemExit(f"error: {e}") from None
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
+    log.info("hieratok %s from %s; assets %s", hieratok.__version__, Path(hieratok.__file__).parent, args.assets)
     demo = build_demo(Catalog(Path(args.assets)))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,
