@@ -97,3 +97,14 @@ def test_scale_heads_give_each_coarse_scale_its_own_output_layer():
     # with the linear shortcut (photo preset) every output head starts at zero
     photo = HieraTok(tokenizer_config("imagenette128", "scale-heads", enc_depth=1, dec_depth=1))
     assert all(h.weight.abs().sum() == 0 for h in photo.output_heads())
+
+
+def test_gradient_cosines_see_the_stop_gradient():
+    from train.grad_cosine import cosines
+    x = images()
+    plain = cosines(HieraTok(tokenizer_config("cifar10", "hieratok", **SMALL)).train(), x)
+    stopped = cosines(HieraTok(tokenizer_config("cifar10", "stopgrad-coarse", **SMALL)).train(), x)
+    assert set(plain) == {"encoder", "downsampler", "decoder"}
+    assert -1.0 <= plain["encoder"]["cosine"] <= 1.0 and plain["encoder"]["coarse_norm"] > 0
+    assert stopped["encoder"]["coarse_norm"] == 0.0 and stopped["encoder"]["cosine"] is None
+    assert stopped["decoder"]["coarse_norm"] > 0 and stopped["encoder"]["finest_norm"] > 0
