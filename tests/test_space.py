@@ -138,3 +138,15 @@ def test_the_staged_space_starts_as_a_space_does_and_serves(tmp_path, app_assets
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_assets_from_a_hub_repo_offline_say_what_to_do(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.run([sys.executable, str(ROOT / "app" / "main.py"), "--assets", "someorg/hieratok-assets"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "someorg/hieratok-assets" in proc.stderr and "hf download someorg/hieratok-assets" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "app" / "main.py"), "--assets", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -118,6 +118,25 @@ class ModelStore:
         return self._load("latent_map", lambda: LatentMap.load(path))
 
 
+def resolve_assets(spec: str) -> Path:
+    """`--assets`: a folder, or a Hub model repo id (ORG/NAME) holding the same layout, downloaded once into the
+    Hub cache (later starts read the cache, offline too). Raises AppError with what to do when neither works."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if spec.count("/") != 1 or spec.startswith((".", "/")) or path.suffix:
+        raise AppError(f"--assets {spec}: no such folder (pass a folder of checkpoints or a Hub repo id ORG/NAME)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    try:
+        return Path(snapshot_download(spec, repo_type="model"))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        raise AppError(f"--assets {spec}: the Hub model repo could not be fetched and is not in the Hub cache "
+                       f"({type(e).__name__}). On a machine with network access run `hf download {spec}` (the "
+                       f"cache is then used offline) or `hf download {spec} --local-dir DIR` and pass "
+                       f"--assets DIR") from None
+
+
 class Catalog:
     """Every family whose HieraTok tokenizer is in the assets folder (all of them when none is), picker order."""
 

@@ -28,7 +28,7 @@ from hieratok.image import MAX_BYTES
 from hieratok.perf import thread_count
 
 from . import views
-from .models import DEFAULT_ASSETS, MODELS, AppError, Catalog
+from .models import DEFAULT_ASSETS, MODELS, AppError, Catalog, resolve_assets
 
 
 @contextlib.contextmanager
@@ -345,7 +345,9 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    ap.add_argument("--assets", default=str(default_assets), help="folder with the checkpoints the app serves")
+    ap.add_argument("--assets", default=str(default_assets),
+                    help="the checkpoints the app serves: a folder, or a Hub model repo id ORG/NAME (downloaded once "
+                         "into the Hub cache)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: $HIERATOK_THREADS, else the cores this process may use: the "
                          "affinity mask capped by the cgroup CPU quota, as on a Space)")
@@ -363,8 +365,12 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
         raise SystemExit(f"error: {e}") from None
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
-    log.info("hieratok %s from %s; assets %s", hieratok.__version__, Path(hieratok.__file__).parent, args.assets)
-    demo = build_demo(Catalog(Path(args.assets)))
+    try:
+        assets = resolve_assets(args.assets)
+    except AppError as e:
+        raise SystemExit(f"error: {e}") from None
+    log.info("hieratok %s from %s; assets %s", hieratok.__version__, Path(hieratok.__file__).parent, assets)
+    demo = build_demo(Catalog(assets))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,
                 show_error=True, footer_links=["api", "settings"])
