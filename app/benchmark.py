@@ -40,6 +40,100 @@ def generate_latency(url: str, family: str, class_name: str, users: int, steps: 
         return statistics.median(pool.map(one, range(users)))
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS in /proc), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+# the soak's request mix: (share, endpoint)
+SOAK_MIX = ((0.50, "reconstruct"), (0.20, "latent_space"), (0.15, "attention"), (0.10, "interpolate"),
+            (0.05, "generate"))
+
+
+def soak(server: AppServer, catalog: Catalog, examples: list[str], minutes: float, users: int = 4,
+         sample_every: float = 30.0) -> dict:
+    """`users` gradio_client clients send the mixed load for `minutes`, with inputs drawn (with repeats) from
+    `examples`; every image an answer names must open and decode whole. Returns the counts and the RSS series."""
+    import random
+    import threading
+
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    stop_at = time.monotonic() + 60 * minutes
+    counts = {"answered": 0, "errors": 0, "cut_short": 0}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def request(client, rng):
+        label = rng.choice(catalog.labels)
+        store = catalog[label]
+        names = store.class_names()
+        img, other = handle_file(rng.choice(examples)), handle_file(rng.choice(examples))
+        kind = rng.choices([k for _, k in SOAK_MIX], [w for w, _ in SOAK_MIX])[0]
+        if kind == "reconstruct":
+            return client.predict(label, img, "HieraTok", rng.random() < 0.3, "nearest", api_name="/reconstruct")
+        if kind == "latent_space":
+            return client.predict(label, "HieraTok", 16, img, api_name="/latent_space")
+        if kind == "attention":
+            return client.predict(label, img, 0, 0, 4, 1, 1, api_name="/attention")
+        if kind == "interpolate":
+            return client.predict(label, img, other, "spherical", 4, "all", "HieraTok", api_name="/interpolate")
+        return client.predict(label, rng.choice(names), store.family.guidance, 10, rng.randrange(1000), 4,
+                              "HieraTok", api_name="/generate")
+
+    def files_in(answer):
+        if isinstance(answer, str) and answer.lower().endswith((".png", ".webp", ".jpg", ".jpeg")):
+            yield answer
+        elif isinstance(answer, dict):
+            for v in answer.values():
+                yield from files_in(v)
+        elif isinstance(answer, (list, tuple)):
+            for v in answer:
+                yield from files_in(v)
+
+    def user(i):
+        rng, client = random.Random(i), Client(server.url, verbose=False)
+        while time.monotonic() < stop_at:
+            try:
+                answer = request(client, rng)
+                for path in files_in(answer):
+                    with Image.open(path) as im:
+                        im.load()
+                with lock:
+                    counts["answered"] += 1
+            except OSError as e:  # an image that does not decode: a response cut short
+                with lock:
+                    counts["cut_short"] += 1
+                    errors.append(f"cut short: {e}")
+            except Exception as e:  # noqa: BLE001 -- every failure is counted and reported, none stops the soak
+                with lock:
+                    counts["errors"] += 1
+                    errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(users)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    series = []
+
+    def sample():
+        series.append((round(time.monotonic() - t0), round(rss_mb(server.proc.pid), 1)))
+        print(f"  {series[-1][0]:5d} s  RSS {series[-1][1]:8.1f} MB  answered {counts['answered']}  errors "
+              f"{counts['errors']}  cut short {counts['cut_short']}", flush=True)
+
+    while time.monotonic() + sample_every < stop_at:
+        time.sleep(sample_every)
+        sample()
+    for t in threads:  # the last requests finish
+        t.join()
+    sample()
+    return {**counts, "rss_mb": series, "first_errors": errors[:5]}
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up: loads the model once
     times = []
@@ -56,6 +150,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps for the generation timing "
                                                              "(default: the app's default)")
+    ap.add_argument("--soak", type=float, default=None, metavar="MINUTES",
+                    help="instead of the timings: 4 clients send the mixed load (reconstruct 50%%, latent space 20%%, "
+                         "attention 15%%, interpolate 10%%, generate 5%%) for MINUTES; prints the server's RSS series")
     args = ap.parse_args(argv)
     assets = Path(args.assets)
     catalog = Catalog(assets)
@@ -68,6 +165,21 @@ def main(argv=None):
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     print(f"CPU: {cpu}; {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; median of {args.repeats}; "
           f"assets {assets}")
+    if args.soak:
+        server = AppServer(assets)
+        try:
+            result = soak(server, catalog, examples, args.soak)
+        finally:
+            server.stop()
+        rss = result["rss_mb"]
+        after5 = [mb for s, mb in rss if s >= 300]
+        print(f"answered {result['answered']}, errors {result['errors']}, cut short {result['cut_short']}; RSS "
+              f"{rss[0][1]:.0f} MB at {rss[0][0]} s -> {rss[-1][1]:.0f} MB at {rss[-1][0]} s"
+              + (f"; growth after the first 5 minutes {after5[-1] - after5[0]:+.0f} MB (target < 50)" if after5
+                 else ""))
+        for line in result["first_errors"]:
+            print("  " + line)
+        return
     steps = args.steps or views.DEFAULT_STEPS
     server = AppServer(assets)
     try:
