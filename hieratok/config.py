@@ -163,10 +163,10 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
                                       name="hieratok-mss-total1"),
     # shared output: a LayerNorm and a head per scale
     "scale-heads": lambda c: c.replace(per_scale_heads=True, name="hieratok-scale-heads"),
-    # the encoder compromise and the loss balance together
-    "stopgrad-total1": lambda c: c.replace(coarse_grad_to_encoder=False,
-                                           scale_loss_weights=(1.0 / len(c.scales),) * len(c.scales),
-                                           name="hieratok-stopgrad-total1"),
+    # the two partial remedies together: do the stop-gradient and the finest-weighted loss add up?
+    "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False,
+                                                    scale_loss_weights=(0.125,) * (len(c.scales) - 1) + (0.5,),
+                                                    name="hieratok-stopgrad-finest-weighted"),
 }
 VARIANTS = tuple(VARIANT_BUILDERS)
 

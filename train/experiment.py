@@ -65,7 +65,7 @@ ARMS = {
     "stopgrad-coarse": ("stopgrad-coarse", {}),
     "mss-total1": ("mss-total1", {}),
     "scale-heads": ("scale-heads", {}),
-    "stopgrad-total1": ("stopgrad-total1", {}),
+    "stopgrad-finest-weighted": ("stopgrad-finest-weighted", {}),
 }
 KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
 
