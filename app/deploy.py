@@ -7,7 +7,8 @@ The staged tree is what a Gradio Space runs, with nothing else:
 
 - `app.py` (the front matter's `app_file`), the same entry point as `app/main.py`: from the tree's root
   `python app.py` imports `hieratok/` beside it -- no editable install, no PYTHONPATH;
-- `hieratok/` (the package's Python files), `assets/` (the weights and files the app serves);
+- `hieratok/` (the package's Python files), `assets/` (the weights and files the app serves), and the
+  screenshots the README shows (`app/screenshots/`);
 - `README.md`: the Space front matter (sdk, sdk_version = the Gradio this app is tested with, python_version,
   app_file, license, short_description) above this repository's README;
 - `requirements.txt`: torch's CPU-only wheel from PyTorch's CPU index (a Space's CPU hardware has no use for the
@@ -72,6 +73,7 @@ def stage(dest: Path, assets: Path, license_id: str) -> list[Path]:
     shutil.copy2(ROOT / "app" / "main.py", dest / APP_FILE)
     shutil.copytree(ROOT / "hieratok", dest / "hieratok", ignore=ignore)
     shutil.copytree(assets, dest / "assets", ignore=ignore)
+    shutil.copytree(ROOT / "app" / "screenshots", dest / "app" / "screenshots", ignore=ignore)  # README's figures
     (dest / "README.md").write_text(front_matter(license_id) + "\n" + readme_body())
     (dest / "requirements.txt").write_text(requirements())
     return sorted(p for p in dest.rglob("*") if p.is_file())

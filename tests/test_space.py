@@ -1,5 +1,6 @@
 """Hosting: the thread count follows the CPU quota, and importing the app writes nothing into the package."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,8 @@ def test_the_staged_space_starts_as_a_space_does_and_serves(tmp_path, app_assets
     deploy.main(["me/hieratok-explorer", "--stage", str(staged), "--assets", str(app_assets), "--dry-run"])
     files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
     assert {"app.py", "README.md", "requirements.txt", "hieratok/__init__.py"} <= files
+    for link in re.findall(r"\]\((app/screenshots/[^)]+)\)", (staged / "README.md").read_text()):
+        assert link in files, f"the README shows {link}, which is not staged"
     assert not any(part in {".venv", "runs", "build", "__pycache__"} for f in files for part in f.split("/"))
     assert not any(f.endswith((".pyc", ".pyi")) for f in files)
     readme = (staged / "README.md").read_text()
@@ -150,3 +153,26 @@ def test_assets_from_a_hub_repo_offline_say_what_to_do(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "app" / "main.py"), "--assets", str(tmp_path / "nowhere")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_cached_output_image_is_never_rewritten_in_place(tmp_path):
+    """The same image returned to two requests: the second finds the first's file whole and leaves it alone
+    (Gradio's own save_pil_to_cache rewrote it while it was being served)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio import processing_utils
+    from PIL import Image
+
+    from hieratok.explorer.ui import save_pil_to_cache_atomically, use_atomic_image_cache
+    use_atomic_image_cache()
+    assert processing_utils.save_pil_to_cache is save_pil_to_cache_atomically
+    img = Image.new("RGB", (64, 64), (10, 200, 30))
+    first = Path(save_pil_to_cache_atomically(img, str(tmp_path)))
+    inode, mtime = first.stat().st_ino, first.stat().st_mtime_ns
+    with ThreadPoolExecutor(8) as pool:
+        paths = set(pool.map(lambda _: save_pil_to_cache_atomically(img, str(tmp_path)), range(32)))
+    assert paths == {str(first)}
+    assert (first.stat().st_ino, first.stat().st_mtime_ns) == (inode, mtime)
+    assert not list(tmp_path.rglob("*.tmp"))
+    with Image.open(first) as im:
+        assert im.size == (64, 64)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,32 @@ def no_stub_files():
         yield
     finally:
         meta.create_or_modify_pyi = original
+
+
+def save_pil_to_cache_atomically(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio's `processing_utils.save_pil_to_cache`, made safe for concurrent identical outputs.
+
+    Gradio stores every output image under a path named by its content's hash and writes it in place, so two
+    requests returning the same image (the same upload from two users) rewrote a file while it was being served:
+    the client got a response cut short ("Too little data for declared Content-Length"). Here a finished file is
+    never rewritten, and a new one appears whole (written under a temporary name, then renamed), as Gradio already
+    does for files it copies (`save_file_to_cache`)."""
+    from gradio import processing_utils
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def use_atomic_image_cache() -> None:
+    """Route Gradio's image caching through `save_pil_to_cache_atomically` (process-wide, idempotent)."""
+    from gradio import processing_utils
+    processing_utils.save_pil_to_cache = save_pil_to_cache_atomically
 
 
 with no_stub_files():
@@ -160,6 +187,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
         c = {"upload": "Image", "layers": 1, "heads": 1, "scales": [1, 2, 4, 8, 16], "query_scale": 8,
              "classes": [str(i) for i in range(10)], "guidance": views.DEFAULT_GUIDANCE}
         missing = f"\n\n**{e}**"
+    use_atomic_image_cache()
     with gr.Blocks(title="HieraTok Explorer") as demo:
         gr.Markdown("# HieraTok Explorer\nA multi-scale ViT tokenizer (arXiv 2509.23736): one 16x16 latent, "
                     "downsampled to 8x8, 4x4, 2x2, 1x1, decoded coarse -> fine with scale-causal attention into an "
