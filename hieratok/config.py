@@ -136,6 +136,11 @@ def _flop_matched(base: HieraTokConfig) -> HieraTokConfig:
     return flop_matched_singlescale(base)
 
 
+def _finest_half(c: HieraTokConfig) -> tuple[float, ...]:
+    """Scale loss weights giving the finest scale half of the reconstruction loss, the coarser ones the rest."""
+    return (0.5 / (len(c.scales) - 1),) * (len(c.scales) - 1) + (0.5,)
+
+
 # Variants of any preset: the baseline and the ablations from the paper and its reviews (name -> builder).
 VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     # the method: conv downsampling, scale-causal decoder, multi-scale supervision
@@ -154,8 +159,7 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     "no-mss": lambda c: c.replace(multiscale_supervision=False, name="hieratok-no-mss"),
     # --- explanations of the finest-scale cost of multi-scale supervision (one each) ---
     # the finest scale carries half of the reconstruction loss (the experiment's finest-weighted arm)
-    "finest-weighted": lambda c: c.replace(scale_loss_weights=(0.125,) * (len(c.scales) - 1) + (0.5,),
-                                           name="hieratok-finest-weighted"),
+    "finest-weighted": lambda c: c.replace(scale_loss_weights=_finest_half(c), name="hieratok-finest-weighted"),
     # encoder compromise: the coarse losses train the downsampler and decoder, not the encoder
     "stopgrad-coarse": lambda c: c.replace(coarse_grad_to_encoder=False, name="hieratok-stopgrad-coarse"),
     # loss balance: every scale supervised, the pixel weights summing to 1 as for single-scale (equal shares)
@@ -164,8 +168,7 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     # shared output: a LayerNorm and a head per scale
     "scale-heads": lambda c: c.replace(per_scale_heads=True, name="hieratok-scale-heads"),
     # the two partial remedies together: do the stop-gradient and the finest-weighted loss add up?
-    "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False,
-                                                    scale_loss_weights=(0.125,) * (len(c.scales) - 1) + (0.5,),
+    "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False, scale_loss_weights=_finest_half(c),
                                                     name="hieratok-stopgrad-finest-weighted"),
 }
 VARIANTS = tuple(VARIANT_BUILDERS)
