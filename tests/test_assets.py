@@ -57,7 +57,7 @@ def test_classifier_logits_on_the_fixed_image(name):
 
 
 def test_the_published_experiment_table_is_what_its_results_file_says():
-    from hieratok.experiment import load_results, markdown
+    from train.study import load_results, markdown
     results = ASSETS / "eval" / "experiment.json"
     if not results.exists():
         pytest.skip("no experiment results published yet")
@@ -65,3 +65,13 @@ def test_the_published_experiment_table_is_what_its_results_file_says():
     assert report["records"] and all(r.get("hardware") for r in report["records"])  # step times need a device
     # regenerate with `train/experiment.py ... --results assets/eval/experiment --report-only` after any change
     assert (ASSETS / "eval" / "experiment.md").read_text() == markdown(report)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenette128"])
+def test_the_published_evaluation_tables_are_what_their_results_files_say(name):
+    from hieratok.report import evaluation_markdown
+    results = ASSETS / "eval" / f"{name}.json"
+    if not results.exists():
+        pytest.skip(f"no {results}")
+    # regenerate: python -c "..." rendering hieratok.report.evaluation_markdown(json) after any renderer change
+    assert (ASSETS / "eval" / f"{name}.md").read_text() == evaluation_markdown(json.loads(results.read_text()))

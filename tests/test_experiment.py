@@ -12,7 +12,7 @@ TINY = ["--preset", "cifar10", "--steps", "4", "--batch-size", "4", "--curve-ima
 
 
 def test_t_interval_against_a_hand_computed_example():
-    from hieratok.experiment import t_interval
+    from hieratok.stats import t_interval
     r = t_interval([1.0, 2.0, 3.0])
     # mean 2, sample sd 1, t(0.975, 2 df) = 4.302653: half-width 4.302653 / sqrt(3)
     assert r["mean"] == 2.0 and r["n"] == 3 and math.isclose(r["ci95"], 4.302653 / math.sqrt(3), rel_tol=1e-5)
@@ -102,10 +102,11 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
 
 
 def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
-    from hieratok.experiment import steps_to_reach, summarize_generation
+    from hieratok.stats import steps_to_reach
+    from train.study import summarize_generation
     curve = [{"step": 100, "gfd_cls": 50.0}, {"step": 200, "gfd_cls": 30.0}, {"step": 400, "gfd_cls": 20.0}]
-    assert steps_to_reach(curve, 40.0) == 150.0          # halfway between 50 at step 100 and 30 at step 200
-    assert steps_to_reach(curve, 60.0) == 100.0 and steps_to_reach(curve, 10.0) is None
+    assert steps_to_reach(curve, 40.0, "gfd_cls") == 150.0          # halfway between 50 at step 100 and 30 at step 200
+    assert steps_to_reach(curve, 60.0, "gfd_cls") == 100.0 and steps_to_reach(curve, 10.0, "gfd_cls") is None
     slow = [{"step": 100, "gfd_cls": 60.0}, {"step": 200, "gfd_cls": 40.0}, {"step": 400, "gfd_cls": 30.0}]
 
     def rec(arm, seed, c):
@@ -135,7 +136,7 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     p = g["speedup"]["per_seed"][0]
     assert (p["target_gfd_cls"], p["steps_hieratok"], p["steps_singlescale"], p["bound"]) == (55.0, 100.0, 400.0,
                                                                                               "lower")
-    from hieratok.experiment import generation_markdown
+    from train.study import generation_markdown
     text = "\n".join(generation_markdown({"dit_budget": {"steps": 400, "batch_size": 8, "set": [], "samples": 10,
                                                          "sample_steps": 4, "guidance": 3}, "generation_summary": g,
                                           "val_images": 10, "generation": [{"config": {"num_classes": 10}}]}))

@@ -722,7 +722,7 @@ def test_model_card_update_evaluation_keeps_the_training_part(tmp_path):
 
 
 def test_report_lists_each_generators_settings_when_they_differ():
-    from hieratok.training.report import markdown
+    from hieratok.report import evaluation_markdown as markdown
     gen = {"gfd": 10.0, "class_accuracy": {"mean": 0.5, "ci95": 0.04}, "samples": 500, "sampler_steps": 10}
     report = {"data": "val", "images": 10, "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "n/a"},
               "generators": {"hieratok": {**gen, "guidance": 4.0}, "hieratok-g2": {**gen, "guidance": 2.0}}}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -28,19 +27,14 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.latent import score_samples
-from hieratok.losses import downsample_image, load_lpips
-from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
+from hieratok.evaluation import (fit_linear_reference, generator_scores, linear_scores, paired_difference, real_fd,
+                                 tokenizer_scores)
+from hieratok.losses import load_lpips
+from hieratok.metrics import frechet_distance_metric
+from hieratok.report import evaluation_markdown as markdown
+from hieratok.stats import mean_ci
 from hieratok.training.cli import named_paths
-from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
-from hieratok.training.report import markdown
-
-
-def mean_ci(values: torch.Tensor) -> dict[str, float]:
-    """Mean and a 95% normal-approximation confidence half-width over per-image values."""
-    v = values.double()
-    half = 1.96 * v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return {"mean": v.mean().item(), "ci95": half}
+from hieratok.training.data import DataError, build_dataset, eval_loader
 
 
 class Evaluator:
@@ -87,94 +81,47 @@ class Evaluator:
         return {"accuracy": mean_ci(c), "images": len(c)}
 
     # ---- tokenizer ------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def tokenizer(self, path: str) -> dict:
         tok = HieraTok.from_pretrained(path).to(self.device)
-        scales = tok.layout.scales
-        per_scale = {s: {"psnr": [], "ssim": []} for s in scales}
-        lp, latents, fd = [], {s: [] for s in scales}, self.fd_metric()
-        for x, _, _ in tqdm(self.batches(), desc=f"tokenizer {Path(path).name}"):
-            if x is None:
-                continue
-            x = x.to(self.device)
-            z = tok.encode(x)
-            for s, m in zip(scales, tok.latent_pyramid(z)):
-                latents[s].append(m.float().cpu())
-            out = tok.decode(z)
-            for s, im in zip(scales, out.images):
-                target = downsample_image(x, im.shape[-1])
-                per_scale[s]["psnr"].append(psnr(im, target).cpu())
-                per_scale[s]["ssim"].append(ssim(im, target).cpu())
-            if self.lpips is not None:
-                lp.append(self.lpips(out.reconstruction.clamp(-1, 1), x).flatten().cpu())
-            if fd is not None:
-                fd.update(to_unit(x), real=True)
-                fd.update(to_unit(out.reconstruction), real=False)
-        result = {"path": path, "config": tok.config.to_dict(), "decoder_tokens": tok.layout.num_tokens,
-                  "params": sum(p.numel() for p in tok.parameters()), "scales": {}}
-        for s in scales:
-            result["scales"][f"{s}x{s}"] = {
-                "pixels": s * tok.config.patch_size,
-                "psnr": mean_ci(torch.cat(per_scale[s]["psnr"])), "ssim": mean_ci(torch.cat(per_scale[s]["ssim"])),
-                "latent_density": latent_gini_entropy(torch.cat(latents[s]))}
-        result["lpips"] = mean_ci(torch.cat(lp)) if lp else None
-        result["rfd"] = float(fd.compute()) if fd is not None else None
-        self.finest_psnr[path] = torch.cat(per_scale[scales[-1]]["psnr"])
-        return result
+        scores = tokenizer_scores(tok, self.batches(), lpips=self.lpips, fd=self.fd_metric(),
+                                  progress=lambda b: tqdm(b, desc=f"tokenizer {Path(path).name}"))
+        self.finest_psnr[path] = scores.psnr[scores.finest]
+        return {"path": path, "config": tok.config.to_dict(), "decoder_tokens": tok.layout.num_tokens,
+                "params": sum(p.numel() for p in tok.parameters()), **scores.summary()}
 
     # ---- the linear reference -------------------------------------------------------------------------------
-    @torch.no_grad()
     def linear_reference(self, patch_size: int, channels: int) -> dict:
         """Patch PCA with the latent size of a tokenizer (p x p patches, C components), fitted on training images
         (`--fit-data`), evaluated like a tokenizer at its one (finest) scale."""
         a = self.args
-        fit = build_dataset(a.fit_data, a.image_size, split="train")
-        codec, n = fit_patch_pca(fit, patch_size, channels, a.fit_images, a.batch_size)
-        values, fd = {"psnr": [], "ssim": []}, self.fd_metric()
-        for x, _, _ in tqdm(self.batches(), desc=f"linear reference p={patch_size} C={channels}"):
-            if x is None:
-                continue
-            x = x.to(self.device)
-            rec = codec.reconstruct(x).clamp(-1, 1)
-            values["psnr"].append(psnr(rec, x).cpu())
-            values["ssim"].append(ssim(rec, x).cpu())
-            if fd is not None:
-                fd.update(to_unit(x), real=True)
-                fd.update(to_unit(rec), real=False)
-        side = a.image_size // patch_size
-        self.finest_psnr[("linear", patch_size, channels)] = torch.cat(values["psnr"])
+        codec, n = fit_linear_reference(a.fit_data, a.image_size, patch_size, channels, a.fit_images, a.batch_size)
+        scores = linear_scores(codec, self.batches(), fd=self.fd_metric(),
+                               progress=lambda b: tqdm(b, desc=f"linear reference p={patch_size} C={channels}"))
+        self.finest_psnr[("linear", patch_size, channels)] = scores.psnr[scores.finest]
+        side = scores.finest
         return {"kind": "linear", "fit": {"data": a.fit_data, "images": n}, "patch_size": patch_size,
                 "latent_channels": channels, "decoder_tokens": side * side, "params": codec.components.numel(),
-                "scales": {f"{side}x{side}": {"pixels": a.image_size,
-                                               "psnr": mean_ci(torch.cat(values["psnr"])),
-                                               "ssim": mean_ci(torch.cat(values["ssim"]))}},
-                "lpips": None, "rfd": float(fd.compute()) if fd is not None else None}
+                **scores.summary()}
 
     # ---- generator ------------------------------------------------------------------------------------------
     def real_fd_features(self):
         """An FD accumulator holding the evaluation images as the real set (computed once, cloned per DiT)."""
         if self._real_fd is None:
-            fd = self.fd_metric()
-            for x, _, _ in tqdm(self.batches(), desc="real features"):
-                if x is not None:
-                    fd.update(to_unit(x.to(self.device)), real=True)
-            self._real_fd = fd
+            self._real_fd = real_fd(self.fd_metric(), self.batches(), progress=lambda b: tqdm(b, desc="real features"))
         return self._real_fd.clone()
 
-    @torch.no_grad()
     def dit(self, dit_path: str, tokenizer_path: str) -> dict:
         a = self.args
         dit = DiT.from_pretrained(dit_path).to(self.device)
         tok = HieraTok.from_pretrained(tokenizer_path).to(self.device)
-        fd = self.real_fd_features() if self.fd_name else None
         t0 = time.time()
-        correct = score_samples(dit, tok, a.num_samples, steps=a.sample_steps, guidance=a.guidance,
-                                batch_size=a.batch_size, seed=a.seed, fd=fd, classifier=self.classifier,
-                                batches=lambda b: tqdm(b, desc=f"dit {Path(dit_path).name}"))
+        g = generator_scores(dit, tok, a.num_samples, steps=a.sample_steps, guidance=a.guidance,
+                             batch_size=a.batch_size, seed=a.seed,
+                             fd=self.real_fd_features() if self.fd_name else None, classifier=self.classifier,
+                             progress=lambda b: tqdm(b, desc=f"dit {Path(dit_path).name}"))
         return {"dit": dit_path, "tokenizer": tokenizer_path, "samples": a.num_samples, "guidance": a.guidance,
-                "sampler_steps": a.sample_steps, "sampler": "heun",
-                "gfd": float(fd.compute()) if fd is not None else None,
-                "class_accuracy": mean_ci(correct) if correct is not None else None,
+                "sampler_steps": a.sample_steps, "sampler": "heun", "gfd": g["gfd"],
+                "class_accuracy": mean_ci(g["correct"]) if g["correct"] is not None else None,
                 "seconds": round(time.time() - t0, 1)}
 
 
@@ -269,8 +216,8 @@ def main(argv=None):
         for name, t in tokenizers.items():
             result = report["tokenizers"][name]
             key = ("linear", result["config"]["patch_size"], result["config"]["latent_channels"])
-            diff = ev.finest_psnr[t] - ev.finest_psnr[key]
-            result["finest_psnr_minus_linear"] = {**mean_ci(diff), "reference": f"linear-pca-C{key[2]}"}
+            diff = paired_difference(ev.finest_psnr[t], ev.finest_psnr[key])
+            result["finest_psnr_minus_linear"] = {**diff, "reference": f"linear-pca-C{key[2]}"}
     report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
     out = Path(args.output)
     if args.update and out.with_suffix(".json").exists():

@@ -36,89 +36,39 @@ from pathlib import Path
 
 import torch
 
-from hieratok import DiT, HieraTok
-from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.experiment import curves_figure, markdown, summarize, summarize_generation
-from hieratok.latent import score_samples
-from hieratok.losses import downsample_image
-from hieratok.metrics import frechet_distance_metric, latent_gini_entropy, psnr, ssim, to_unit
-from hieratok.training.checkpoint import write_json
-from hieratok.training.cli import parse_overrides
-from hieratok.training.data import DataError, build_dataset, eval_loader, fit_patch_pca
-from hieratok.training.distributed import run_hardware
-
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # started as a script (python train/experiment.py): its study module is train.*
+    sys.path.insert(0, str(ROOT))
+
+from hieratok import DiT, HieraTok  # noqa: E402
+from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
+from hieratok.evaluation import (fit_linear_reference, generator_scores, linear_scores, real_fd,  # noqa: E402
+                                 tokenizer_scores)
+from hieratok.metrics import frechet_distance_metric  # noqa: E402
+from hieratok.report import curves_figure  # noqa: E402
+from hieratok.training.checkpoint import write_json  # noqa: E402
+from hieratok.training.data import DataError, build_dataset, eval_loader  # noqa: E402
+from hieratok.training.distributed import run_hardware  # noqa: E402
+from train.study import (ARMS, GEN_ARMS, KEY_ARMS, TIERS, budget, dit_budget,  # noqa: E402
+                         export_steps, markdown, summarize, summarize_generation)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-# arm -> (tokenizer variant, config overrides)
-ARMS = {
-    "hieratok": ("hieratok", {}),
-    "singlescale": ("singlescale", {}),
-    "singlescale-flopmatched": ("singlescale-flopmatched", {}),
-    "no-mss": ("no-mss", {}),
-    "interp": ("interp", {}),
-    "full-attn": ("full-attn", {}),
-    "independent-attn": ("independent-attn", {}),
-    # multi-scale supervision with the finest scale carrying half the reconstruction loss
-    "finest-weighted": ("finest-weighted", {}),
-    # why multi-scale supervision costs the finest scale: one explanation per arm (hieratok.config.VARIANT_BUILDERS)
-    "stopgrad-coarse": ("stopgrad-coarse", {}),
-    "mss-total1": ("mss-total1", {}),
-    "scale-heads": ("scale-heads", {}),
-    "stopgrad-finest-weighted": ("stopgrad-finest-weighted", {}),
-}
-KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
-
-# model size and budget per hardware tier (the imagenette128 geometry: 128 px, patch 8, 16 x 16 x 16 latent)
-TIERS = {
-    "cpu": {"preset": "imagenette128", "steps": 1500, "batch_size": 32, "lr": 4e-4, "curve_images": 256,
-            "set": {"enc_dim": 96, "enc_depth": 2, "enc_heads": 4, "dec_dim": 96, "dec_depth": 3, "dec_heads": 4}},
-    "gpu": {"preset": "imagenette128", "steps": 20000, "batch_size": 128, "lr": 4e-4, "curve_images": 1000,
-            "set": {}},
-}
-CURVE_POINTS = (0.25, 0.5, 1.0)
-
-# the generation half: one DiT per tokenizer, per tier. The CPU tier is the shipped 128-px DiT's size and first
-# budget (6 x 256, 2,400 steps of 128 latents, about 75 minutes a run on one AMX core; resumable across sittings)
-# at guidance 6, where the shipped DiT reached 36% at that budget: a 4 x 128 DiT after 1,500 steps of 64 latents
-# was still at chance on these tokenizers, at guidance 2 and at 6 alike (10.0-12.4% class accuracy on 250 samples).
-GEN_ARMS = ["hieratok", "singlescale"]
-DIT_TIERS = {
-    "cpu": {"steps": 2400, "batch_size": 128, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 6.0,
-            "set": {}},
-    "gpu": {"steps": 20000, "batch_size": 256, "lr": 3e-4, "samples": 2000, "sample_steps": 30, "guidance": 6.0,
-            "set": {}},
-}
-
 
 # ------------------------------------------------------------------------------------------------------------
 #                                               Evaluation
 # ------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(path: Path, images: torch.Tensor, batch: int = 64, classifier: Classifier | None = None) -> dict:
-    """Per-scale PSNR, finest SSIM and the finest latent's Gini / entropy of a tokenizer on fixed images; with a
-    classifier also rFD-cls, the Fréchet distance between its features of the images and of the reconstructions."""
+def fd_metric(classifier: Classifier | None):
+    """A fresh FD-cls accumulator in the classifier's features (None without a classifier)."""
+    if classifier is None:
+        return None
+    return frechet_distance_metric(FeatureExtractor(classifier.to(DEVICE))).to(DEVICE)
+
+
+def evaluate(path: Path, images: torch.Tensor, classifier: Classifier | None = None) -> dict:
+    """A tokenizer's finest PSNR, per-scale PSNR, finest SSIM and finest latent Gini / entropy on fixed images
+    (`hieratok.evaluation`); with a classifier also rFD-cls between the images and their reconstructions."""
     tok = HieraTok.from_pretrained(path).eval().to(DEVICE)
-    per_scale = {s: [] for s in tok.layout.scales}
-    ssims, latents = [], []
-    fd = (frechet_distance_metric(FeatureExtractor(classifier.to(DEVICE))).to(DEVICE)
-          if classifier is not None else None)
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(DEVICE)
-        z = tok.encode(x)
-        latents.append(z.float().cpu())
-        out = tok.decode(z)
-        for s, im in zip(out.scales, out.images):
-            per_scale[s].append(psnr(im, downsample_image(x, im.shape[-1])).cpu())
-        ssims.append(ssim(out.reconstruction, x).cpu())
-        if fd is not None:
-            fd.update(to_unit(x), real=True)
-            fd.update(to_unit(out.reconstruction), real=False)
-    finest = tok.layout.finest
-    psnrs = {f"{s}x{s}": float(torch.cat(v).mean()) for s, v in per_scale.items()}
-    return {"psnr": psnrs[f"{finest}x{finest}"], "psnr_scales": psnrs, "ssim": float(torch.cat(ssims).mean()),
-            "latent_density": latent_gini_entropy(torch.cat(latents)), "images": len(images),
-            "rfd_cls": float(fd.compute()) if fd is not None else None}
+    return tokenizer_scores(tok, images, fd=fd_metric(classifier)).means()
 
 
 def load_images(spec: str, size: int, limit: int | None, num_workers: int = 0) -> torch.Tensor:
@@ -136,18 +86,6 @@ def load_images(spec: str, size: int, limit: int | None, num_workers: int = 0) -
 # ------------------------------------------------------------------------------------------------------------
 #                                                 Runs
 # ------------------------------------------------------------------------------------------------------------
-def budget(args) -> dict:
-    tier = TIERS[args.tier]
-    return {"preset": args.preset or tier["preset"], "steps": args.steps or tier["steps"],
-            "batch_size": args.batch_size or tier["batch_size"], "lr": args.lr or tier["lr"],
-            "set": {**tier["set"], **parse_overrides(args.set)},
-            "curve_images": args.curve_images or tier["curve_images"]}
-
-
-def export_steps(steps: int) -> list[int]:
-    return sorted({max(1, round(steps * f)) for f in CURVE_POINTS if f < 1})
-
-
 def run_dir(args, arm: str, seed: int) -> Path:
     return Path(args.output_dir) / arm / f"seed-{seed}"
 
@@ -169,16 +107,21 @@ def check_budget(out: Path, **expected) -> None:
                          f"{ {k: expected[k] for k in differ} }: pass another --output-dir (or the same budget)")
 
 
+def run_command(args, script: str, run: dict, out: Path, seed: int, *extra: str) -> list[str]:
+    """The command line of one run of the grid (a tokenizer by `train/stage1.py`, a DiT by `train/dit.py`): the
+    budget `run` (steps, batch, lr, config overrides), checkpoints at tenths of it, exports at the curve points.
+    A folder started under another budget is refused."""
+    check_budget(out, steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], seed=seed)
+    sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in run["set"].items()]
+    return [*shlex.split(args.launch), str(ROOT / "train" / script), "--data", args.data, "--output-dir", str(out),
+            "--seed", str(seed), "--steps", str(run["steps"]), "--batch-size", str(run["batch_size"]),
+            "--lr", str(run["lr"]), "--ckpt-every", str(max(1, run["steps"] // 10)), "--sample-every", "0",
+            "--log-every", "25", "--export-at", *map(str, export_steps(run["steps"])),
+            *(["--set", *sets] if sets else []), *extra]
+
+
 def train_one(args, b: dict, arm: str, seed: int, out: Path) -> None:
-    check_budget(out, steps=b["steps"], batch_size=b["batch_size"], lr=b["lr"], seed=seed)
-    variant, overrides = ARMS[arm]
-    sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in {**b["set"], **overrides}.items()]
-    cmd = [*shlex.split(args.launch), str(ROOT / "train" / "stage1.py"), "--preset", b["preset"],
-           "--variant", variant, "--data", args.data, "--output-dir", str(out), "--seed", str(seed),
-           "--steps", str(b["steps"]), "--batch-size", str(b["batch_size"]), "--lr", str(b["lr"]),
-           "--ckpt-every", str(max(1, b["steps"] // 10)), "--sample-every", "0", "--log-every", "25",
-           "--export-at", *map(str, export_steps(b["steps"])), *(["--set", *sets] if sets else []),
-           *args.stage1_args]
+    cmd = run_command(args, "stage1.py", b, out, seed, "--preset", b["preset"], "--variant", arm, *args.stage1_args)
     launch(args, cmd, f"the {arm} run (seed {seed})")
 
 
@@ -207,7 +150,7 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
     curve.append({"step": b["steps"], "images_seen": b["steps"] * b["batch_size"], **m})
     summary = json.loads((out / "summary.json").read_text())
     cfg = HieraTok.from_pretrained(out / "final").config
-    return {"arm": arm, "variant": ARMS[arm][0], "seed": seed, "budget": b, "config": cfg.to_dict(),
+    return {"arm": arm, "variant": arm, "seed": seed, "budget": b, "config": cfg.to_dict(),
             "decoder_tokens": cfg.layout.num_tokens, "curve": curve,
             "final": evaluate(out / "final", val_x, classifier=classifier),
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
@@ -223,14 +166,6 @@ def trained_on(out: Path) -> str:
 # ------------------------------------------------------------------------------------------------------------
 #                                      Generation: a DiT per tokenizer
 # ------------------------------------------------------------------------------------------------------------
-def dit_budget(args) -> dict:
-    tier = DIT_TIERS[args.tier]
-    return {"steps": args.dit_steps or tier["steps"], "batch_size": args.dit_batch_size or tier["batch_size"],
-            "lr": tier["lr"], "samples": args.dit_samples or tier["samples"],
-            "sample_steps": tier["sample_steps"], "guidance": tier["guidance"],
-            "set": {**tier["set"], **parse_overrides(args.dit_set)}}
-
-
 def dit_dir(args, arm: str, seed: int) -> Path:
     return Path(args.output_dir) / f"dit-{arm}" / f"seed-{seed}"
 
@@ -240,29 +175,22 @@ def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
     tokenizer = run_dir(args, arm, seed)
     if not trained(tokenizer):
         train_one(args, b, arm, seed, tokenizer)
-    check_budget(dit_dir(args, arm, seed), steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed)
-    sets = [f"{k}={json.dumps(v)}" for k, v in db["set"].items()]
-    cmd = [*shlex.split(args.launch), str(ROOT / "train" / "dit.py"), "--preset", b["preset"],
-           "--tokenizer", str(tokenizer / "final"), "--data", args.data, "--output-dir", str(dit_dir(args, arm, seed)),
-           "--seed", str(seed), "--steps", str(db["steps"]), "--batch-size", str(db["batch_size"]),
-           "--lr", str(db["lr"]), "--ckpt-every", str(max(1, db["steps"] // 10)), "--sample-every", "0",
-           "--log-every", "25", "--export-at", *map(str, export_steps(db["steps"])),
-           *(["--set", *sets] if sets else []), *shlex.split(args.dit_args)]
+    cmd = run_command(args, "dit.py", db, dit_dir(args, arm, seed), seed, "--preset", b["preset"],
+                      "--tokenizer", str(tokenizer / "final"), *shlex.split(args.dit_args))
     launch(args, cmd, f"the DiT on {arm} (seed {seed})")
 
 
-@torch.no_grad()
-def evaluate_generator(path: Path, tokenizer: Path, db: dict, real_fd, classifier: Classifier) -> dict:
-    """FD-cls of `db['samples']` class-balanced samples against the validation images (their features in
-    `real_fd`) and the classifier's accuracy on them; the same labels and noise seeds for every DiT."""
-    fd = real_fd.clone()
-    correct = score_samples(DiT.from_pretrained(path).eval().to(DEVICE),
-                            HieraTok.from_pretrained(tokenizer).eval().to(DEVICE), db["samples"],
-                            steps=db["sample_steps"], guidance=db["guidance"], fd=fd, classifier=classifier.to(DEVICE))
-    return {"gfd_cls": float(fd.compute()), "class_accuracy": float(correct.mean()), "samples": len(correct)}
+def evaluate_generator(path: Path, tokenizer: Path, db: dict, real, classifier: Classifier) -> dict:
+    """FD-cls of `db['samples']` class-balanced samples against the validation images (their features in `real`)
+    and the classifier's accuracy on them; the same labels and noise seeds for every DiT."""
+    g = generator_scores(DiT.from_pretrained(path).eval().to(DEVICE),
+                         HieraTok.from_pretrained(tokenizer).eval().to(DEVICE), db["samples"],
+                         steps=db["sample_steps"], guidance=db["guidance"], fd=real.clone(),
+                         classifier=classifier.to(DEVICE))
+    return {"gfd_cls": g["gfd"], "class_accuracy": float(g["correct"].mean()), "samples": len(g["correct"])}
 
 
-def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, classifier: Classifier) -> dict:
+def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classifier: Classifier) -> dict:
     out = dit_dir(args, arm, seed)
     check_budget(out, steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed)
     if not trained(out):
@@ -271,7 +199,7 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, cla
     for step in [*export_steps(db["steps"]), db["steps"]]:
         path = out / "final" if step == db["steps"] else out / "exports" / f"step-{step:08d}"
         curve.append({"step": step, "images_seen": step * db["batch_size"],
-                      **evaluate_generator(path, out / "tokenizer", db, real_fd, classifier)})
+                      **evaluate_generator(path, out / "tokenizer", db, real, classifier)})
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "final" / "config.json").read_text())
     return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
@@ -280,16 +208,6 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real_fd, cla
             "hardware": trained_on(out), "path": str(out)}
 
 
-def real_features(classifier: Classifier, images: torch.Tensor, batch: int = 100):
-    """An FD-cls accumulator holding the classifier features of `images` as the real set (cloned per DiT)."""
-    fd = frechet_distance_metric(FeatureExtractor(classifier.to(DEVICE))).to(DEVICE)
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            fd.update(to_unit(images[i:i + batch].to(DEVICE)), real=True)
-    return fd
-
-
-@torch.no_grad()
 def linear_reference(args, b: dict, curve_x: torch.Tensor, val_x: torch.Tensor, fit_images: int = 2000) -> dict:
     """The patch-PCA codec of the arms' latent size (the linear shortcut every arm starts from): its finest PSNR on
     the curve images and on the validation images, the line an arm has to rise above."""
@@ -300,16 +218,13 @@ def linear_reference(args, b: dict, curve_x: torch.Tensor, val_x: torch.Tensor, 
     if saved:  # every run fits the same codec (the same evenly spaced training images, whatever the seed)
         codec, source = PatchPCA.load(saved[0]), str(saved[0])
     else:
-        codec, n = fit_patch_pca(build_dataset(args.data, cfg.image_size, split="test"), cfg.patch_size,
-                                 cfg.latent_channels, fit_images, num_workers=args.num_workers)
+        codec, n = fit_linear_reference(args.data, cfg.image_size, cfg.patch_size, cfg.latent_channels, fit_images,
+                                        num_workers=args.num_workers)
         source = f"fitted on {n} training images"
-
-    def mean_psnr(images):
-        return float(torch.cat([psnr(codec.reconstruct(images[i:i + 64]), images[i:i + 64])
-                                for i in range(0, len(images), 64)]).mean())
     return {"name": f"linear-pca-C{codec.latent_channels}", "patch_size": cfg.patch_size,
             "latent_channels": codec.latent_channels, "codec": source,
-            "psnr_curve": mean_psnr(curve_x), "psnr_final": mean_psnr(val_x)}
+            "psnr_curve": linear_scores(codec, curve_x).means()["psnr"],
+            "psnr_final": linear_scores(codec, val_x).means()["psnr"]}
 
 
 def write_report(prefix: Path, report: dict) -> None:
@@ -344,7 +259,7 @@ def parse_args(argv=None):
     ap.add_argument("--output-dir", required=True, help="runs go to OUTPUT/<arm>/seed-<seed>")
     ap.add_argument("--results", default="assets/eval/experiment", help="output prefix for .json / .md / curves")
     ap.add_argument("--tier", default="cpu", choices=sorted(TIERS), help="model size and budget")
-    ap.add_argument("--arms", nargs="+", default=KEY_ARMS, choices=sorted(ARMS))
+    ap.add_argument("--arms", nargs="+", default=KEY_ARMS, choices=ARMS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--preset", default=None, help="override the tier's preset")
     ap.add_argument("--steps", type=int, default=None, help="override the tier's steps per run")
@@ -387,82 +302,93 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    b = budget(args)
-    from hieratok import tokenizer_config
-    size = tokenizer_config(b["preset"]).image_size
-    prefix = Path(args.results)
-    records, generation, db = [], [], dit_budget(args)
+class Results:
+    """The results file: this budget's run records (`records`) and DiT records (`generation`), shared by every
+    invocation and by processes writing it at once (other arms in a second process): `merge` adds what the file
+    gained since we last looked, so that no writer drops another's runs. Results of another budget are not mixed in."""
 
-    def merge_recorded():
-        """Add the runs recorded in the results file since we last looked -- by an earlier invocation, or by another
-        one writing the same file now (e.g. other arms in a second process) -- so that no writer drops another's
-        runs. Results of another budget are not mixed in."""
-        path = prefix.with_suffix(".json")
+    def __init__(self, prefix: Path, b: dict, db: dict):
+        self.prefix, self.b, self.db = prefix, b, db
+        self.records: list[dict] = []
+        self.generation: list[dict] = []
+        self.context: dict = {}
+        self.merge()
+
+    def merge(self) -> None:
+        path = self.prefix.with_suffix(".json")
         old = json.loads(path.read_text()) if path.exists() else {}
-        for mine, theirs, same in ((records, old.get("records", []), lambda r: r["budget"] == b),
-                                   (generation, old.get("generation", []),
-                                    lambda r: r["budget"] == b and r["dit_budget"] == db)):
+        for mine, theirs, same in ((self.records, old.get("records", []), lambda r: r["budget"] == self.b),
+                                   (self.generation, old.get("generation", []),
+                                    lambda r: r["budget"] == self.b and r["dit_budget"] == self.db)):
             have = {(r["arm"], r["seed"]) for r in mine}
             mine += [r for r in theirs if same(r) and (r["arm"], r["seed"]) not in have]
-    merge_recorded()
+
+    def has(self, kind: str, arm: str, seed: int) -> bool:
+        self.merge()
+        return any(r["arm"] == arm and r["seed"] == seed for r in getattr(self, kind))
+
+    def report(self) -> dict:
+        self.merge()
+        out = {**self.context, "records": self.records, "summary": summarize(self.records)}
+        if self.generation:
+            out.update(dit_budget=self.db, generation=self.generation,
+                       generation_summary=summarize_generation(self.generation))
+        return out
+
+    def add(self, kind: str, record: dict) -> None:
+        getattr(self, kind).append(record)
+        write_report(self.prefix, self.report())
+
+
+def train_missing(args, runs: list[tuple[str, int]], train, folder) -> None:
+    """With --parallel N, train the missing runs N at a time (their evaluation then follows one at a time)."""
+    if args.parallel > 1:
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for f in [pool.submit(train, arm, seed) for arm, seed in runs if not trained(folder(args, arm, seed))]:
+                f.result()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    b, db = budget(args), dit_budget(args)
+    from hieratok import tokenizer_config
+    size = tokenizer_config(b["preset"]).image_size
+    store = Results(Path(args.results), b, db)
     curve_x = load_images(args.val, size, b["curve_images"], args.num_workers)
     val_x = load_images(args.val, size, args.val_images, args.num_workers)
     classifier = load_classifier(args.classifier, b["preset"])
     if args.dit_seeds and classifier is None and not args.report_only:
         raise SystemExit("error: --dit-seeds needs a classifier (--classifier): FD-cls and class accuracy of the "
                          "samples are what the generation half measures")
-    reference = linear_reference(args, b, curve_x, val_x)
-
-    def report():
-        merge_recorded()
-        out = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
-               "linear_reference": reference, "records": records, "summary": summarize(records)}
-        if generation:
-            out.update(dit_budget=db, generation=generation, generation_summary=summarize_generation(generation))
-        return out
+    store.context = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
+                     "linear_reference": linear_reference(args, b, curve_x, val_x)}
     if args.report_only:
-        if not records:
-            raise SystemExit(f"error: no recorded runs of this budget in {prefix.with_suffix('.json')}")
-        write_report(prefix, report())
-        print(markdown(report()))
+        if not store.records:
+            raise SystemExit(f"error: no recorded runs of this budget in {store.prefix.with_suffix('.json')}")
+        write_report(store.prefix, store.report())
+        print(markdown(store.report()))
         return
     t0 = time.time()
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms
-            if not any(r["arm"] == arm and r["seed"] == seed for r in records)]
-    if args.parallel > 1:  # train the missing runs N at a time first; evaluation below is one at a time
-        untrained = [(arm, seed) for arm, seed in todo if not trained(run_dir(args, arm, seed))]
-        with ThreadPoolExecutor(args.parallel) as pool:
-            for f in [pool.submit(train_one, args, b, arm, seed, run_dir(args, arm, seed)) for arm, seed in untrained]:
-                f.result()
-    for seed in args.seeds:          # seeds outermost: a partial grid has every arm at the same number of seeds
-        for arm in args.arms:
-            merge_recorded()
-            if any(r["arm"] == arm and r["seed"] == seed for r in records):
-                print(f"[{arm} seed {seed}] done, skipped")
-                continue
-            records.append(run_record(args, b, arm, seed, curve_x, val_x, classifier))
-            write_report(prefix, report())
-            print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
-    gen_todo = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS if arm in args.dit_arms
-                if not any(r["arm"] == arm and r["seed"] == seed for r in generation)]
-    if gen_todo:
-        if args.parallel > 1:  # (a DiT whose tokenizer is missing trains that first)
-            with ThreadPoolExecutor(args.parallel) as pool:
-                for f in [pool.submit(train_dit, args, b, db, arm, seed) for arm, seed in gen_todo
-                          if not trained(dit_dir(args, arm, seed))]:
-                    f.result()
-        real_fd = real_features(classifier, val_x)
-        for arm, seed in gen_todo:
-            merge_recorded()
-            if any(r["arm"] == arm and r["seed"] == seed for r in generation):
-                continue
-            generation.append(generation_record(args, b, db, arm, seed, real_fd, classifier))
-            write_report(prefix, report())
-            print(f"[DiT on {arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
-    if records:
-        print(markdown(report()))
+    grid = [(arm, seed) for seed in args.seeds for arm in args.arms]  # seeds outermost: a partial grid has every
+    train_missing(args, [(a, s) for a, s in grid if not store.has("records", a, s)],  # arm at the same seeds
+                  lambda arm, seed: train_one(args, b, arm, seed, run_dir(args, arm, seed)), run_dir)
+    for arm, seed in grid:
+        if store.has("records", arm, seed):
+            print(f"[{arm} seed {seed}] done, skipped")
+            continue
+        store.add("records", run_record(args, b, arm, seed, curve_x, val_x, classifier))
+        print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
+    gen = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS
+           if arm in args.dit_arms and not store.has("generation", arm, seed)]
+    if gen:  # (a DiT whose tokenizer is missing trains that first)
+        train_missing(args, gen, lambda arm, seed: train_dit(args, b, db, arm, seed), dit_dir)
+        real = real_fd(fd_metric(classifier), val_x)
+        for arm, seed in gen:
+            if not store.has("generation", arm, seed):
+                store.add("generation", generation_record(args, b, db, arm, seed, real, classifier))
+                print(f"[DiT on {arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
+    if store.records:
+        print(markdown(store.report()))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from hieratok import HieraTok
 from hieratok.cost import cost_of
 from hieratok.training.distributed import cpu_name
 from hieratok.training.distributed import run_hardware as hardware
-from hieratok.training.report import markdown
+from hieratok.report import evaluation_markdown as markdown
 
 RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
     "cifar10": [

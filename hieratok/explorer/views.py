@@ -316,21 +316,28 @@ EXPERIMENT_RESULTS = Path("eval") / "experiment.json"   # inside the assets fold
 
 
 def experiment(assets: Path) -> tuple[str, go.Figure | None]:
-    """The controlled experiment's table and learning curves from `<assets>/eval/experiment.json`, read anew on
-    every call (a running grid adds runs to it)."""
-    from hieratok.experiment import curves_figure, load_results, markdown
+    """The controlled experiment's table (`<assets>/eval/experiment.md`) and learning curves (from the records of
+    `experiment.json` beside it), read anew on every call (a running grid adds runs to both)."""
+    import json
+
+    from hieratok.report import curves_figure
     path = Path(assets) / EXPERIMENT_RESULTS
     try:
-        report = load_results(path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        report = json.loads(path.read_text()) if path.exists() else None
+        table = path.with_suffix(".md").read_text() if report and report.get("records") else ""
+    except (OSError, ValueError) as e:
         raise AppError(f"the experiment's results file {path} could not be read: {e}") from e
     if not report or not report.get("records"):
         return (f"No results of the controlled experiment yet ({path} is missing or empty). Run "
                 "`python train/experiment.py --data DATA/train --val DATA/val --output-dir runs/experiment "
-                f"--results {Path(assets) / 'eval' / 'experiment'}` (see the README); finished runs appear here "
-                "as they land.", None)
+                f"--results {Path(assets) / 'eval' / 'experiment'}` (see docs/experiment.md); finished runs appear "
+                "here as they land.", None)
+    try:
+        fig = curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
+    except (KeyError, TypeError, IndexError) as e:
+        raise AppError(f"the experiment's results file {path} is not in the expected format: {e}") from e
     arms = sorted({r["arm"] for r in report["records"]})
-    text = markdown(report).replace("# Controlled experiment", "### Controlled experiment", 1)
+    text = table.replace("# Controlled experiment", "### Controlled experiment", 1)
     text += (f"\n{len(report['records'])} runs so far over {len(arms)} arms; each curve point is the mean over "
              "seeds with a 95% t-interval (no interval with one seed).")
-    return text, curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
+    return text, fig

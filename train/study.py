@@ -1,5 +1,7 @@
-"""The controlled experiment's results (`train/experiment.py` writes them, the app shows them): per-arm statistics
-over seeds, the Markdown table and the learning curves.
+"""The controlled experiment as data and its report: the arms, tiers and budgets `train/experiment.py` runs; the
+per-arm statistics over seeds, paired against `hieratok`; the generation half's comparison of the DiTs on the
+`hieratok` and `singlescale` latents; the Markdown table, written beside the results file (the app shows that file
+and draws the curves with `hieratok.report.curves_figure`).
 
 A results file holds {"tier", "budget", "val_images", "command", "records": [one per run: arm, variant, seed,
 budget, curve (PSNR etc. at fixed points of the budget), final metrics, step time], "summary": `summarize(records)`}
@@ -13,27 +15,65 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from hieratok.config import VARIANT_BUILDERS
+from hieratok.report import fmt, percent
+from hieratok.stats import ratio_interval, steps_to_reach, t_interval
+from hieratok.training.cli import parse_overrides
 
-def t_interval(values: list[float], level: float = 0.95) -> dict:
-    """Mean and the half-width of a Student-t confidence interval over independent runs (seeds)."""
-    from scipy import stats
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "ci95": float("nan"), "n": n}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "ci95": float(half), "n": n}
+# every arm is the tokenizer variant of its name (hieratok.config.VARIANT_BUILDERS), so `train/stage1.py --variant ARM`
+# trains it outside the study too. The last four test one explanation each of why multi-scale supervision costs the
+# finest scale (docs/experiment.md).
+ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss", "interp", "full-attn", "independent-attn",
+        "finest-weighted", "stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted"]
+assert set(ARMS) <= set(VARIANT_BUILDERS), sorted(set(ARMS) - set(VARIANT_BUILDERS))
+KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
+
+# model size and budget per hardware tier (the imagenette128 geometry: 128 px, patch 8, 16 x 16 x 16 latent)
+TIERS = {
+    "cpu": {"preset": "imagenette128", "steps": 1500, "batch_size": 32, "lr": 4e-4, "curve_images": 256,
+            "set": {"enc_dim": 96, "enc_depth": 2, "enc_heads": 4, "dec_dim": 96, "dec_depth": 3, "dec_heads": 4}},
+    "gpu": {"preset": "imagenette128", "steps": 20000, "batch_size": 128, "lr": 4e-4, "curve_images": 1000,
+            "set": {}},
+}
+CURVE_POINTS = (0.25, 0.5, 1.0)
+
+# the generation half: one DiT per tokenizer, per tier. The CPU tier is the shipped 128-px DiT's size and first
+# budget (6 x 256, 2,400 steps of 128 latents, about 75 minutes a run on one AMX core; resumable across sittings)
+# at guidance 6, where the shipped DiT reached 36% at that budget: a 4 x 128 DiT after 1,500 steps of 64 latents
+# was still at chance on these tokenizers, at guidance 2 and at 6 alike (10.0-12.4% class accuracy on 250 samples).
+GEN_ARMS = ["hieratok", "singlescale"]
+DIT_TIERS = {
+    "cpu": {"steps": 2400, "batch_size": 128, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 6.0,
+            "set": {}},
+    "gpu": {"steps": 20000, "batch_size": 256, "lr": 3e-4, "samples": 2000, "sample_steps": 30, "guidance": 6.0,
+            "set": {}},
+}
 
 
-def ratio_interval(ratios: list[float], level: float = 0.95) -> dict:
-    """Geometric mean and 95% interval of positive ratios over independent runs: the t-interval of their logarithms,
-    exponentiated (a ratio's interval is multiplicative; an arithmetic one could even reach below zero)."""
-    logs = t_interval([math.log(r) for r in ratios], level)
-    out = {"mean": math.exp(logs["mean"]), "n": logs["n"], "low": float("nan"), "high": float("nan")}
-    if not math.isnan(logs["ci95"]):
-        out.update(low=math.exp(logs["mean"] - logs["ci95"]), high=math.exp(logs["mean"] + logs["ci95"]))
-    return out
+def budget(args) -> dict:
+    tier = TIERS[args.tier]
+    return {"preset": args.preset or tier["preset"], "steps": args.steps or tier["steps"],
+            "batch_size": args.batch_size or tier["batch_size"], "lr": args.lr or tier["lr"],
+            "set": {**tier["set"], **parse_overrides(args.set)},
+            "curve_images": args.curve_images or tier["curve_images"]}
+
+
+def export_steps(steps: int) -> list[int]:
+    return sorted({max(1, round(steps * f)) for f in CURVE_POINTS if f < 1})
+
+
+def dit_budget(args) -> dict:
+    tier = DIT_TIERS[args.tier]
+    return {"steps": args.dit_steps or tier["steps"], "batch_size": args.dit_batch_size or tier["batch_size"],
+            "lr": tier["lr"], "samples": args.dit_samples or tier["samples"],
+            "sample_steps": tier["sample_steps"], "guidance": tier["guidance"],
+            "set": {**tier["set"], **parse_overrides(args.dit_set)}}
+
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                                 The report
+# ------------------------------------------------------------------------------------------------------------
 
 
 def summarize(records: list[dict]) -> dict:
@@ -59,20 +99,6 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def steps_to_reach(curve: list[dict], target: float, key: str = "gfd_cls") -> float | None:
-    """The first step at which a lower-is-better metric reaches `target`, linearly interpolated between the measured
-    points (the first point's step when it is reached there already; None when it is never reached)."""
-    prev = None
-    for p in curve:
-        if p[key] <= target:
-            if prev is None or prev[1] == p[key]:
-                return float(p["step"])
-            s0, v0 = prev
-            return s0 + (v0 - target) / (v0 - p[key]) * (p["step"] - s0)
-        prev = (p["step"], p[key])
-    return None
-
-
 def _point(record: dict, step: int) -> dict:
     return next(p for p in record["curve"] if p["step"] == step)
 
@@ -95,7 +121,7 @@ def summarize_generation(records: list[dict]) -> dict:
     per_seed = []
     for seed in both:
         target = max(h[seed]["final"]["gfd_cls"], s[seed]["final"]["gfd_cls"])  # both reach it
-        sh, ss = steps_to_reach(h[seed]["curve"], target), steps_to_reach(s[seed]["curve"], target)
+        sh, ss = (steps_to_reach(r[seed]["curve"], target, "gfd_cls") for r in (h, s))
         # reached at the first measured point: the true step is at most that, so the ratio is only a bound
         # (None: an estimate; "lower" / "upper": hieratok's / singlescale's step is bounded; "both": undetermined)
         early = {arm: r[seed]["curve"][0]["gfd_cls"] <= target for arm, r in (("hieratok", h), ("singlescale", s))}
@@ -112,13 +138,6 @@ def summarize_generation(records: list[dict]) -> dict:
                       "ratio": ratio_interval([p["ratio"] for p in per_seed]) if per_seed else None,
                       "censored": any(p["bound"] for p in per_seed)}
     return out
-
-
-def fmt(m: dict, d: int = 2) -> str:
-    if m is None:
-        return "—"
-    ci = "" if math.isnan(m["ci95"]) else f" ± {m['ci95']:.{d}f}"
-    return f"{m['mean']:.{d}f}{ci}"
 
 
 def markdown(report: dict) -> str:
@@ -143,11 +162,6 @@ def markdown(report: dict) -> str:
     if report.get("generation"):
         lines += [""] + generation_markdown(report)
     return "\n".join(lines) + "\n"
-
-
-def percent(m: dict) -> dict:
-    """A fraction's mean and interval in percent."""
-    return {**m, "mean": 100 * m["mean"], "ci95": 100 * m["ci95"]}
 
 
 def devices_line(report: dict) -> str:
@@ -201,37 +215,6 @@ def generation_markdown(report: dict) -> list[str]:
                           "count (<=), so that seed's ratio is a bound, not an estimate, and the interval above mixes "
                           "bounds; only earlier measured points can resolve it."]
     return lines
-
-
-def curves_figure(records: list[dict], reference: dict | None = None, generation: list[dict] | None = None):
-    """Finest-scale PSNR against images seen per arm (mean ± 95% t-interval over seeds); the linear reference on
-    the same images as a dashed line. With generation records, a second panel: each DiT's FD-cls against its steps."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2 if generation else 1, subplot_titles=(
-        ["tokenizers: finest PSNR", "DiTs: FD-cls of samples"] if generation else None))
-    panels = [(records, "images_seen", "psnr", "")]
-    if generation:
-        panels.append((generation, "step", "gfd_cls", "DiT on "))
-    for col, (runs, x_key, y_key, prefix) in enumerate(panels, start=1):
-        for arm in sorted({r["arm"] for r in runs}):
-            rs = [r for r in runs if r["arm"] == arm]
-            xs = [p[x_key] for p in rs[0]["curve"]]
-            ys = [[r["curve"][i][y_key] for r in rs] for i in range(len(xs))]
-            mean = [sum(v) / len(v) for v in ys]
-            ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
-            fig.add_trace(go.Scatter(x=xs, y=mean, name=prefix + arm, mode="lines+markers",
-                                     error_y=dict(type="data", array=ci, visible=True)), row=1, col=col)
-    if reference:  # after the traces: plotly leaves a line out of a subplot that has no data yet
-        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
-                      annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
-    fig.update_xaxes(title_text="images seen", row=1, col=1)
-    fig.update_yaxes(title_text="PSNR, finest scale (dB)", row=1, col=1)
-    if generation:
-        fig.update_xaxes(title_text="DiT steps", row=1, col=2)
-        fig.update_yaxes(title_text="FD-cls (lower is better)", row=1, col=2)
-    fig.update_layout(height=420, title="Learning curves (mean ± 95% t-interval over seeds)")
-    return fig
 
 
 def load_results(path: str | Path) -> dict | None:

@@ -1,16 +1,27 @@
-"""The evaluation report (`train/evaluate.py`'s JSON) as Markdown, shared by the evaluation and the model cards."""
+"""Reports: one number format, the evaluation report (`train/evaluate.py`'s JSON; also in the model cards) as
+Markdown, and the learning curves of a results file's runs (`train/experiment.py`; the app's Experiment view)."""
 from __future__ import annotations
 
+import math
 
-def fmt(m, digits=2):
+
+def fmt(m, digits: int = 2) -> str:
+    """A number, or a {"mean", "ci95"} interval as "mean ± half-width" (no half-width when it is undefined);
+    "—" for a value not measured."""
     if m is None:
-        return "n/a"
+        return "—"
     if isinstance(m, dict):
-        return f"{m['mean']:.{digits}f} ± {m['ci95']:.{digits}f}"
+        ci = "" if m.get("ci95") is None or math.isnan(m["ci95"]) else f" ± {m['ci95']:.{digits}f}"
+        return f"{m['mean']:.{digits}f}{ci}"
     return f"{m:.{digits}f}"
 
 
-def markdown(report: dict) -> str:
+def percent(m: dict) -> dict:
+    """A fraction's mean and interval in percent."""
+    return {**m, "mean": 100 * m["mean"], "ci95": 100 * m["ci95"]}
+
+
+def evaluation_markdown(report: dict) -> str:
     lines = [f"# Evaluation on {report['data']} ({report['images']} images)", ""]
     notes = report["notes"]
     fd_name = notes["fd_name"] or "FD"
@@ -61,3 +72,36 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {label} | " + " | ".join(f"{gens[n][key]:g}" for n in names) + " |")
             lines.append("")
     return "\n".join(lines)
+
+
+def curves_figure(records: list[dict], reference: dict | None = None, generation: list[dict] | None = None):
+    """Finest-scale PSNR against images seen per arm (mean ± 95% t-interval over seeds); the linear reference on
+    the same images as a dashed line. With generation records, a second panel: each DiT's FD-cls against its steps."""
+    import plotly.graph_objects as go
+
+    from .stats import t_interval
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2 if generation else 1, subplot_titles=(
+        ["tokenizers: finest PSNR", "DiTs: FD-cls of samples"] if generation else None))
+    panels = [(records, "images_seen", "psnr", "")]
+    if generation:
+        panels.append((generation, "step", "gfd_cls", "DiT on "))
+    for col, (runs, x_key, y_key, prefix) in enumerate(panels, start=1):
+        for arm in sorted({r["arm"] for r in runs}):
+            rs = [r for r in runs if r["arm"] == arm]
+            xs = [p[x_key] for p in rs[0]["curve"]]
+            ys = [[r["curve"][i][y_key] for r in rs] for i in range(len(xs))]
+            mean = [sum(v) / len(v) for v in ys]
+            ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
+            fig.add_trace(go.Scatter(x=xs, y=mean, name=prefix + arm, mode="lines+markers",
+                                     error_y=dict(type="data", array=ci, visible=True)), row=1, col=col)
+    if reference:  # after the traces: plotly leaves a line out of a subplot that has no data yet
+        fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
+                      annotation_text=f"{reference['name']} (linear reference)", annotation_position="bottom right")
+    fig.update_xaxes(title_text="images seen", row=1, col=1)
+    fig.update_yaxes(title_text="PSNR, finest scale (dB)", row=1, col=1)
+    if generation:
+        fig.update_xaxes(title_text="DiT steps", row=1, col=2)
+        fig.update_yaxes(title_text="FD-cls (lower is better)", row=1, col=2)
+    fig.update_layout(height=420, title="Learning curves (mean ± 95% t-interval over seeds)")
+    return fig

@@ -1,0 +1,177 @@
+"""What a tokenizer, the linear reference and a DiT are measured by -- one implementation behind both
+`train/evaluate.py` (the shipped models' report) and `train/experiment.py` (the controlled experiment).
+
+- `tokenizer_scores`: per image and per scale, PSNR and SSIM against the input area-downsampled to that scale; the
+  latent maps of each scale (their Gini / normalised entropy, `hieratok.metrics.latent_gini_entropy`); LPIPS of the
+  finest scale; the Fréchet distance between reconstructions and inputs (rFD).
+- `linear_scores`: the same for a linear codec (`hieratok.linear.PatchPCA`), which has one scale;
+  `fit_linear_reference` fits the codec of a tokenizer's latent size on training images.
+- `real_fd`: a Fréchet accumulator holding the real set, cloned for every generator scored against it.
+- `generator_scores`: class-balanced samples of a DiT, their gFD and per-sample class correctness.
+
+Every function takes batches of [-1, 1] images -- a tensor of images (sliced here) or any iterable of batches,
+including the project's data loaders, whose (images, labels, skipped) items are unpacked and empty batches skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .losses import downsample_image
+from .metrics import latent_gini_entropy, psnr, ssim, to_unit
+from .stats import mean_ci
+
+
+def image_batches(source, batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """(B, 3, H, W) image batches from a tensor of images or an iterable of batches / loader items."""
+    if isinstance(source, torch.Tensor):
+        for i in range(0, len(source), batch_size):
+            yield source[i:i + batch_size]
+        return
+    for item in source:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if x is not None and len(x):
+            yield x
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class TokenizerScores:
+    """Per-image values of one evaluation, by latent side (coarse -> fine); `summary()` / `means()` reduce them."""
+    scales: list[int]
+    patch_size: int
+    psnr: dict[int, torch.Tensor] = field(default_factory=dict)
+    ssim: dict[int, torch.Tensor] = field(default_factory=dict)
+    latents: dict[int, torch.Tensor] = field(default_factory=dict)   # empty for a linear codec
+    lpips: torch.Tensor | None = None
+    rfd: float | None = None
+
+    @property
+    def finest(self) -> int:
+        return self.scales[-1]
+
+    @property
+    def images(self) -> int:
+        return len(self.psnr[self.finest])
+
+    def density(self, scale: int) -> dict | None:
+        return latent_gini_entropy(self.latents[scale]) if scale in self.latents else None
+
+    def summary(self) -> dict:
+        """Every scale's mean ± 95% CI over images (the evaluation report's format)."""
+        scales = {}
+        for s in self.scales:
+            scales[f"{s}x{s}"] = {"pixels": s * self.patch_size, "psnr": mean_ci(self.psnr[s]),
+                                  "ssim": mean_ci(self.ssim[s])}
+            if s in self.latents:
+                scales[f"{s}x{s}"]["latent_density"] = self.density(s)
+        return {"scales": scales, "lpips": mean_ci(self.lpips) if self.lpips is not None else None, "rfd": self.rfd}
+
+    def means(self) -> dict:
+        """Plain means, the finest scale first (the experiment's per-run record)."""
+        f = self.finest
+        psnrs = {f"{s}x{s}": float(self.psnr[s].mean()) for s in self.scales}
+        return {"psnr": psnrs[f"{f}x{f}"], "psnr_scales": psnrs, "ssim": float(self.ssim[f].mean()),
+                "latent_density": self.density(f), "images": self.images, "rfd_cls": self.rfd}
+
+
+def _accumulate(scores: TokenizerScores, parts: dict, fd, x: torch.Tensor, images: list[torch.Tensor]) -> None:
+    for s, im in zip(scores.scales, images):
+        target = downsample_image(x, im.shape[-1])
+        parts.setdefault(("psnr", s), []).append(psnr(im, target).cpu())
+        parts.setdefault(("ssim", s), []).append(ssim(im, target).cpu())
+    if fd is not None:
+        fd.update(to_unit(x), real=True)
+        fd.update(to_unit(images[-1]), real=False)
+
+
+def _finish(scores: TokenizerScores, parts: dict, fd) -> TokenizerScores:
+    if not parts:
+        raise ValueError("no images to evaluate")
+    for (kind, s), values in parts.items():
+        if kind == "lpips":
+            scores.lpips = torch.cat(values)
+        else:
+            {"psnr": scores.psnr, "ssim": scores.ssim, "latent": scores.latents}[kind][s] = torch.cat(values)
+    scores.rfd = float(fd.compute()) if fd is not None else None
+    return scores
+
+
+@torch.no_grad()
+def tokenizer_scores(tok, batches, *, lpips: torch.nn.Module | None = None, fd=None, batch_size: int = 64,
+                     progress=iter) -> TokenizerScores:
+    """Evaluate a `HieraTok` (posterior mean, every scale of one decode) on `batches`; `lpips` (a module taking
+    two [-1, 1] batches) scores the finest scale; `fd` (a fresh `frechet_distance_metric`) gives the rFD.
+    `progress` may wrap the batches (e.g. in a progress bar)."""
+    device = _device(tok)
+    scores = TokenizerScores(list(tok.layout.scales), tok.config.patch_size)
+    parts: dict = {}
+    for x in progress(image_batches(batches, batch_size)):
+        x = x.to(device)
+        z = tok.encode(x)
+        for s, m in zip(scores.scales, tok.latent_pyramid(z)):
+            parts.setdefault(("latent", s), []).append(m.float().cpu())
+        out = tok.decode(z)
+        _accumulate(scores, parts, fd, x, out.images)
+        if lpips is not None:
+            parts.setdefault(("lpips", None), []).append(lpips(out.reconstruction.clamp(-1, 1), x).flatten().cpu())
+    return _finish(scores, parts, fd)
+
+
+@torch.no_grad()
+def linear_scores(codec, batches, *, fd=None, batch_size: int = 64, progress=iter) -> TokenizerScores:
+    """Evaluate a linear codec (`hieratok.linear.PatchPCA`) like a tokenizer at its one scale."""
+    scores, parts = None, {}
+    for x in progress(image_batches(batches, batch_size)):
+        if scores is None:
+            scores = TokenizerScores([x.shape[-1] // codec.patch_size], codec.patch_size)
+        _accumulate(scores, parts, fd, x, [codec.reconstruct(x).clamp(-1, 1)])
+    if scores is None:
+        raise ValueError("no images to evaluate")
+    return _finish(scores, parts, fd)
+
+
+def fit_linear_reference(data: str, image_size: int, patch_size: int, channels: int, images: int = 2000,
+                         batch_size: int = 64, num_workers: int = 0):
+    """The patch-PCA codec with a tokenizer's latent size (p x p patches, C components) fitted on `images` evenly
+    spaced, unflipped training images of `data` -- the same images whatever the caller. Returns (codec, images)."""
+    from .training.data import build_dataset, fit_patch_pca
+    return fit_patch_pca(build_dataset(data, image_size, split="train"), patch_size, channels, images,
+                         batch_size, num_workers)
+
+
+@torch.no_grad()
+def real_fd(fd, batches, *, batch_size: int = 100, progress=iter):
+    """`fd` (a fresh Fréchet accumulator) with `batches` added as the real set; clone it for each generator."""
+    device = fd.device
+    for x in progress(image_batches(batches, batch_size)):
+        fd.update(to_unit(x.to(device)), real=True)
+    return fd
+
+
+@torch.no_grad()
+def generator_scores(dit, tok, num_samples: int, *, steps: int, guidance: float, batch_size: int = 50,
+                     seed: int = 0, fd=None, classifier=None, progress=iter) -> dict:
+    """`num_samples` class-balanced samples of a class-conditional DiT decoded by `tok`
+    (`hieratok.latent.score_samples`: batch i seeded with `seed + i`): their Fréchet distance to the real set in
+    `fd` (a `real_fd` clone; None: not measured) and each sample's correctness under `classifier`."""
+    from .latent import score_samples
+    correct = score_samples(dit, tok, num_samples, steps=steps, guidance=guidance, batch_size=batch_size,
+                            seed=seed, fd=fd, classifier=classifier, batches=progress)
+    return {"gfd": float(fd.compute()) if fd is not None else None, "correct": correct, "samples": num_samples}
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Mean ± 95% CI of a - b over the same images (a paired interval)."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same images: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return mean_ci(a - b)
+
+
+__all__ = ["TokenizerScores", "fit_linear_reference", "generator_scores", "image_batches", "linear_scores",
+           "mean_ci", "paired_difference", "real_fd", "tokenizer_scores"]

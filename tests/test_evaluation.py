@@ -1,0 +1,97 @@
+"""The evaluation module behind train/evaluate.py and train/experiment.py: both scripts give the numbers their own
+two implementations gave before they were merged into `hieratok.evaluation` (pinned from the old code on the same
+tiny tokenizer, classifier and images)."""
+import json
+
+import pytest
+import torch
+
+from tests.test_train import image_folder  # noqa: F401  (the synthetic ImageFolder fixture)
+
+# computed by the two implementations before the merge (commit 0b8f2f3), on `tiny` below
+PINNED_SCALES = {  # latent side: (PSNR mean, SSIM mean, latent Gini)
+    "1x1": (6.36304, 0.433399, 0.980228), "2x2": (6.23598, 0.024802, 0.964796),
+    "4x4": (6.10429, 0.004792, 0.959105), "8x8": (5.49460, 0.002958, 0.979745),
+    "16x16": (5.65577, 0.004157, 0.977334)}
+PINNED_RFD = 0.0133740
+PINNED_LINEAR = (28.82341, 0.777811, 0.000212913)   # PSNR, SSIM, rFD-cls of linear-pca-C4 fitted on 20 images
+PINNED_MINUS_LINEAR = (-23.167646, 1.307551)        # paired finest PSNR difference, mean and 95% half-width
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from hieratok import HieraTok, tokenizer_config
+    from hieratok.classifier import Classifier, ClassifierConfig
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    HieraTok(tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1,
+                              dec_heads=3)).save_pretrained(root / "tok")
+    torch.manual_seed(1)
+    Classifier(ClassifierConfig(image_size=32, width=4)).save_pretrained(root / "clf")
+    return root
+
+
+def test_evaluate_script_gives_the_pinned_numbers(tiny, image_folder, tmp_path):  # noqa: F811
+    from train import evaluate
+    evaluate.main(["--data", str(image_folder), "--tokenizer", f"tiny={tiny / 'tok'}", "--classifier",
+                   str(tiny / "clf"), "--fit-data", str(image_folder), "--fit-images", "20", "--batch-size", "10",
+                   "--output", str(tmp_path / "ev")])
+    report = json.loads((tmp_path / "ev.json").read_text())
+    t = report["tokenizers"]["tiny"]
+    for scale, (p, s, g) in PINNED_SCALES.items():
+        m = t["scales"][scale]
+        assert m["psnr"]["mean"] == pytest.approx(p, abs=1e-3) and m["ssim"]["mean"] == pytest.approx(s, abs=1e-4)
+        assert m["latent_density"]["gini"] == pytest.approx(g, abs=1e-4)
+    assert t["rfd"] == pytest.approx(PINNED_RFD, rel=1e-3) and t["lpips"] is None
+    lin = report["tokenizers"]["linear-pca-C4"]
+    assert lin["scales"]["16x16"]["psnr"]["mean"] == pytest.approx(PINNED_LINEAR[0], abs=1e-3)
+    assert lin["scales"]["16x16"]["ssim"]["mean"] == pytest.approx(PINNED_LINEAR[1], abs=1e-4)
+    assert lin["rfd"] == pytest.approx(PINNED_LINEAR[2], rel=1e-2) and lin["fit"]["images"] == 20
+    d = t["finest_psnr_minus_linear"]
+    assert (d["mean"], d["ci95"]) == pytest.approx(PINNED_MINUS_LINEAR, abs=1e-3)
+    assert "| PSNR 16x16 |" in (tmp_path / "ev.md").read_text()
+
+
+def test_experiment_evaluation_gives_the_pinned_numbers_through_the_same_function(tiny, image_folder):  # noqa: F811
+    import hieratok.evaluation
+    from hieratok.classifier import Classifier
+    from train import evaluate, experiment
+    assert evaluate.tokenizer_scores is experiment.tokenizer_scores is hieratok.evaluation.tokenizer_scores
+    x = experiment.load_images(str(image_folder), 32, None)
+    m = experiment.evaluate(tiny / "tok", x, classifier=Classifier.from_pretrained(tiny / "clf").eval())
+    assert m["images"] == 36 and m["psnr"] == m["psnr_scales"]["16x16"]
+    for scale, (p, _, _) in PINNED_SCALES.items():
+        assert m["psnr_scales"][scale] == pytest.approx(p, abs=1e-3)
+    assert m["ssim"] == pytest.approx(PINNED_SCALES["16x16"][1], abs=1e-4)
+    assert m["latent_density"]["gini"] == pytest.approx(PINNED_SCALES["16x16"][2], abs=1e-4)
+    assert m["rfd_cls"] == pytest.approx(PINNED_RFD, rel=1e-3)
+
+
+def test_scores_are_batch_independent_and_reduce_consistently(tiny):
+    from hieratok import HieraTok
+    from hieratok.evaluation import image_batches, tokenizer_scores
+    tok = HieraTok.from_pretrained(tiny / "tok").eval()
+    x = torch.rand(10, 3, 32, 32) * 2 - 1
+    a = tokenizer_scores(tok, x, batch_size=3)
+    # a loader's (images, labels, skipped) items, with an all-unreadable batch in between
+    b = tokenizer_scores(tok, [(x[:6], None, 0), (None, None, 4), (x[6:], None, 0)])
+    for s in a.scales:
+        torch.testing.assert_close(a.psnr[s], b.psnr[s])
+        torch.testing.assert_close(a.ssim[s], b.ssim[s])
+    assert a.images == 10 and a.means()["psnr"] == pytest.approx(a.summary()["scales"]["16x16"]["psnr"]["mean"])
+    assert [len(v) for v in image_batches(x, 4)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="no images"):
+        tokenizer_scores(tok, [(None, None, 2)])
+
+
+def test_linear_scores_of_a_lossless_codec_and_the_paired_difference():
+    from hieratok.evaluation import linear_scores, paired_difference
+    from hieratok.linear import PatchPCA
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    codec = PatchPCA.fit([x], patch_size=2, latent_channels=12)      # 12 = 3 x 2 x 2: every component kept
+    s = linear_scores(codec, x)
+    assert s.scales == [8] and s.psnr[8].min() > 60 and not s.latents
+    d = paired_difference(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([1.0, 1.0, 1.0]))
+    assert d["mean"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(torch.zeros(3), torch.zeros(4))
