@@ -19,7 +19,7 @@ import torch
 from hieratok.explorer import views
 from hieratok.explorer.models import Catalog
 from hieratok.explorer.server import AppServer
-from hieratok.explorer.ui import example_images
+from hieratok.explorer.components import example_images
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -144,6 +144,69 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def report_soak(assets: Path, catalog: Catalog, examples: list[str], minutes: float) -> None:
+    server = AppServer(assets)
+    try:
+        result = soak(server, catalog, examples, minutes)
+    finally:
+        server.stop()
+    rss = result["rss_mb"]
+    after5 = [mb for s, mb in rss if s >= 300]
+    print(f"answered {result['answered']}, errors {result['errors']}, cut short {result['cut_short']}; RSS "
+          f"{rss[0][1]:.0f} MB at {rss[0][0]} s -> {rss[-1][1]:.0f} MB at {rss[-1][0]} s"
+          + (f"; growth after the first 5 minutes {after5[-1] - after5[0]:+.0f} MB (target < 50)" if after5 else ""))
+    for line in result["first_errors"]:
+        print("  " + line)
+
+
+def report_app_latency(assets: Path, catalog: Catalog, steps: int) -> None:
+    """The first page and Generate through the running app, alone and with 4 users at once."""
+    server = AppServer(assets)
+    try:
+        print(f"first page after launch: {server.first_page_s:.2f} s (target <= 15)")
+        print("\nGenerate through the running app (16 samples, HieraTok), median seconds per request:\n")
+        print("| models | alone | 4 users at once |\n|---|---:|---:|")
+        for label in catalog.labels:
+            names, guidance = catalog[label].class_names(), catalog[label].family.guidance
+            alone = generate_latency(server.url, label, names[0], 1, steps, guidance)
+            four = generate_latency(server.url, label, names[0], 4, steps, guidance)
+            print(f"| {label} | {alone:.2f} | {four:.2f} |")
+    finally:
+        server.stop()
+
+
+def report_views(label: str, store, examples: list[str], steps: int, repeats: int) -> None:
+    """Each view's time in-process for one model set, against its target where it has one."""
+    example, other = str(examples[0]), str(examples[min(1, len(examples) - 1)])
+    tok = store.tokenizer("HieraTok")
+    x = views.load_image(example, tok.config.image_size).tensor[None]
+
+    def all_scales():
+        with torch.inference_mode():
+            tok.decode(tok.encode(x))
+
+    guidance, cls = store.family.guidance, store.class_names()[0]
+    rows = [
+        ("encode + decode every scale, 1 image", median_time(all_scales, repeats), 0.050),
+        ("Reconstruct view (incl. image loading, PSNR, rendering)",
+         median_time(lambda: views.reconstruct(store, example), repeats), None),
+        (f"16 samples, {steps} Heun steps, guidance {guidance:g} (Generate view)",
+         median_time(lambda: views.generate_samples(store, cls, guidance, steps, 0, 16), max(1, repeats // 2)), 5.0),
+        ("place an upload in the UMAP (Latent space view)",
+         median_time(lambda: views.latent_space(store, "HieraTok", tok.layout.finest, example), repeats), 0.300),
+        ("Interpolate view (8 steps between two images, every scale)",
+         median_time(lambda: views.interpolation(store, example, other, "spherical", 8, "all"), repeats), None),
+        ("Attention view (one query, all layers' maps)",
+         median_time(lambda: views.attention(store, example, 0, 0, tok.layout.scales[-2], 1, 1), repeats), None),
+    ]
+    print(f"\n### {label}\n")
+    print("| measurement | seconds | target | met |")
+    print("|---|---:|---:|:---:|")
+    for name, t, target in rows:
+        met = "" if target is None else ("yes" if t <= target else "NO")
+        print(f"| {name} | {t:.3f} | {'' if target is None else f'<= {target:g}'} | {met} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", default=str(ASSETS))
@@ -159,73 +222,18 @@ def main(argv=None):
     examples = example_images(assets)
     if not examples:
         raise SystemExit("no example image (install scikit-image / scikit-learn, or put PNGs in assets/examples)")
-    example = examples[0]
     import platform
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     print(f"CPU: {cpu}; {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; median of {args.repeats}; "
           f"assets {assets}")
     if args.soak:
-        server = AppServer(assets)
-        try:
-            result = soak(server, catalog, examples, args.soak)
-        finally:
-            server.stop()
-        rss = result["rss_mb"]
-        after5 = [mb for s, mb in rss if s >= 300]
-        print(f"answered {result['answered']}, errors {result['errors']}, cut short {result['cut_short']}; RSS "
-              f"{rss[0][1]:.0f} MB at {rss[0][0]} s -> {rss[-1][1]:.0f} MB at {rss[-1][0]} s"
-              + (f"; growth after the first 5 minutes {after5[-1] - after5[0]:+.0f} MB (target < 50)" if after5
-                 else ""))
-        for line in result["first_errors"]:
-            print("  " + line)
+        report_soak(assets, catalog, examples, args.soak)
         return
     steps = args.steps or views.DEFAULT_STEPS
-    server = AppServer(assets)
-    try:
-        print(f"first page after launch: {server.first_page_s:.2f} s (target <= 15)")
-        print("\nGenerate through the running app (16 samples, HieraTok), median seconds per request:\n")
-        print("| models | alone | 4 users at once |\n|---|---:|---:|")
-        for label in catalog.labels:
-            names, guidance = catalog[label].class_names(), catalog[label].family.guidance
-            alone = generate_latency(server.url, label, names[0], 1, steps, guidance)
-            four = generate_latency(server.url, label, names[0], 4, steps, guidance)
-            print(f"| {label} | {alone:.2f} | {four:.2f} |")
-    finally:
-        server.stop()
+    report_app_latency(assets, catalog, steps)
     for label in catalog.labels:
-        store = catalog[label]
-        tok = store.tokenizer("HieraTok")
-        x = views.load_image(str(example), tok.config.image_size).tensor[None]
-
-        def all_scales():
-            with torch.inference_mode():
-                tok.decode(tok.encode(x))
-
-        rows = [
-            ("encode + decode every scale, 1 image", median_time(all_scales, args.repeats), 0.050),
-            ("Reconstruct view (incl. image loading, PSNR, rendering)",
-             median_time(lambda: views.reconstruct(store, str(example)), args.repeats), None),
-            (f"16 samples, {steps} Heun steps, guidance {store.family.guidance:g} (Generate view)",
-             median_time(lambda: views.generate_samples(store, store.class_names()[0], store.family.guidance, steps,
-                                                        0, 16),
-                         max(1, args.repeats // 2)), 5.0),
-            ("place an upload in the UMAP (Latent space view)",
-             median_time(lambda: views.latent_space(store, "HieraTok", tok.layout.finest, str(example)),
-                         args.repeats), 0.300),
-            ("Interpolate view (8 steps between two images, every scale)",
-             median_time(lambda: views.interpolation(store, str(example), str(examples[min(1, len(examples) - 1)]),
-                                                     "spherical", 8, "all"), args.repeats), None),
-            ("Attention view (one query, all layers' maps)",
-             median_time(lambda: views.attention(store, str(example), 0, 0, tok.layout.scales[-2], 1, 1),
-                         args.repeats), None),
-        ]
-        print(f"\n### {label}\n")
-        print("| measurement | seconds | target | met |")
-        print("|---|---:|---:|:---:|")
-        for name, t, target in rows:
-            met = "" if target is None else ("yes" if t <= target else "NO")
-            print(f"| {name} | {t:.3f} | {'' if target is None else f'<= {target:g}'} | {met} |")
+        report_views(label, catalog[label], examples, steps, args.repeats)
 
 
 if __name__ == "__main__":

@@ -38,13 +38,24 @@ NEVER = ("__pycache__", "*.pyc", "*.pyi", ".venv", "runs", "build", ".gradio", "
          ".DS_Store", "checkpoints")
 
 
-def front_matter(license_id: str) -> str:
+def front_matter(license_id: str, models: str | None = None) -> str:
     version = importlib.metadata.version("gradio")
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     return "\n".join([
         "---", "title: HieraTok Explorer", "emoji: 🧱", "colorFrom: indigo", "colorTo: yellow", "sdk: gradio",
         f"sdk_version: {version}", f'python_version: "{py}"', f"app_file: {APP_FILE}", f"license: {license_id}",
+        *(["models:", f"- {models}"] if models else []),
         "pinned: false", "short_description: See what a multi-scale image tokenizer does", "---", ""])
+
+
+def entry(models: str | None) -> str:
+    """The Space's app.py: app/main.py itself, or -- when the weights live in a Hub model repo -- the same entry
+    with that repo as the default assets (downloaded at start into the Space's Hub cache)."""
+    if not models:
+        return (ROOT / "app" / "main.py").read_text()
+    return (f'"""HieraTok Explorer on a Space (staged by app/deploy.py): the weights come from the Hub model repo '
+            f'{models}."""\nfrom hieratok.explorer.ui import main\n\nif __name__ == "__main__":\n'
+            f'    main(default_assets="{models}")\n')
 
 
 def readme_body() -> str:
@@ -62,37 +73,23 @@ def requirements() -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage(dest: Path, assets: Path, license_id: str) -> list[Path]:
-    """Write the Space's tree into `dest` (which must be empty or absent); returns its files."""
-    if not any(assets.glob("hieratok-*")):
+def stage(dest: Path, assets: Path, license_id: str, models: str | None = None) -> list[Path]:
+    """Write the Space's tree into `dest` (which must be empty or absent); returns its files. With `models` (a Hub
+    model repo that `train/publish.py` filled) the weights stay there: no assets/ is staged."""
+    if not models and not any(assets.glob("hieratok-*")):
         raise SystemExit(f"error: {assets} holds no tokenizer checkpoints (hieratok-*/): not an assets folder")
     if dest.exists() and any(dest.iterdir()):
         raise SystemExit(f"error: {dest} is not empty; stage into a new folder")
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns(*NEVER)
-    shutil.copy2(ROOT / "app" / "main.py", dest / APP_FILE)
+    (dest / APP_FILE).write_text(entry(models))
     shutil.copytree(ROOT / "hieratok", dest / "hieratok", ignore=ignore)
-    shutil.copytree(assets, dest / "assets", ignore=ignore)
+    if not models:
+        shutil.copytree(assets, dest / "assets", ignore=ignore)
     shutil.copytree(ROOT / "app" / "screenshots", dest / "app" / "screenshots", ignore=ignore)  # README's figures
-    (dest / "README.md").write_text(front_matter(license_id) + "\n" + readme_body())
+    (dest / "README.md").write_text(front_matter(license_id, models) + "\n" + readme_body())
     (dest / "requirements.txt").write_text(requirements())
     return sorted(p for p in dest.rglob("*") if p.is_file())
-
-
-def upload(staged: Path, repo_id: str, private: bool, token: str | None) -> str:
-    """Create the Space if needed and upload the staged tree; a clear SystemExit when the Hub is out of reach."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type="space",
-                                 commit_message="HieraTok Explorer (app/deploy.py)")
-    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
-        raise SystemExit(f"error: could not upload to the Space {repo_id} ({type(e).__name__}: {e}).\n"
-                         f"The staged tree is in {staged}; upload it from a machine with network access with\n"
-                         f"  hf upload {repo_id} {staged} . --repo-type space") from None
-    return str(info)
 
 
 def main(argv=None):
@@ -101,6 +98,9 @@ def main(argv=None):
     ap.add_argument("--stage", default=None, help="stage into this folder (default: a temporary one)")
     ap.add_argument("--dry-run", action="store_true", help="stage and list the files, upload nothing")
     ap.add_argument("--assets", default=str(ROOT / "assets"), help="the checkpoints the Space serves")
+    ap.add_argument("--models", default=None, metavar="ORG/NAME",
+                    help="serve the weights from this Hub model repo (filled by train/publish.py) instead of "
+                         "uploading assets/ into the Space; named in the front matter's `models`")
     ap.add_argument("--license", default="other",
                     help="the Space's license id in the front matter (the project has not chosen one: 'other')")
     ap.add_argument("--private", action="store_true")
@@ -109,14 +109,18 @@ def main(argv=None):
     if args.repo_id.count("/") != 1:
         raise SystemExit(f"error: the Space must be given as USER/NAME, got {args.repo_id!r}")
     dest = Path(args.stage) if args.stage else Path(tempfile.mkdtemp(prefix="hieratok-space-"))
-    files = stage(dest, Path(args.assets), args.license)
+    if args.models and args.models.count("/") != 1:
+        raise SystemExit(f"error: --models must be a Hub model repo ORG/NAME, got {args.models!r}")
+    files = stage(dest, Path(args.assets), args.license, args.models)
     size = sum(p.stat().st_size for p in files)
     for p in files:
         print(f"{p.stat().st_size:>12,d}  {p.relative_to(dest)}")
     print(f"staged {len(files)} files, {size / 2**20:.1f} MiB, in {dest}")
     if args.dry_run:
         return
-    print(upload(dest, args.repo_id, args.private, args.token))
+    from hieratok.hub import upload_tree  # after staging: the staged tree is the answer when this import fails
+    print(upload_tree(dest, args.repo_id, "space", private=args.private, token=args.token, space_sdk="gradio",
+                      message="HieraTok Explorer (app/deploy.py)"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from hieratok.explorer.server import AppServer
-from hieratok.explorer.ui import example_images
+from hieratok.explorer.components import example_images
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from .scales import MASK_KINDS, ScaleLayout
@@ -18,7 +18,10 @@ class ConfigMixin:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, tuple) else (
+                {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
@@ -33,8 +36,37 @@ class ConfigMixin:
 #                                              Tokenizer
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
+class LossConfig(ConfigMixin):
+    """How a tokenizer is trained on reconstruction -- not what it is. Kept in its config.json (under "loss") so a
+    checkpoint says how it was made; `--set` may change these fields on a loaded model (`--init-from`), never the
+    architecture."""
+
+    multiscale_supervision: bool = True  # False: only the finest scale's image is supervised
+    scale_loss_weights: tuple[float, ...] | None = None  # per scale, coarse -> fine; None = all 1
+    # False: the coarse scales' losses send no gradient into the encoder -- the coarse images are decoded a second
+    # time from a detached latent (same downsampler and decoder weights, so those still learn them), while the
+    # finest image's loss reaches the encoder through every token (the "encoder compromise" arm)
+    coarse_grad_to_encoder: bool = True
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    lpips_weight: float = 0.5            # on the finest scale, when the LPIPS backbone is available
+    kl_weight: float = 1e-4              # on the per-element mean KL
+
+    def __post_init__(self):
+        if self.scale_loss_weights is not None:
+            self.scale_loss_weights = tuple(float(w) for w in self.scale_loss_weights)
+
+
+LOSS_FIELDS = tuple(f.name for f in fields(LossConfig))
+
+
+@dataclass
 class HieraTokConfig(ConfigMixin):
-    """Everything that defines a tokenizer (architecture) and how it is trained on reconstruction."""
+    """What a tokenizer is (its architecture), with how it is trained on reconstruction in `loss` (`LossConfig`).
+
+    `replace` and `from_dict` take the loss fields by name too (`replace(kl_weight=1e-5)`), so presets, variants
+    and `--set` name every field the same way; a config.json written before the split (loss fields at the top level)
+    loads unchanged."""
 
     image_size: int = 32                 # input side in pixels
     patch_size: int = 2                  # p: one latent token per p x p patch; image_size / p = finest scale
@@ -57,23 +89,13 @@ class HieraTokConfig(ConfigMixin):
     linear_shortcut: bool = False
     # one output LayerNorm and head per scale instead of one shared by all scales (the "shared output" arm)
     per_scale_heads: bool = False
-    # --- training-side settings, kept with the model so a checkpoint says how it was made ---
-    multiscale_supervision: bool = True  # False: only the finest scale's image is supervised
-    scale_loss_weights: tuple[float, ...] | None = None  # per scale, coarse -> fine; None = all 1
-    # False: the coarse scales' losses send no gradient into the encoder -- the coarse images are decoded a second
-    # time from a detached latent (same downsampler and decoder weights, so those still learn them), while the
-    # finest image's loss reaches the encoder through every token (the "encoder compromise" arm)
-    coarse_grad_to_encoder: bool = True
-    l1_weight: float = 1.0
-    mse_weight: float = 1.0
-    lpips_weight: float = 0.5            # on the finest scale, when the LPIPS backbone is available
-    kl_weight: float = 1e-4              # on the per-element mean KL
     name: str = "hieratok"               # a label for reports ("hieratok", "singlescale", ...)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
-        if self.scale_loss_weights is not None:
-            self.scale_loss_weights = tuple(float(w) for w in self.scale_loss_weights)
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig.from_dict(self.loss)
         layout = ScaleLayout(self.scales)  # validates ordering
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -90,8 +112,22 @@ class HieraTokConfig(ConfigMixin):
         for dim, heads, what in ((self.enc_dim, self.enc_heads, "enc"), (self.dec_dim, self.dec_heads, "dec")):
             if dim % heads:
                 raise ValueError(f"{what}_dim {dim} is not divisible by {what}_heads {heads}")
-        if self.scale_loss_weights is not None and len(self.scale_loss_weights) != len(self.scales):
+        if self.loss.scale_loss_weights is not None and len(self.loss.scale_loss_weights) != len(self.scales):
             raise ValueError("scale_loss_weights needs one weight per scale")
+
+    def replace(self, **changes) -> "HieraTokConfig":
+        """A copy with fields changed; loss fields (`LOSS_FIELDS`) go to `loss`."""
+        loss = {k: changes.pop(k) for k in list(changes) if k in LOSS_FIELDS}
+        if loss:
+            changes["loss"] = dataclasses.replace(changes.get("loss", self.loss), **loss)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HieraTokConfig":
+        d = dict(d)
+        flat = {k: d.pop(k) for k in list(d) if k in LOSS_FIELDS}  # written before the loss config was split off
+        cfg = super().from_dict(d)
+        return cfg.replace(**flat) if flat else cfg
 
     @property
     def grid_size(self) -> int:
@@ -124,7 +160,7 @@ TOKENIZER_PRESETS: dict[str, HieraTokConfig] = {
     "imagenet256": HieraTokConfig(
         image_size=256, patch_size=16, latent_channels=16,
         enc_dim=768, enc_depth=6, enc_heads=12, dec_dim=1024, dec_depth=24, dec_heads=16,
-        grad_checkpointing=True, lpips_weight=1.0, kl_weight=1e-6),
+        grad_checkpointing=True, loss=LossConfig(lpips_weight=1.0, kl_weight=1e-6)),
     # Photographs at 128 px (Imagenette, ten ImageNet classes): patch 8 -> the same 16 x 16 latent grid and 341
     # decoder tokens as cifar10, so a step costs about what a cifar10 step costs. C = 16 was chosen by a
     # calibration against the linear reference (assets/notes/imagenette128.md).

@@ -46,6 +46,18 @@ class HubCheckpointMixin(PyTorchModelHubMixin):
         finally:
             self._save_dtype = None
 
+    def generate_model_card(self, *args, **kwargs):
+        """The README.md `save_pretrained` writes: what the folder holds and how to load it (the card with metrics
+        and training, written by `train/publish.py`, replaces it) -- not huggingface_hub's template of blanks."""
+        from huggingface_hub import ModelCard
+        name, info = type(self).__name__, self._hub_mixin_info
+        tags = "".join(f"\n- {t}" for t in (info.model_card_data.tags or []))
+        module = type(self).__module__.split(".")[0] + ("" if name != "Classifier" else ".classifier")
+        return ModelCard(f"---\nlibrary_name: hieratok\ntags:{tags}\n---\n\n# A hieratok {name}\n\n"
+                         f"`{CONFIG_NAME}` (its configuration) and `{WEIGHTS_NAME}` (its weights; no pickle): load "
+                         f"with `from {module} import {name}; {name}.from_pretrained(PATH)`. HieraTok: "
+                         f"[arXiv 2509.23736](https://arxiv.org/abs/2509.23736).\n")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, map_location: str = "cpu",
                         revision: str | None = None, cache_dir: str | None = None, token: str | None = None,
@@ -62,6 +74,25 @@ class HubCheckpointMixin(PyTorchModelHubMixin):
         state = _read_weights(weights_file)
         _load_state(model, state, weights_file, config_file)
         return model.to(map_location).eval()
+
+
+def upload_tree(folder: Path, repo_id: str, repo_type: str, *, private: bool = False, token: str | None = None,
+                message: str = "upload", **create_kwargs) -> str:
+    """Create the Hub repo if needed and upload a staged folder (`HfApi.upload_folder`: LFS/Xet for binaries). When
+    the Hub is out of reach (offline, HF_HUB_OFFLINE=1, no permission) a SystemExit says why and gives the `hf upload`
+    command that uploads the same folder later."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **create_kwargs)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                                 commit_message=message)
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        raise SystemExit(f"error: could not upload to the {repo_type} repo {repo_id} ({type(e).__name__}: {e}).\n"
+                         f"The staged tree is in {folder}; upload it from a machine with network access with\n"
+                         f"  hf upload {repo_id} {folder} . --repo-type {repo_type}") from None
+    return str(info)
 
 
 def _resolve_files(source: str, **hub_kwargs) -> tuple[str, str]:

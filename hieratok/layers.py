@@ -40,10 +40,9 @@ ATTENTION_IMPLS = ("auto", "sdpa", "math")
 class _ExplicitAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) + bias) v with a hand-written backward that keeps only the probabilities.
 
-    On a CPU with native bf16, forward + backward of one layer, eager (README, "Training speed"): the photo
-    decoder's masked attention 165 ms against SDPA flash's 205, the encoder's 62 against 74, the DiT's 24 against
-    107 -- flash's bf16 backward is slow at these head sizes. Scores and softmax are computed in fp32, the matmuls
-    in the inputs' dtype; the backward is the standard one (dS = P * (dP - rowsum(dO * O)))."""
+    It exists because SDPA's CPU flash kernel is slow in bf16 backward at this project's head sizes (measured per
+    layer in docs/training.md, "Training speed on a CPU"). Scores and softmax are computed in fp32, the matmuls in
+    the inputs' dtype; the backward is the standard one (dS = P * (dP - rowsum(dO * O)))."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -63,6 +64,19 @@ def load_lpips(weights_path: str | None = None) -> tuple[nn.Module | None, str]:
     return metric, f"LPIPS-VGG with backbone {backbone}"
 
 
+def training_lpips(cfg, weights_path: str | None, device, warn=None) -> tuple[nn.Module | None, str]:
+    """The LPIPS module a training run uses (on `device`), or None when its weight is 0 or the backbone is missing
+    (said through `warn`, e.g. a run's main-process warning: the run trains without the term and records why);
+    with a note saying which."""
+    module, note = load_lpips(weights_path) if cfg.loss.lpips_weight > 0 else (None, "LPIPS weight 0")
+    if module is None:
+        if cfg.loss.lpips_weight > 0:
+            (warn or logging.getLogger(__name__).warning)(
+                f"warning: {note}; training without the LPIPS term (recorded in run_config.json)")
+        return None, note
+    return module.to(device), note
+
+
 # ------------------------------------------------------------------------------------------------------------
 #                                           Reconstruction loss
 # ------------------------------------------------------------------------------------------------------------
@@ -81,14 +95,14 @@ class ReconstructionLoss(nn.Module):
     def __init__(self, cfg: HieraTokConfig, lpips_module: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        weights = cfg.scale_loss_weights or (1.0,) * len(cfg.scales)
-        if not cfg.multiscale_supervision:
+        weights = cfg.loss.scale_loss_weights or (1.0,) * len(cfg.scales)
+        if not cfg.loss.multiscale_supervision:
             weights = (0.0,) * (len(cfg.scales) - 1) + (weights[-1],)
         self.scale_weights = weights
         self.lpips = lpips_module
 
     def forward(self, x: torch.Tensor, out: DecodeOutput, post: DiagonalGaussian | None) -> LossTerms:
-        cfg, logs = self.cfg, {}
+        cfg, weights, logs = self.cfg, self.cfg.loss, {}
         if tuple(out.scales) != tuple(cfg.scales):
             raise ValueError(f"the loss was built for scales {cfg.scales} but the model decoded {out.scales}: build "
                              f"ReconstructionLoss from the model's own config")
@@ -98,15 +112,15 @@ class ReconstructionLoss(nn.Module):
             l1, mse = (pred - target).abs().mean(), (pred - target).pow(2).mean()
             logs[f"l1_{s}"], logs[f"mse_{s}"] = l1.item(), mse.item()
             if w:
-                total = total + w * (cfg.l1_weight * l1 + cfg.mse_weight * mse)
-        if self.lpips is not None and cfg.lpips_weight > 0:
+                total = total + w * (weights.l1_weight * l1 + weights.mse_weight * mse)
+        if self.lpips is not None and weights.lpips_weight > 0:
             p = self.lpips(out.reconstruction.float(), x).mean()
             logs["lpips"] = p.item()
-            total = total + cfg.lpips_weight * p
+            total = total + weights.lpips_weight * p
         if post is not None:
             kl = post.kl().mean()
             logs["kl"] = kl.item()
-            total = total + cfg.kl_weight * kl
+            total = total + weights.kl_weight * kl
         logs["loss"] = total.item()
         return LossTerms(total, logs)
 

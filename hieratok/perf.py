@@ -1,10 +1,10 @@
 """Training and inference speed on CPUs: the allocator, compiled transformer blocks, the attention path.
 
-Measured with `train/benchmark.py` (README, "Training speed"): on a 2-core Xeon with AMX in bf16, the photo
-tokenizer's stage-1 step spends about half its time in SDPA's flash-attention backward and a fifth in element-wise
-work between GEMMs, and every tensor above 32 MiB is mmap'ed and page-faulted afresh on each step. The three
-remedies here change no arithmetic a model is defined by (the explicit attention path computes the same softmax in
-fp32; compiled blocks fuse element-wise ops; the allocator only keeps memory).
+Why each exists (profiles and numbers: docs/training.md, "Training speed on a CPU", from `train/benchmark.py`): on a
+CPU with native bf16 a training step spends most of its time in SDPA's flash-attention backward and in element-wise
+work between GEMMs, and glibc mmaps every tensor above 32 MiB afresh, page-faulting it on each step. The remedies
+here change no arithmetic a model is defined by (the explicit attention path computes the same softmax in fp32;
+compiled blocks fuse element-wise ops; the allocator only keeps memory).
 """
 from __future__ import annotations
 
@@ -171,3 +171,27 @@ def thread_count(requested: int | None = None, env: str = "HIERATOK_THREADS") ->
             raise ValueError(f"${env} must be at least 1, got {value}")
         return value, f"set by ${env}"
     return available_cpus()
+
+
+def compile_plan(choice: str, *, on_cpu: bool, precision: str, steps: int, fsdp: bool = False,
+                 warn=print) -> tuple[bool, str]:
+    """Whether a run compiles its transformer blocks (`--compile auto|on|off`) and why. `auto` compiles bf16 runs
+    of at least 500 steps on a CPU, where it pays for its compilation; never under FSDP (blocks are sharded units)
+    or where no compiler works (`compile_available`, said through `warn`)."""
+    if choice == "auto":
+        if on_cpu and precision == "bf16" and steps >= 500:
+            choice, why = "on", "auto: bf16 on a CPU, >= 500 steps"
+        else:
+            choice = "off"
+            why = "auto: " + ("not a CPU" if not on_cpu else "not bf16" if precision != "bf16"
+                              else "fewer than 500 steps")
+    else:
+        why = "set on the command line"
+    if choice == "on":
+        ok, note = compile_available()
+        if not ok:
+            warn(f"warning: --compile on, but {note}; running uncompiled")
+            return False, note
+        if fsdp:
+            return False, "not under FSDP (blocks are sharded units)"
+    return choice == "on", why

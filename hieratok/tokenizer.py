@@ -300,7 +300,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
         out = self.decode(z)
-        if not self.config.coarse_grad_to_encoder and self.config.is_multiscale:
+        if not self.config.loss.coarse_grad_to_encoder and self.config.is_multiscale:
             # the coarse images again, from a latent the encoder gets no gradient through: with the scale-causal
             # mask they equal the full decode's coarse images, so only the gradient's route changes
             coarse = self.decode(z.detach(), num_scales=self.layout.num_scales - 1)

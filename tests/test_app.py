@@ -37,18 +37,37 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
     config = json.loads(page)
     radio = next(c for c in config["components"] if c.get("props", {}).get("label") == "Models")
     assert radio["props"]["value"] == PHOTOS and [ch[0] for ch in radio["props"]["choices"]] == [PHOTOS, CIFAR]
+    from hieratok.explorer.models import Catalog
+    from hieratok.explorer.ui import follow_family
+    catalog = Catalog(app_server.assets)
     for family, preset, classes in ((PHOTOS, "imagenette128", PHOTO_CLASSES), (CIFAR, "cifar10", None)):
-        out = client.predict(family, api_name="/controls")
-        upload, _, layer, head, qscale, row, col, int_scale, gen_class, guidance, lat_scale, _, _ = out
+        k = follow_family(catalog, family)   # what the family switch sends to each control, by the control's name
         tiny = TINY[preset]
-        assert layer["maximum"] == tiny["dec_depth"] - 1 and head["maximum"] == tiny["dec_heads"] - 1
-        assert [int(c[0]) for c in qscale["choices"]] == [1, 2, 4, 8, 16] and row["maximum"] == int(qscale["value"]) - 1
-        assert [int(c[0]) for c in lat_scale["choices"]] == [1, 2, 4, 8, 16]
+        assert k["att_layer"]["maximum"] == tiny["dec_depth"] - 1 and k["att_head"]["maximum"] == tiny["dec_heads"] - 1
+        assert k["att_scale"]["choices"] == [1, 2, 4, 8, 16]
+        assert k["att_row"]["maximum"] == k["att_scale"]["value"] - 1 == k["att_col"]["maximum"]
+        assert k["lat_scale"]["choices"] == [1, 2, 4, 8, 16] and k["int_scale"]["value"] == "all"
         size = 128 if preset == "imagenette128" else 32
-        assert f"{size}x{size}" in upload["label"]
+        assert f"{size}x{size}" in k["rec_in"]["label"] and k["att_in"]["label"] == k["rec_in"]["label"]
         if classes:
-            assert [c[0] for c in gen_class["choices"]] == list(classes)
-        assert guidance["value"] == (3.0 if preset == "imagenette128" else 2.0)  # each family's measured default
+            assert k["gen_class"]["choices"] == list(classes)
+        assert k["gen_guidance"]["value"] == (3.0 if preset == "imagenette128" else 2.0)  # each family's default
+        assert k["mask_kind"]["value"] == "scale_causal"
+
+
+def test_every_public_endpoint_names_its_parameters_as_the_readme_says(client):
+    """gradio_client's view of the API: the README's endpoints, each parameter named for what it is, no internal
+    handler (the family switch, the query-range update, the mask on page load) exposed."""
+    import re
+    from pathlib import Path
+    api = client.view_api(return_format="dict", print_info=False)
+    endpoints = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in api["named_endpoints"].items()}
+    assert not api["unnamed_endpoints"] and "/lambda" not in endpoints and "/controls" not in endpoints
+    assert not [(n, p) for n, ps in endpoints.items() for p in ps if re.fullmatch(r"param_\d+", p)], endpoints
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "app.md").read_text()
+    rows = re.findall(r"^\| `(/\w+)` \| ([^|]*) \|", readme, re.M)
+    documented = {name: [p.strip(" `") for p in params.split(",") if p.strip(" `—")] for name, params in rows}
+    assert documented == endpoints
 
 
 def test_photo_family_reconstructs_at_128_px_and_generates_named_classes(client, photo):
@@ -227,3 +246,21 @@ def test_benchmark_reports_the_cpu_and_every_view_for_each_model_set(assets):
         assert f"| {family} |" in out and f"### {family}" in out
     for view in ("Reconstruct view", "Interpolate view", "Generate view", "Latent space view", "Attention view"):
         assert out.count(view) == 2, view
+
+
+def test_views_return_named_results(assets, photo):
+    """What the UI reads from each view, by name (hieratok.explorer.views' named tuples)."""
+    from hieratok.explorer import views
+    from hieratok.explorer.models import Catalog
+    store = Catalog(assets)[CIFAR]
+    r = views.reconstruct(store, photo, "HieraTok")
+    assert [p[0] for p in r.psnr_points] == [1, 2, 4, 8, 16] and r.gallery[-1][1].startswith("16x16")
+    assert r.input.size == r.final.size == r.difference.size and "final reconstruction PSNR" in r.text
+    a = views.attention(store, photo, 0, 0, 4, 1, 2)
+    assert abs(sum(a.mass.data[0].y) - 1) < 1e-3 and len(a.maps.data) == 5 and "scale-causal" in a.text.lower()
+    s = views.generate_samples(store, "cat", 2.0, 2, 0, 2)
+    assert len(s.scales) == 5 and "2 samples of **cat**" in s.text and s.grid.size[0] > 0
+    m = views.latent_space(store, "HieraTok", 16, photo)
+    assert m.figure.data[-1].name == "your image" and "Gini" in m.text
+    e = views.experiment(assets)
+    assert e.figure is None and "No results" in e.text

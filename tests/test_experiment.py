@@ -53,7 +53,8 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
 
     # the app's Experiment tab reads the same file from an assets folder
     from hieratok.explorer import views
-    text, fig = views.experiment(tmp_path)
+    view = views.experiment(tmp_path)
+    text, fig = view.text, view.figure
     assert "| singlescale | 2 |" in text and "4 runs so far over 2 arms" in text
     assert sorted(t.name for t in fig.data) == ["hieratok", "singlescale"]
     assert [len(t.x) for t in fig.data] == [3, 3]

@@ -61,7 +61,7 @@ def test_importing_the_app_writes_nothing_into_the_package(tmp_path):
         stub.unlink()
     before = sorted(p.relative_to(package) for p in package.rglob("*") if "__pycache__" not in p.parts)
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.run([sys.executable, "-c", "import hieratok.explorer.ui as ui; ui.unchecked(ui.gr.Checkbox)"],
+    subprocess.run([sys.executable, "-c", "import hieratok.explorer.components as ui; ui.unchecked(ui.gr.Checkbox)"],
                    check=True, env=env, cwd=tmp_path)
     after = sorted(p.relative_to(package) for p in package.rglob("*") if "__pycache__" not in p.parts)
     assert after == before
@@ -103,7 +103,7 @@ def test_the_staged_space_starts_as_a_space_does_and_serves(tmp_path, app_assets
         assert training_only not in reqs
 
     # offline (as here), the upload stops with a message that keeps the staged tree and says how to upload it
-    with pytest.raises(SystemExit, match=r"could not upload to the Space me/hieratok-explorer(.|\n)*hf upload"):
+    with pytest.raises(SystemExit, match=r"could not upload to the space repo me/hieratok-explorer(.|\n)*hf upload"):
         deploy.main(["me/hieratok-explorer", "--stage", str(tmp_path / "again"), "--assets", str(app_assets)])
     assert (tmp_path / "again" / "app.py").exists()
 
@@ -163,7 +163,7 @@ def test_a_cached_output_image_is_never_rewritten_in_place(tmp_path):
     from gradio import processing_utils
     from PIL import Image
 
-    from hieratok.explorer.ui import save_pil_to_cache_atomically, use_atomic_image_cache
+    from hieratok.explorer.components import save_pil_to_cache_atomically, use_atomic_image_cache
     use_atomic_image_cache()
     assert processing_utils.save_pil_to_cache is save_pil_to_cache_atomically
     img = Image.new("RGB", (64, 64), (10, 200, 30))
@@ -176,3 +176,58 @@ def test_a_cached_output_image_is_never_rewritten_in_place(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
     with Image.open(first) as im:
         assert im.size == (64, 64)
+
+
+def test_a_space_can_take_its_weights_from_a_model_repo(tmp_path, app_assets):
+    from app import deploy
+    staged = tmp_path / "space"
+    deploy.main(["me/explorer", "--stage", str(staged), "--models", "me/weights", "--dry-run"])
+    assert not (staged / "assets").exists()
+    assert 'main(default_assets="me/weights")' in (staged / "app.py").read_text()
+    assert "models:\n- me/weights" in (staged / "README.md").read_text().split("\n---\n", 1)[0]
+    with pytest.raises(SystemExit, match="--models must be a Hub model repo"):
+        deploy.main(["me/explorer", "--stage", str(tmp_path / "x"), "--models", "weights", "--dry-run"])
+
+
+def test_publish_stages_a_model_set_whose_cards_name_the_json_metrics(tmp_path, app_assets):
+    """train/publish.py on the tiny assets: the app's layout (the app loads it as --assets), each checkpoint's card
+    with its numbers from the evaluation JSON, its rows of the family card, license and paper; offline, the upload
+    stops with the `hf upload` command."""
+    import json
+
+    from hieratok.explorer.models import Catalog
+    from tests.app_fixtures import FAMILY_LABELS
+    from train import publish
+    assets = tmp_path / "assets"
+    shutil.copytree(app_assets, assets)
+    (assets / "eval").mkdir()
+    ci = {"mean": 31.2345, "ci95": 0.0512}
+    report = {"data": "cifar10/test", "images": 100, "notes": {"fd": "FD-cls (test)", "fd_name": "FD-cls"},
+              "classifier": {"accuracy": {"mean": 0.859, "ci95": 0.007}, "images": 100},
+              "tokenizers": {"hieratok": {"scales": {"16x16": {"pixels": 32, "psnr": ci,
+                                                               "ssim": {"mean": 0.95, "ci95": 0.001}}},
+                                          "rfd": 3.85, "finest_psnr_minus_linear": {**ci, "mean": -0.18,
+                                                                                    "reference": "linear-pca-C4"}}},
+              "generators": {"hieratok": {"dit": "assets/dit-hieratok-cifar10", "guidance": 2.0, "sampler_steps": 15,
+                                          "samples": 500, "gfd": 82.41, "class_accuracy": {"mean": 0.42,
+                                                                                           "ci95": 0.043}}}}
+    (assets / "eval" / "cifar10.json").write_text(json.dumps(report))
+    (assets / "eval" / "cifar10.md").write_text("table\n")
+    (assets / "cards").mkdir()
+    (assets / "cards" / "cifar10.md").write_text(
+        "# card\n\n| checkpoint | params | run |\n|---|---:|---|\n| hieratok-cifar10 | 1M | hieratok-s1 |\n"
+        "|  |  | hieratok-s2 |\n| dit-hieratok-cifar10 | 7M | dit-hieratok |\n\nmore\n")
+    dest = tmp_path / "weights"
+    publish.main(["me/weights", "--family", "cifar10", "--assets", str(assets), "--stage", str(dest), "--dry-run"])
+    card = (dest / "hieratok-cifar10" / "README.md").read_text()
+    assert "31.23 ± 0.05" in card and "-0.18 ± 0.05" in card and "rFD-cls: 3.85" in card
+    assert "| hieratok-s1 |" in card and "| hieratok-s2 |" in card and "dit-hieratok |" not in card
+    assert "license: other" in card and "arXiv 2509.23736" in card and "More Information Needed" not in card
+    dit_card = (dest / "dit-hieratok-cifar10" / "README.md").read_text()
+    assert "| 2 | 15 | 500 | 82.4 | 42.0 ± 4.3% |" in dit_card
+    assert "85.9 ± 0.7%" in (dest / "classifier-cifar10" / "README.md").read_text()
+    assert (dest / "eval" / "cifar10.json").exists() and (dest / "cards" / "cifar10.md").exists()
+    assert not (dest / "hieratok-imagenette128").exists()                  # only the family asked for
+    assert Catalog(dest).labels == [FAMILY_LABELS["cifar10"]]              # the app serves the staged tree
+    with pytest.raises(SystemExit, match=r"could not upload to the model repo me/weights(.|\n)*--repo-type model"):
+        publish.main(["me/weights", "--family", "cifar10", "--assets", str(assets), "--stage", str(tmp_path / "w2")])

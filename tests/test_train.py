@@ -368,8 +368,8 @@ def test_stage2_trains_decoder_only_and_learns(image_folder, tiny_tokenizer, tmp
                                   "--warmup", 3, "--gan-start", 50, *FAST,
                                   "--set", "scale_loss_weights=[0.25,0.25,0.25,0.25,1]"]])
     before, after = HieraTok.from_pretrained(tiny_tokenizer), HieraTok.from_pretrained(out / "final")
-    assert after.config.scale_loss_weights == (0.25, 0.25, 0.25, 0.25, 1.0)  # a loss field may change ...
-    with pytest.raises(SystemExit, match="stage 2 takes the loss fields only"):  # ... the architecture may not
+    assert after.config.loss.scale_loss_weights == (0.25, 0.25, 0.25, 0.25, 1.0)  # a loss field may change ...
+    with pytest.raises(SystemExit, match="--set dec_dim cannot be combined with --init-from"):  # ... the architecture may not
         stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir",
                                       tmp_path / "x", "--set", "dec_dim=64"]])
     for (name, p0), p1 in zip(before.named_parameters(), after.parameters()):
@@ -505,9 +505,9 @@ def test_nan_on_one_of_two_processes_stops_both_cleanly(image_folder, tmp_path):
     """A non-finite loss on rank 1 alone (injected) stops both processes at once with the message, exit non-zero
     and no hang; the checkpoint written before it is intact and nothing is saved after it."""
     out = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HIERATOK_FAULT_NAN": "1:3"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29523", "train/stage1.py", "--data", str(image_folder), "--steps", "6",
+                           "--master_port", "29523", "tests/nan_on_rank.py", "1:3", "--data", str(image_folder), "--steps", "6",
                            "--batch-size", "8", *TINY_TOK, "--mixed-precision", "no", "--log-every", "1",
                            "--sample-every", "0", "--ckpt-every", "2", "--output-dir", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -539,7 +539,7 @@ def test_init_from_takes_the_checkpoint_config_and_refuses_conflicting_flags(ima
     with pytest.raises(SystemExit, match="--variant cannot be combined with --init-from"):
         stage1(["--data", image_folder, "--output-dir", tmp_path / "a", "--init-from", tiny_tokenizer,
                 "--variant", "singlescale", *FAST, "--steps", 1])
-    with pytest.raises(SystemExit, match="--set cannot be combined with --init-from"):
+    with pytest.raises(SystemExit, match="--set dec_depth cannot be combined with --init-from"):
         stage1(["--data", image_folder, "--output-dir", tmp_path / "b", "--init-from", tiny_tokenizer,
                 "--set", "dec_depth=2", *FAST, "--steps", 1])
     from accelerate.state import AcceleratorState
@@ -663,7 +663,7 @@ def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tm
     assert DiT.from_pretrained(tmp_path / "b" / "final").config.depth == 2  # the architecture came along
     assert json.loads((tmp_path / "b" / "run_config.json").read_text())["init_from"].endswith("final")
     AcceleratorState._reset_state(True)
-    with pytest.raises(SystemExit, match="--set and --init-from"):
+    with pytest.raises(SystemExit, match="--set depth cannot be combined with --init-from"):
         script.main([str(a) for a in [*longer, "--set", "depth=3"]])
 
 
@@ -730,3 +730,27 @@ def test_report_lists_each_generators_settings_when_they_differ():
     assert "| guidance | 4 | 2 |" in md and "| Heun steps | 10 | 10 |" in md
     report["generators"].pop("hieratok-g2")
     assert "500 samples per model, guidance 4.0, 10 Heun steps." in markdown(report)
+
+
+def test_init_from_is_one_behaviour_for_every_trainer(tmp_path):
+    """The model comes from the directory; --set may change its training settings only; architecture flags are
+    refused -- the same rule for stage 1, stage 2 and the DiT (hieratok.training.cli.init_from)."""
+    from argparse import Namespace
+
+    from hieratok import DiT, dit_config, tokenizer_config
+    from hieratok.config import LOSS_FIELDS
+    from hieratok.training.cli import init_from
+    from train.dit import DIT_TRAINING_FIELDS
+    DiT(dit_config("cifar10", dim=32, depth=1, heads=2)).save_pretrained(tmp_path / "dit")
+    model = init_from(DiT, Namespace(init_from=str(tmp_path / "dit"), set=["class_dropout=0.2"]), DIT_TRAINING_FIELDS)
+    assert model.config.class_dropout == 0.2 and model.config.dim == 32
+    with pytest.raises(SystemExit, match="--set dim cannot be combined with --init-from"):
+        init_from(DiT, Namespace(init_from=str(tmp_path / "dit"), set=["dim=64"]), DIT_TRAINING_FIELDS)
+    HieraTok(tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1,
+                              dec_heads=3)).save_pretrained(tmp_path / "tok")
+    args = Namespace(init_from=str(tmp_path / "tok"), set=["kl_weight=1e-5"])
+    assert init_from(HieraTok, args, LOSS_FIELDS).config.loss.kl_weight == 1e-5
+    with pytest.raises(SystemExit, match="--variant cannot be combined with --init-from"):
+        init_from(HieraTok, args, LOSS_FIELDS, {"--variant": True})
+    with pytest.raises(SystemExit, match="--init-from .*nowhere"):
+        init_from(HieraTok, Namespace(init_from=str(tmp_path / "nowhere"), set=[]), LOSS_FIELDS)

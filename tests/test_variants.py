@@ -109,3 +109,30 @@ def test_gradient_cosines_see_the_stop_gradient():
     assert -1.0 <= plain["encoder"]["cosine"] <= 1.0 and plain["encoder"]["coarse_norm"] > 0
     assert stopped["encoder"]["coarse_norm"] == 0.0 and stopped["encoder"]["cosine"] is None
     assert stopped["decoder"]["coarse_norm"] > 0 and stopped["encoder"]["finest_norm"] > 0
+
+
+def test_every_experiment_arm_is_a_registered_variant_that_builds():
+    from train.study import ARMS
+    for arm in ARMS:
+        cfg = tokenizer_config("cifar10", arm, **SMALL)
+        assert HieraTok(cfg).config is cfg
+
+
+def test_loss_config_is_separate_and_old_flat_configs_still_load(tmp_path):
+    import json
+
+    from hieratok.config import LOSS_FIELDS, HieraTokConfig, LossConfig
+    cfg = tokenizer_config("cifar10", "finest-weighted", kl_weight=1e-5, **SMALL)
+    assert isinstance(cfg.loss, LossConfig) and cfg.loss.kl_weight == 1e-5 and cfg.loss.scale_loss_weights[-1] == 0.5
+    assert not set(LOSS_FIELDS) & {f for f in cfg.to_dict() if f != "loss"}   # no loss field beside the architecture
+    assert cfg.replace(lpips_weight=0.0).loss == cfg.loss.__class__(**{**cfg.loss.to_dict(), "lpips_weight": 0.0,
+                                                                       "scale_loss_weights": cfg.loss.scale_loss_weights})
+    # a config.json written before the split: loss fields at the top level
+    flat = {k: v for k, v in cfg.to_dict().items() if k != "loss"} | cfg.loss.to_dict()
+    assert HieraTokConfig.from_dict(json.loads(json.dumps(flat))) == cfg
+    HieraTok(cfg).save_pretrained(tmp_path / "new")
+    assert HieraTok.from_pretrained(tmp_path / "new").config == cfg
+    with pytest.raises(ValueError, match="one weight per scale"):
+        cfg.replace(scale_loss_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="does not know the keys"):
+        HieraTokConfig.from_dict({**flat, "dec_width": 3})

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from hieratok.classifier import Classifier, ClassifierConfig
 from hieratok.rng import sharded
 from hieratok.training.cli import base_parser, parse_overrides, setup_logging
-from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.training.data import training_dataset
+from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 
 
@@ -40,13 +41,12 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     run = Run(args, "classifier")
-    dataset = run.dataset(args.image_size)
+    dataset = training_dataset(args, args.image_size, info=run.info)
     cfg = ClassifierConfig(num_classes=len(dataset.classes), image_size=args.image_size,
                            class_names=tuple(dataset.class_names)).replace(**parse_overrides(args.set))
     model = Classifier(cfg).train()
     optimizer = adamw(list(model.parameters()), args, betas=(0.9, 0.99))
-    scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps,
-                              final_ratio=0.0)
+    scheduler = schedule(optimizer, args, final_ratio=0.0)
     model, optimizer = run.prepare(model, optimizer)
     run.track(model, scheduler, ema=False)
     start = run.resume()

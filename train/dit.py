@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, dit_config
 from hieratok.latent import channel_stats
-from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
-from hieratok.training.data import eval_loader
-from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
+from hieratok.training.data import eval_loader, training_dataset
+from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 
 
@@ -125,13 +125,17 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
     return t["z"], t["z_flip"], t["labels"]
 
 
+# what `--set` may change on a DiT given with --init-from: how it is trained, not its architecture
+DIT_TRAINING_FIELDS = ("class_dropout", "time_sampling")
+
+
 def parse_args(argv=None):
     ap = base_parser(__doc__, steps=20_000, batch_size=128, lr=3e-4)
     ap.add_argument("--tokenizer", required=True, help="a tokenizer from_pretrained directory (frozen)")
     ap.add_argument("--latent-cache", default=None, help="default: <output-dir>/latents.safetensors")
     ap.add_argument("--init-from", default=None,
-                    help="start from a DiT from_pretrained directory (e.g. to train a finished run longer); "
-                         "its architecture is used, so --set is not allowed with it")
+                    help="start from a DiT from_pretrained directory (e.g. to train a finished run longer): its "
+                         "architecture and weights; --set may then change only class_dropout and time_sampling")
     ap.add_argument("--encode-batch-size", type=int, default=256)
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--sample-guidance", type=float, default=2.0)
@@ -144,7 +148,7 @@ def main(argv=None):
     setup_logging()
     run = Run(args, "dit")
     tokenizer = load_pretrained(HieraTok, args.tokenizer, "--tokenizer").to(run.device).eval().requires_grad_(False)
-    dataset = run.dataset(tokenizer.config.image_size)
+    dataset = training_dataset(args, tokenizer.config.image_size, info=run.info)
     cache = Path(args.latent_cache) if args.latent_cache else run.out / "latents.safetensors"
     z, z_flip, labels = load_or_encode(run, tokenizer, dataset, cache, args.encode_batch_size)
 
@@ -159,9 +163,7 @@ def main(argv=None):
                      latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
                      class_names=tuple(dataset.class_names), **parse_overrides(args.set))
     if args.init_from:
-        if args.set:
-            raise SystemExit("error: --set and --init-from together: the architecture comes from --init-from")
-        model = load_pretrained(DiT, args.init_from, "--init-from")
+        model = init_from(DiT, args, DIT_TRAINING_FIELDS, {"--preset": args.preset != "cifar10"})
         for key in ("latent_channels", "latent_size", "num_classes", "class_names"):
             if getattr(model.config, key) != getattr(cfg, key):
                 raise SystemExit(f"error: --init-from {args.init_from} has {key}={getattr(model.config, key)}, "
@@ -171,7 +173,7 @@ def main(argv=None):
         model = DiT(cfg)
     model.train()
     optimizer = adamw(list(model.parameters()), args)
-    scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
+    scheduler = schedule(optimizer, args)
     model, optimizer = run.prepare(model, optimizer)
     run.track(model, scheduler)
     start = run.resume()

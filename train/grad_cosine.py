@@ -30,7 +30,8 @@ def gradient_terms(model: HieraTok, x: torch.Tensor) -> dict[str, list[torch.Ten
     weights = ReconstructionLoss(cfg).scale_weights
     out, _ = model(x, sample=False)
     targets = multiscale_targets(x, out)
-    terms = [w * (cfg.l1_weight * (p.float() - t).abs().mean() + cfg.mse_weight * (p.float() - t).pow(2).mean())
+    terms = [w * (cfg.loss.l1_weight * (p.float() - t).abs().mean()
+                  + cfg.loss.mse_weight * (p.float() - t).pow(2).mean())
              for w, p, t in zip(weights, out.images, targets)]
     params = [p for p in model.parameters() if p.requires_grad]
     finest = torch.autograd.grad(terms[-1], params, retain_graph=True, allow_unused=True)

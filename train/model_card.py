@@ -16,9 +16,11 @@ import torch
 
 from hieratok import HieraTok
 from hieratok.cost import cost_of
+from hieratok.report import evaluation_markdown as markdown
 from hieratok.training.distributed import cpu_name
 from hieratok.training.distributed import run_hardware as hardware
-from hieratok.report import evaluation_markdown as markdown
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
     "cifar10": [
@@ -43,6 +45,22 @@ TITLES = {"cifar10": ("CIFAR-10, 32 x 32", "`../shared/data/cifar10/train` (50,0
 GPU_SCRIPTS = {"imagenette128": "train/reproduce_imagenette_gpu.sh"}
 
 
+def portable(text: str) -> str:
+    """Paths in a command as a reader can use them: relative to the repository, and a training machine's own runs
+    folder (e.g. /work/runs/gpu/x) as runs/... (`NAME=PATH` arguments too)."""
+    def one(token: str) -> str:
+        name, sep, path = token.rpartition("=") if "=/" in token else ("", "", token)
+        if not path.startswith("/"):
+            return token
+        try:
+            path = str(Path(path).resolve().relative_to(ROOT))
+        except ValueError:
+            i = path.rfind("/runs/")
+            path = "runs/" + path[i + len("/runs/"):] if i >= 0 else path
+        return name + sep + path
+    return " ".join(one(t) for t in text.split(" "))
+
+
 def command_line(cfg: dict) -> str:
     args = cfg["args"]
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
@@ -56,7 +74,7 @@ def command_line(cfg: dict) -> str:
         parts.append("--export-at " + " ".join(map(str, args["export_at"])))
     if args.get("set"):
         parts.append("--set " + " ".join(f"'{kv}'" for kv in args["set"]))
-    line = f"python {script} " + " ".join(parts)
+    line = portable(f"python {script} " + " ".join(parts))
     last = (cfg.get("resumes") or [{}])[-1].get("args", {}).get("steps", args["steps"])
     if last != args["steps"]:  # a run ended early by resuming it with fewer steps: its schedule is the planned one
         line += (f"\n# stopped at step {last}: resumed with --steps {last}, so the learning-rate schedule is the "
@@ -174,7 +192,7 @@ EVALUATION = "## Evaluation"
 def write_card(out: Path, lines: list[str], report: dict, family: str, assets: Path) -> None:
     """The card: `lines` (the training part), then the evaluation table, the targets and the hand-written notes."""
     lines = [*lines, "", EVALUATION, "",
-             f"`{report['command']}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, with 95% "
+             f"`{portable(report['command'])}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, with 95% "
              f"intervals over images) and [eval/{family}.md](../eval/{family}.md); the table:", ""]
     lines += markdown(report).splitlines()[1:]
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]

@@ -8,11 +8,12 @@ Loss = sum_s w_s (L1 + MSE)(x_hat_s, downsample_s(x)) + lambda LPIPS(finest) + b
 from __future__ import annotations
 
 from hieratok import VARIANTS, HieraTok, tokenizer_config
+from hieratok.config import LOSS_FIELDS
 from hieratok.linear import PatchPCA
-from hieratok.losses import ReconstructionLoss
-from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
-from hieratok.training.data import fit_patch_pca
-from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.losses import ReconstructionLoss, training_lpips
+from hieratok.training.cli import base_parser, init_from, parse_overrides, setup_logging
+from hieratok.training.data import fit_patch_pca, training_dataset
+from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
 
@@ -49,14 +50,8 @@ def main(argv=None):
     setup_logging()
     run = Run(args, "stage1")
     if args.init_from:
-        # the architecture and its training settings come from the checkpoint; flags that would contradict it
-        # are refused rather than half-applied (the loss would pair scales with the wrong weights)
-        given = [f for f, v in (("--set", args.set), ("--variant", args.variant != "hieratok"),
-                                ("--preset", args.preset != "cifar10")) if v]
-        if given:
-            raise SystemExit(f"error: {' and '.join(given)} cannot be combined with --init-from: the model config "
-                             f"comes from {args.init_from}/config.json")
-        model = load_pretrained(HieraTok, args.init_from, "--init-from")
+        model = init_from(HieraTok, args, LOSS_FIELDS, {"--variant": args.variant != "hieratok",
+                                                        "--preset": args.preset != "cifar10"})
         cfg = model.config
     else:
         try:
@@ -64,9 +59,9 @@ def main(argv=None):
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: invalid model config: {e}") from None
         model = HieraTok(cfg)
-    dataset = run.dataset(cfg.image_size)
+    dataset = training_dataset(args, cfg.image_size, info=run.info)
 
-    lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
+    lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)
 
     if cfg.linear_shortcut and not args.init_from:
         model.init_linear(linear_codec(run, dataset, cfg, args.linear_fit_images))
@@ -74,7 +69,7 @@ def main(argv=None):
     loss_fn = ReconstructionLoss(cfg, lpips_module)
     optimizer = adamw(list(model.parameters()), args, slow=model.shortcut_parameters(),
                       slow_lr_scale=args.shortcut_lr_scale)
-    scheduler = warmup_cosine(optimizer, args.warmup if args.warmup is not None else args.steps // 20, args.steps)
+    scheduler = schedule(optimizer, args)
     model, optimizer = run.prepare(model, optimizer)
     run.track(model, scheduler)
     start = run.resume()

@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 
 from hieratok import HieraTok
-from hieratok.losses import PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
-from hieratok.training.cli import base_parser, load_pretrained, parse_overrides, setup_logging
-from hieratok.training.optim import adamw, warmup_cosine
+from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive_gan_weight, hinge_d_loss, hinge_g_loss,
+                             training_lpips)
+from hieratok.training.cli import base_parser, init_from, setup_logging
+from hieratok.training.data import training_dataset
+from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
 
@@ -35,8 +37,9 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-# what `--set` may change in stage 2: how the decoder is trained, never what the checkpoint is
-LOSS_FIELDS = ("scale_loss_weights", "multiscale_supervision", "l1_weight", "mse_weight", "lpips_weight")
+# what `--set` may change in stage 2: how the decoder is trained, never what the checkpoint is (the encoder is
+# frozen, so neither the KL weight nor the encoder's gradient route can matter here)
+STAGE2_FIELDS = ("scale_loss_weights", "multiscale_supervision", "l1_weight", "mse_weight", "lpips_weight")
 
 
 def main(argv=None):
@@ -44,19 +47,11 @@ def main(argv=None):
     if args.gan_weight < 0:
         raise SystemExit(f"error: --gan-weight {args.gan_weight}: must be >= 0 (0: no GAN)")
     setup_logging()
-    overrides = parse_overrides(args.set)
-    other = sorted(set(overrides) - set(LOSS_FIELDS))
-    if other:
-        raise SystemExit(f"error: --set {', '.join(other)}: stage 2 takes the loss fields only "
-                         f"({', '.join(LOSS_FIELDS)}); the architecture comes from --init-from")
+    model = init_from(HieraTok, args, STAGE2_FIELDS)  # the loss fields set here are recorded in its config
+    cfg = model.config
     run = Run(args, "stage2")
-    model = load_pretrained(HieraTok, args.init_from, "--init-from")
-    try:  # recorded in the exported config: a checkpoint says how it was trained
-        model.config = cfg = model.config.replace(**overrides)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: --set {' '.join(args.set)}: {e}") from None
-    dataset = run.dataset(cfg.image_size)
-    lpips_module, lpips_note = run.lpips(cfg, args.lpips_weights)
+    dataset = training_dataset(args, cfg.image_size, info=run.info)
+    lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)
 
     # freeze what defines the latent: the encoder, and the downsampler that derives the coarse scales from it
     model.encoder.requires_grad_(False)
@@ -67,12 +62,11 @@ def main(argv=None):
     n_layers = args.disc_layers or (2 if cfg.image_size < 64 else 3)
     loss_fn = ReconstructionLoss(cfg, lpips_module)
     g_opt = adamw([p for p in model.parameters() if p.requires_grad], args, betas=(0.5, 0.9))
-    warmup = args.warmup if args.warmup is not None else args.steps // 20
-    g_sched = warmup_cosine(g_opt, warmup, args.steps)
+    g_sched = schedule(g_opt, args)
     if use_gan:
         disc = PatchGANDiscriminator(cfg.in_channels, args.disc_width, n_layers)
         d_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
-        d_sched = warmup_cosine(d_opt, warmup, args.steps)
+        d_sched = schedule(d_opt, args)
         model, disc, g_opt, d_opt = run.prepare(model, disc, g_opt, d_opt)
         run.track(model, g_sched, d_sched)
     else:

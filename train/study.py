@@ -38,9 +38,8 @@ TIERS = {
 CURVE_POINTS = (0.25, 0.5, 1.0)
 
 # the generation half: one DiT per tokenizer, per tier. The CPU tier is the shipped 128-px DiT's size and first
-# budget (6 x 256, 2,400 steps of 128 latents, about 75 minutes a run on one AMX core; resumable across sittings)
-# at guidance 6, where the shipped DiT reached 36% at that budget: a 4 x 128 DiT after 1,500 steps of 64 latents
-# was still at chance on these tokenizers, at guidance 2 and at 6 alike (10.0-12.4% class accuracy on 250 samples).
+# budget (6 x 256, 2,400 steps of 128 latents) at guidance 6: a smaller DiT stayed at chance on these tokenizers
+# (docs/experiment.md has the numbers).
 GEN_ARMS = ["hieratok", "singlescale"]
 DIT_TIERS = {
     "cpu": {"steps": 2400, "batch_size": 128, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 6.0,

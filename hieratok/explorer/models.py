@@ -23,7 +23,6 @@ class Family:
 
     label: str
     suffix: str
-    photo_examples: bool   # examples from installed packages' photographs (else the DiT samples in examples/)
     guidance: float = 2.0  # the Generate view's default: the lowest FD-cls of the guidance scales measured
 
     def tokenizer_folder(self, model: str) -> str:
@@ -41,11 +40,10 @@ class Family:
         return f"latent-map-{self.suffix}"
 
 
-# the app's model picker, default first. Guidance: FD-cls of 500 HieraTok-DiT samples against the evaluation images
-# (train/evaluate.py --guidance G): photos 123.9 / 101.3 / 101.9 / 142.7 / 192.7 at 2 / 3 / 4 / 6 / 8 (class
-# accuracy 36 / 53 / 66 / 78 / 82%); CIFAR-10 82.4 at 2, 121.8 at 4 (42 / 57%). See the README.
-FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", photo_examples=True, guidance=3.0),
-            Family("CIFAR-10 (32 px)", "cifar10", photo_examples=False, guidance=2.0))
+# the app's model picker, default first. Each family's default guidance is the one with the lowest measured gFD-cls
+# of its HieraTok DiT (the sweep is in assets/eval/<family>.json and the README's results).
+FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", guidance=3.0),
+            Family("CIFAR-10 (32 px)", "cifar10", guidance=2.0))
 
 
 class AppError(RuntimeError):
@@ -70,7 +68,7 @@ class ModelStore:
         path = self.assets / folder
         if not path.exists():
             raise AppError(f"{what} weights are missing: {path} does not exist. Train them with the scripts in "
-                           f"train/ (see README) or start the app with --assets pointing at your checkpoints.")
+                           f"train/ (see docs/training.md) or start the app with --assets pointing at your checkpoints.")
 
         def load():
             try:
@@ -114,7 +112,7 @@ class ModelStore:
     def latent_map(self) -> LatentMap:
         path = self.assets / self.family.latent_map_folder / LATENT_MAP_FILE
         if not path.exists():
-            raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py (see README)")
+            raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py (see docs/training.md)")
         return self._load("latent_map", lambda: LatentMap.load(path))
 
 

@@ -1,7 +1,9 @@
-"""What each view computes, as plain functions over the public `hieratok` API (no Gradio here)."""
+"""What each view computes, as plain functions over the public `hieratok` API (no Gradio here); each returns a
+named tuple whose fields the UI (and the tests) read by name."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
@@ -15,9 +17,40 @@ from hieratok.metrics import psnr, ssim
 
 from .models import AppError, ModelStore
 
-DISPLAY = 192  # pixels a side for every displayed image (upscaled from 2 ... 32 px)
+DISPLAY = 192  # pixels a side for every displayed image (upscaled from the 1 x 1 scale's patch upwards)
 DEFAULT_STEPS = 10     # Heun steps of the Generate view: 16 samples in about 3 s on 2 CPU cores
 DEFAULT_GUIDANCE = 2.0  # where no family loads (each family has its measured default: models.Family.guidance)
+
+
+class Reconstruction(NamedTuple):
+    input: Image.Image                        # the upload as the model sees it
+    gallery: list[tuple[Image.Image, str]]    # (image, caption) per scale, coarse -> fine
+    final: Image.Image                        # the finest scale's reconstruction
+    difference: Image.Image                   # |final - input| heatmap
+    text: str                                 # markdown: PSNR / SSIM, latent size, per-scale table
+    psnr_points: list[tuple[int, int, float]]  # (scale, pixels, PSNR) per scale, for `psnr_figure`
+
+
+class AttentionView(NamedTuple):
+    maps: go.Figure    # the query's attention over every scale
+    mass: go.Figure    # attention mass per scale
+    text: str
+
+
+class Samples(NamedTuple):
+    grid: Image.Image                         # every sample
+    scales: list[tuple[Image.Image, str]]     # the first sample decoded at every scale
+    text: str
+
+
+class LatentMap(NamedTuple):
+    figure: go.Figure  # UMAP of the shipped latents (and the upload's place)
+    text: str          # markdown: latent density of both tokenizers
+
+
+class ExperimentView(NamedTuple):
+    text: str                  # the results table (or how to produce it)
+    figure: go.Figure | None   # learning curves
 
 
 def _load(store: ModelStore, source, name: str = "HieraTok"):
@@ -86,7 +119,7 @@ def missing_scale_tile(side: int) -> Image.Image:
 @torch.inference_mode()
 def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: str = "nearest",
                 align_to: tuple[int, ...] = ()):
-    """-> (input image, [(image, caption)] per scale, final reconstruction, difference heatmap, markdown).
+    """The upload reconstructed from every scale (`Reconstruction`).
 
     `align_to`: scales to lay the gallery out by; those the tokenizer lacks get a `missing_scale_tile`, so the
     single-scale baseline's one image sits under HieraTok's 16x16 one."""
@@ -116,8 +149,8 @@ def reconstruct(store: ModelStore, source, model: str = "HieraTok", resample: st
              "| scale (tokens) | image | PSNR |\n|---|---:|---:|\n" +
              "\n".join(f"| {s}x{s} ({s * s}) | {px}x{px} px | {p:.2f} dB |" for s, px, p in per_scale),
              "PSNR at each scale is against the input area-downsampled to that scale's size."]
-    return (to_pil(x[0], DISPLAY, resample), gallery, to_pil(final[0], DISPLAY, resample),
-            diff_heatmap(final[0], x[0]), "\n\n".join(lines), per_scale)
+    return Reconstruction(to_pil(x[0], DISPLAY, resample), gallery, to_pil(final[0], DISPLAY, resample),
+                          diff_heatmap(final[0], x[0]), "\n\n".join(lines), per_scale)
 
 
 def psnr_figure(curves: dict[str, list[tuple[int, int, float]]]) -> go.Figure:
@@ -166,7 +199,7 @@ def mask_image(store: ModelStore, kind: str = "scale_causal", cell: int = 64) ->
 
 @torch.inference_mode()
 def attention(store: ModelStore, source, layer: int, head: int, query_scale: int, row: int, col: int):
-    """Attention of one decoder query token over every scale -> (heatmaps figure, mass bar chart, markdown)."""
+    """Attention of one decoder query token over every scale (`AttentionView`)."""
     tok = store.tokenizer("HieraTok")
     layout = tok.layout
     cfg = tok.config
@@ -204,7 +237,7 @@ def attention(store: ModelStore, source, layer: int, head: int, query_scale: int
     text = (f"Scale-causal decoder: a query of scale {query_scale}x{query_scale} sees every token of scales <= "
             f"{query_scale}x{query_scale} and none finer. Mass: " +
             ", ".join(f"{t} {m:.3f}" for t, m in zip(titles, mass.tolist())))
-    return fig, bars, text
+    return AttentionView(fig, bars, text)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -246,7 +279,7 @@ def grid(images: torch.Tensor, columns: int, cell: int = 96) -> Image.Image:
 @torch.inference_mode()
 def generate_samples(store: ModelStore, class_name: str, guidance: float, steps: int, seed: int, count: int,
                      model: str = "HieraTok", progress=None):
-    """-> (grid of samples, [(image, caption)] per-scale decode of the first sample, markdown)."""
+    """Class-conditional samples of a DiT decoded by its tokenizer (`Samples`)."""
     names = store.class_names()
     choice(class_name, "class", names)
     count = integer(count, "samples", 1, 64)
@@ -261,9 +294,9 @@ def generate_samples(store: ModelStore, class_name: str, guidance: float, steps:
     labels = torch.full((count,), names.index(class_name))
     _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress)
     per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s}") for s, im in zip(out.scales, out.images)]
-    text = (f"{count} sample{'s' if count != 1 else ''} of **{class_name}** from the {model} DiT: guidance {guidance}, {steps} Heun steps, "
-            f"seed {seed}. Right: the first sample's latent decoded at every scale.")
-    return grid(out.reconstruction, min(count, 8)), per_scale, text
+    text = (f"{count} sample{'s' if count != 1 else ''} of **{class_name}** from the {model} DiT: guidance "
+            f"{guidance}, {steps} Heun steps, seed {seed}. Right: the first sample's latent decoded at every scale.")
+    return Samples(grid(out.reconstruction, min(count, 8)), per_scale, text)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -275,7 +308,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 @torch.inference_mode()
 def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, source=None):
-    """-> (plotly UMAP scatter, markdown with Gini / entropy of both tokenizers)."""
+    """The shipped latents' UMAP coloured by class, the upload placed among them (`LatentMap`)."""
     lm = store.latent_map()
     scale = integer(scale, "scale", 1, 4096)
     if model not in lm.coords or scale not in lm.coords[model]:
@@ -307,15 +340,16 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
         for s, d in sorted(per.items(), key=lambda kv: int(kv[0])):
             rows.append(f"| {m} | {s}x{s} | {d['gini']:.4f} | {d['entropy']:.4f} |")
     text = ("Latent density: a 24x24 histogram over the first two principal components of the standardised "
-            "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). " + note + "\n\n" + "\n".join(rows))
-    return fig, text
+            "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). " + note +
+            "\n\n" + "\n".join(rows))
+    return LatentMap(fig, text)
 
 
 # ---- the controlled experiment ---------------------------------------------------------------------------------
 EXPERIMENT_RESULTS = Path("eval") / "experiment.json"   # inside the assets folder
 
 
-def experiment(assets: Path) -> tuple[str, go.Figure | None]:
+def experiment(assets: Path) -> ExperimentView:
     """The controlled experiment's table (`<assets>/eval/experiment.md`) and learning curves (from the records of
     `experiment.json` beside it), read anew on every call (a running grid adds runs to both)."""
     import json
@@ -328,10 +362,11 @@ def experiment(assets: Path) -> tuple[str, go.Figure | None]:
     except (OSError, ValueError) as e:
         raise AppError(f"the experiment's results file {path} could not be read: {e}") from e
     if not report or not report.get("records"):
-        return (f"No results of the controlled experiment yet ({path} is missing or empty). Run "
-                "`python train/experiment.py --data DATA/train --val DATA/val --output-dir runs/experiment "
-                f"--results {Path(assets) / 'eval' / 'experiment'}` (see docs/experiment.md); finished runs appear "
-                "here as they land.", None)
+        return ExperimentView(
+            f"No results of the controlled experiment yet ({path} is missing or empty). Run `python "
+            "train/experiment.py --data DATA/train --val DATA/val --output-dir runs/experiment --results "
+            f"{Path(assets) / 'eval' / 'experiment'}` (see docs/experiment.md); finished runs appear here as they "
+            "land.", None)
     try:
         fig = curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
     except (KeyError, TypeError, IndexError) as e:
@@ -340,4 +375,4 @@ def experiment(assets: Path) -> tuple[str, go.Figure | None]:
     text = table.replace("# Controlled experiment", "### Controlled experiment", 1)
     text += (f"\n{len(report['records'])} runs so far over {len(arms)} arms; each curve point is the mean over "
              "seeds with a 95% t-interval (no interval with one seed).")
-    return text, fig
+    return ExperimentView(text, fig)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +36,42 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temporary
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def record_run_config(path: Path, config: dict, step: int) -> None:
+    """Write a run's configuration to `path` (run_config.json). On a resume (step > 0) the first configuration
+    stays and this one is appended to its "resumes", with the step it started at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**json.loads(json.dumps(config, default=str)), "started_at_step": step,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if path.exists() and step > 0:
+        history = json.loads(path.read_text())
+        history.setdefault("resumes", []).append(record)
+    else:
+        history = record
+    write_json(path, history)
+
+
+def staging_dir(path: Path) -> Path:
+    """An empty temporary folder beside `path` to write it in (see `publish_dir`)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Move a finished temporary folder to `path`, replacing an older one: a reader finds the old folder or the new
+    one whole, and a crash mid-write leaves only a `.tmp` folder behind."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def write_dir(path: Path, write) -> None:
+    """`write(folder)` into a temporary folder, then publish it as `path` (e.g. `write_dir(p, model.save_pretrained)`)."""
+    tmp = staging_dir(path)
+    write(tmp)
+    publish_dir(tmp, path)
 
 
 def _tensors(state: dict) -> dict[str, torch.Tensor]:

@@ -87,6 +87,29 @@ def load_pretrained(cls, path: str, flag: str):
         raise SystemExit(f"error: {flag} {path}: {e}") from None
 
 
+def init_from(cls, args, training_fields: tuple[str, ...], architecture_flags: dict[str, bool] | None = None):
+    """Every trainer's `--init-from DIR`: the model -- architecture and weights -- comes from DIR. `--set` may change
+    only its training settings (`training_fields`: the tokenizer's loss fields, the DiT's label dropout and time
+    sampling), which the exported config then records; flags that would choose another architecture
+    (`architecture_flags`: flag -> whether it was given) or `--set` on an architecture field are refused rather than
+    half-applied."""
+    given = [flag for flag, on in (architecture_flags or {}).items() if on]
+    overrides = parse_overrides(args.set)
+    other = sorted(set(overrides) - set(training_fields))
+    if other:
+        given.append(f"--set {', '.join(other)}")
+    if given:
+        raise SystemExit(f"error: {' and '.join(given)} cannot be combined with --init-from: the architecture comes "
+                         f"from {args.init_from}/config.json (--set may change only "
+                         f"{', '.join(training_fields) or 'nothing'})")
+    model = load_pretrained(cls, args.init_from, "--init-from")
+    try:
+        model.config = model.config.replace(**overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: --set {' '.join(args.set)}: {e}") from None
+    return model
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """`KEY=VALUE` strings -> a dict, values parsed as JSON where possible (numbers, lists, true/false)."""
     out = {}

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -155,6 +156,22 @@ def build_dataset(spec: str, image_size: int, split: str = "train", max_images: 
         ds.targets = [ds.targets[i] for i in keep]
         if isinstance(ds, TorchvisionCIFAR10):
             ds.base = torch.utils.data.Subset(ds.base, keep.tolist())
+    return ds
+
+
+def training_dataset(args, image_size: int, split: str = "train", info=logger.info) -> FolderImages:
+    """A trainer's dataset from its arguments (`--data`, `--max-images`, `--seed`; `--cache-images` decodes it into
+    memory, said through `info`, e.g. a run's main-process log); a missing or unreadable dataset exits with a
+    one-line error."""
+    try:
+        ds = build_dataset(args.data, image_size, split=split, max_images=args.max_images, seed=args.seed)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    if getattr(args, "cache_images", False):
+        start = time.time()
+        ds = CachedImages(ds, args.num_workers)
+        info(f"cached {len(ds)} images in memory ({ds.pixels.numel() / 2**20:.0f} MiB) in "
+                    f"{time.time() - start:.0f} s")
     return ds
 
 

@@ -80,6 +80,23 @@ def model_class(model: nn.Module) -> type:
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
+def gather_whole(accelerator: Accelerator, model: nn.Module, ema=None) -> nn.Module | None:
+    """An FSDP-sharded `model` (or, with `ema`, its EMA) gathered into one whole, ordinary module on the main
+    process (the others get None; every process must call it)."""
+    unwrapped = accelerator.unwrap_model(model)
+    if ema is not None:  # gather the EMA only; buffers are not sharded, so the model's own serve
+        state = ema.full_parameters(keep=accelerator.is_main_process)
+        if accelerator.is_main_process:
+            state.update((k, v) for k, v in unwrapped.state_dict().items() if k not in ema.names)
+    else:
+        state = accelerator.get_state_dict(model)  # whole on the main process
+    if not accelerator.is_main_process:
+        return None
+    whole = model_class(unwrapped)(unwrapped.config)
+    whole.load_state_dict(state, strict=True)
+    return whole.to(accelerator.device).train(unwrapped.training)
+
+
 def fp32_batchnorm_units(model: nn.Module, optimizers):
     """Make each BatchNorm of `model` an FSDP2 unit computing in fp32, and point the optimizers at the new
     (sharded) parameters, which accelerate then maps like the rest."""

@@ -17,6 +17,16 @@ def warmup_cosine(optimizer, warmup: int, total: int, final_ratio: float = 0.1) 
     return LambdaLR(optimizer, factor)
 
 
+def warmup_steps(args) -> int:
+    """`--warmup`, or 5% of `--steps` when it is not given (every trainer's default)."""
+    return args.warmup if args.warmup is not None else args.steps // 20
+
+
+def schedule(optimizer, args, final_ratio: float = 0.1) -> LambdaLR:
+    """A trainer's learning-rate schedule: `warmup_cosine` over `--steps` with `warmup_steps(args)`."""
+    return warmup_cosine(optimizer, warmup_steps(args), args.steps, final_ratio)
+
+
 def adamw(params, args, betas=(0.9, 0.95), slow=(), slow_lr_scale: float = 1.0):
     """AdamW with weight decay on matrices only; `slow` parameters (e.g. a linear shortcut initialised to a fitted
     codec) get `slow_lr_scale` times the learning rate and no weight decay, which would shrink the fitted map."""

@@ -26,7 +26,6 @@ and the tests exercise it without a GPU.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -41,12 +40,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers import set_attention_impl
-from ..losses import load_lpips
-from ..perf import compile_available, compile_blocks, transformer_blocks, tune_allocator
-from .checkpoint import STATE_FILE, TrainState, load_state, read_state, save_state, write_json
+from ..perf import compile_blocks, compile_plan, transformer_blocks, tune_allocator
+from .checkpoint import (STATE_FILE, TrainState, load_state, publish_dir, read_state, record_run_config, save_state,
+                         staging_dir, write_dir, write_json)
 from .cli import validate_args
-from .data import CachedImages, DataError, StreamBatches, build_dataset, make_loader
-from .distributed import (enable_fsdp_on_cpu, full, hardware_name, local, model_class, prepare_fsdp,
+from .data import StreamBatches, make_loader
+from .distributed import (enable_fsdp_on_cpu, full, gather_whole, hardware_name, local, prepare_fsdp,
                           resolve_mixed_precision)
 from .ema import EMA
 from .tracking import CSVTracker, flat
@@ -97,28 +96,14 @@ class Run:
 
     # ---- set-up -----------------------------------------------------------------------------------------------
     def _speed_setup(self, precision: str):
-        """The CPU allocator, the attention path and whether blocks are compiled (hieratok.perf); recorded in
-        run_config.json["speed"]."""
-        args, on_cpu = self.args, self.accelerator.device.type == "cpu"
-        attention = getattr(args, "attention", "auto")
-        compile_choice = getattr(args, "compile", "off")
-        if compile_choice == "auto":
-            long_bf16_cpu = on_cpu and precision == "bf16" and args.steps >= 500
-            compile_choice, why = ("on", "auto: bf16 on a CPU, >= 500 steps") if long_bf16_cpu else (
-                "off", "auto: " + ("not a CPU" if not on_cpu else "not bf16" if precision != "bf16"
-                                   else "fewer than 500 steps"))
-        else:
-            why = "set on the command line"
-        if compile_choice == "on":
-            ok, note = compile_available()
-            if not ok:
-                self.warning(f"warning: --compile on, but {note}; running uncompiled")
-                compile_choice, why = "off", note
-            elif self.fsdp:
-                compile_choice, why = "off", "not under FSDP (blocks are sharded units)"
-        self._compile = compile_choice == "on"
+        """The CPU allocator, the attention path and whether blocks are compiled (`hieratok.perf.compile_plan`);
+        recorded in run_config.json["speed"]."""
+        on_cpu = self.accelerator.device.type == "cpu"
+        self._compile, why = compile_plan(getattr(self.args, "compile", "off"), on_cpu=on_cpu, precision=precision,
+                                          steps=self.args.steps, fsdp=self.fsdp, warn=self.warning)
         self.run_config["speed"] = {"allocator": tune_allocator() if on_cpu else "unchanged (not a CPU)",
-                                    "attention": attention, "compile": self._compile, "compile_why": why}
+                                    "attention": getattr(self.args, "attention", "auto"), "compile": self._compile,
+                                    "compile_why": why}
 
     @property
     def is_main(self) -> bool:
@@ -136,27 +121,6 @@ class Run:
     def warning(self, msg: str):
         if self.is_main:
             logger.warning(msg)
-
-    def dataset(self, image_size: int, split: str = "train"):
-        try:
-            ds = build_dataset(self.args.data, image_size, split=split, max_images=self.args.max_images,
-                               seed=self.args.seed)
-        except DataError as e:
-            raise SystemExit(f"error: {e}") from None
-        if getattr(self.args, "cache_images", False):
-            start = time.time()
-            ds = CachedImages(ds, self.args.num_workers)
-            self.info(f"cached {len(ds)} images in memory ({ds.pixels.numel() / 2**20:.0f} MiB) in "
-                      f"{time.time() - start:.0f} s")
-        return ds
-
-    def lpips(self, cfg, weights_path: str | None):
-        """(LPIPS module on this device or None, a note saying which and why); warns once when it is off."""
-        module, note = load_lpips(weights_path) if cfg.lpips_weight > 0 else (None, "LPIPS weight 0")
-        if module is None:
-            self.warning(f"warning: {note}; training without the LPIPS term (recorded in run_config.json)")
-            return None, note
-        return module.to(self.device), note
 
     @property
     def _part(self) -> str:
@@ -216,18 +180,7 @@ class Run:
             raise RuntimeError("this run keeps no EMA")
         if not self.fsdp:
             return self.ema.module if averaged else self.unwrap(model)
-        unwrapped = self.unwrap(model)
-        if averaged:  # gather the EMA only; buffers are not sharded, so the model's own serve
-            state = self.ema.full_parameters(keep=self.is_main)
-            if self.is_main:
-                state.update((k, v) for k, v in unwrapped.state_dict().items() if k not in self.ema.names)
-        else:
-            state = self.accelerator.get_state_dict(model)  # whole on the main process
-        if not self.is_main:
-            return None
-        whole = model_class(unwrapped)(unwrapped.config)
-        whole.load_state_dict(state, strict=True)
-        return whole.to(self.device).train(unwrapped.training)
+        return gather_whole(self.accelerator, model, self.ema if averaged else None)
 
     def averaged(self) -> nn.Module | None:
         """The EMA model, whole (see `whole`: under FSDP a collective whose result only the main process gets)."""
@@ -237,16 +190,7 @@ class Run:
         """Write the run's config and start the trackers."""
         self.run_config.update(config)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            path = self.out / "run_config.json"
-            record = {**json.loads(json.dumps(self.run_config, default=str)), "started_at_step": self.state.step,
-                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            if path.exists() and self.state.step > 0:  # a resume: the first config stays, one record per resume
-                history = json.loads(path.read_text())
-                history.setdefault("resumes", []).append(record)
-            else:
-                history = record
-            write_json(path, history)
+            record_run_config(self.out / "run_config.json", self.run_config, self.state.step)
         self.accelerator.init_trackers(self.name, config=flat(self.run_config))
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
@@ -282,28 +226,20 @@ class Run:
 
     def save_checkpoint(self):
         final = self._ckpt_dir() / f"step-{self.state.step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if self.is_main and tmp.exists():
-            shutil.rmtree(tmp)
+        tmp = staging_dir(final) if self.is_main else final.with_name(final.name + ".tmp")
         self.accelerator.wait_for_everyone()
         record = {"format": "hieratok-checkpoint-1", "train_state": self.state.state_dict(),
                   "schedulers": [sched.state_dict() for sched in self._schedulers]}
         models = [self.unwrap(m) for m in self._ckpt_models]
         if self.fsdp:  # every process writes its own shards
-            if self.is_main:
-                tmp.mkdir(parents=True, exist_ok=True)
-            self.accelerator.wait_for_everyone()
             layouts = gather_object([save_state(tmp, models, self._ckpt_optimizers, self.ema, self._part)])
             record["parts"] = {layout["part"]: layout for layout in layouts}
         elif self.is_main:  # whole tensors, equal on every process
-            tmp.mkdir(parents=True, exist_ok=True)
             record.update(save_state(tmp, models, self._ckpt_optimizers, self.ema))
         self.accelerator.wait_for_everyone()
         if self.is_main:  # atomic: a checkpoint folder exists only once complete
             write_json(tmp / STATE_FILE, record)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            publish_dir(tmp, final)
             for old in self.checkpoints()[: -self.args.keep_ckpts]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
@@ -315,12 +251,7 @@ class Run:
             return
         model = self.whole(self._models[0], averaged=self.ema is not None)
         if self.is_main:
-            path = self.out / "exports" / f"step-{step + 1:08d}"
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
+            write_dir(self.out / "exports" / f"step-{step + 1:08d}", model.save_pretrained)
         self.accelerator.wait_for_everyone()
 
     def maybe_checkpoint(self, step: int):
@@ -383,9 +314,6 @@ class Run:
         """Stop every process when the loss of any of them is not finite (decided together: a process stopping
         alone would leave the others waiting in the next collective)."""
         bad = float(not torch.isfinite(loss.detach()).all())
-        fault = os.environ.get("HIERATOK_FAULT_NAN")  # fault injection for tests: "RANK:STEP"
-        if fault and fault == f"{self.accelerator.process_index}:{step}":
-            bad = 1.0
         if self.accelerator.num_processes > 1:
             bad = float(self.accelerator.reduce(torch.tensor(bad, device=self.device), "sum"))
         if bad:
@@ -451,11 +379,7 @@ class Run:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             path = self.out / "final"
-            tmp = self.out / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            result.save_pretrained(tmp)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
+            write_dir(path, result.save_pretrained)
             bad = getattr(getattr(self, "_dataset", None), "unreadable", {})
             summary = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1),
                        "unreadable_files": {self._dataset.samples[i][0]: why for i, why in sorted(bad.items())},
