@@ -75,3 +75,11 @@ def test_the_published_evaluation_tables_are_what_their_results_files_say(name):
         pytest.skip(f"no {results}")
     # regenerate: python -c "..." rendering hieratok.report.evaluation_markdown(json) after any renderer change
     assert (ASSETS / "eval" / f"{name}.md").read_text() == evaluation_markdown(json.loads(results.read_text()))
+
+
+def test_the_cards_commands_hold_no_machine_paths():
+    import re
+    for card in sorted((ASSETS / "cards").glob("*.md")) + sorted(ASSETS.glob("*/README.md")):
+        for line in card.read_text().splitlines():
+            if line.startswith("python ") or line.startswith("`train/"):
+                assert not re.search(r"[ =`]/(work|tmp|root|home)/", line), f"{card}: {line[:120]}"

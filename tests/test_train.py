@@ -754,3 +754,14 @@ def test_init_from_is_one_behaviour_for_every_trainer(tmp_path):
         init_from(HieraTok, args, LOSS_FIELDS, {"--variant": True})
     with pytest.raises(SystemExit, match="--init-from .*nowhere"):
         init_from(HieraTok, Namespace(init_from=str(tmp_path / "nowhere"), set=[]), LOSS_FIELDS)
+
+
+def test_model_card_commands_use_paths_a_reader_can_use():
+    from train import model_card
+    model_card.PATH_MAP["/tmp/d"] = "../shared/data/x"
+    try:
+        line = model_card.portable(f"python a --data /tmp/d/train --output-dir /work/runs/gpu/r "
+                                   f"--tokenizer n={ROOT}/assets/h --lr 0.1")
+    finally:
+        model_card.PATH_MAP.clear()
+    assert line == "python a --data ../shared/data/x/train --output-dir runs/gpu/r --tokenizer n=assets/h --lr 0.1"

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, dit_config
 from hieratok.latent import channel_stats
+from hieratok.training.checkpoint import atomic_file
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import eval_loader, training_dataset
 from hieratok.training.optim import adamw, schedule
@@ -115,9 +116,8 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
         order = index.argsort()
         merged = {k: torch.cat([t[k] for t in parts])[order].contiguous() for k in ("z", "z_flip")}
         merged["labels"] = torch.tensor(dataset.targets)[index[order]]
-        tmp = cache.with_suffix(".tmp")
-        save_file(merged, str(tmp), metadata=tag)
-        tmp.replace(cache)
+        with atomic_file(cache) as tmp:
+            save_file(merged, str(tmp), metadata=tag)
         for r in range(world):
             cache.with_name(f"{cache.name}.part{r}").unlink()
     run.accelerator.wait_for_everyone()

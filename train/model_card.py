@@ -45,13 +45,20 @@ TITLES = {"cifar10": ("CIFAR-10, 32 x 32", "`../shared/data/cifar10/train` (50,0
 GPU_SCRIPTS = {"imagenette128": "train/reproduce_imagenette_gpu.sh"}
 
 
+PATH_MAP: dict[str, str] = {}  # --path-map: a training machine's folders -> what a reader passes instead
+
+
 def portable(text: str) -> str:
-    """Paths in a command as a reader can use them: relative to the repository, and a training machine's own runs
-    folder (e.g. /work/runs/gpu/x) as runs/... (`NAME=PATH` arguments too)."""
+    """Paths in a command as a reader can use them: `--path-map` prefixes replaced (e.g. the folders a GPU machine
+    unpacked the data into), then relative to the repository, and a machine's own runs folder (e.g. /work/runs/gpu/x)
+    as runs/... (`NAME=PATH` arguments too)."""
     def one(token: str) -> str:
         name, sep, path = token.rpartition("=") if "=/" in token else ("", "", token)
+        for old, new in PATH_MAP.items():
+            if path == old or path.startswith(old.rstrip("/") + "/"):
+                path = new + path[len(old.rstrip("/")):]
         if not path.startswith("/"):
-            return token
+            return name + sep + path
         try:
             path = str(Path(path).resolve().relative_to(ROOT))
         except ValueError:
@@ -106,17 +113,25 @@ def size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--family", default="cifar10", choices=sorted(RUNS))
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--assets", default="assets")
     ap.add_argument("--eval", default=None, help="default: assets/eval/<family>.json")
     ap.add_argument("--cpu", default=None, help="the CPU the runs trained on (default: this machine's)")
+    ap.add_argument("--path-map", nargs="*", default=[], metavar="FROM=TO",
+                    help="write a training machine's folder FROM as TO in the commands (e.g. /tmp/d=../shared/data/"
+                         "imagenette, where the GPU recipe unpacked the data)")
     ap.add_argument("--update-evaluation", action="store_true",
                     help="keep the existing card's training part (table, commands: no run folders needed) and "
                          "rewrite its evaluation, targets and notes from --eval")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    PATH_MAP.update(pair.split("=", 1) for pair in args.path_map)
     runs, assets, family = Path(args.runs), Path(args.assets), args.family
     report = json.loads(Path(args.eval or assets / "eval" / f"{family}.json").read_text())
     out = assets / "cards" / f"{family}.md"

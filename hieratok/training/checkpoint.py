@@ -17,6 +17,7 @@ the data order is a pure function of (seed, step) (`hieratok.training.data`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,11 +32,22 @@ from .distributed import local
 STATE_FILE = "state.json"
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Write a file atomically: yields a temporary path beside `path` to write, then renames it into place, so a
+    crash leaves the previous file or the new one, never half of one (every file the toolkit writes in place)."""
+    tmp = Path(path).with_name(f"{Path(path).name}.{os.getpid()}.tmp")  # per process: writers never share one
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically: a crash leaves the previous file or the new one, never half of one."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a temporary
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write JSON atomically (`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def record_run_config(path: Path, config: dict, step: int) -> None:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from accelerate.tracking import GeneralTracker
 
-from .checkpoint import write_json
+from .checkpoint import atomic_file, write_json
 
 
 class CSVTracker(GeneralTracker):
@@ -58,12 +57,10 @@ class CSVTracker(GeneralTracker):
 
     def _rewrite(self, rows: list[dict]):
         """Replace the file atomically (a crash keeps the old file or the new one)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_file(self.path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
 
 def flat(d: dict, prefix: str = "") -> dict:
