@@ -18,8 +18,33 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 _allocator_note: str | None = None
+
+
+def _mallopt(*settings: tuple[int, int]) -> str | None:
+    """Apply glibc mallopt settings; None when done, else why not."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "not glibc"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
+    except (OSError, AttributeError) as e:
+        return str(e)
+    return None if ok else "mallopt refused"
+
+
+def tune_allocator_for_serving(arenas: int = 2, mmap_bytes: int = 4 << 20, trim_bytes: int = 8 << 20) -> str:
+    """Bound a long-running server's memory: at most `arenas` malloc arenas, and a fixed mmap threshold so that
+    large blocks (images, activations) go back to the kernel when freed.
+
+    glibc gives each thread that contends for malloc an arena of its own (up to 8 per core) and raises its mmap
+    threshold after every large free, so the app's worker threads each kept their own fragmented heap of freed
+    tensors and its resident memory crept up under load (measured with `app/benchmark.py --soak`: docs/app.md).
+    Call before the server starts its threads; process-wide."""
+    why = _mallopt((_M_ARENA_MAX, arenas), (_M_MMAP_THRESHOLD, mmap_bytes), (_M_TRIM_THRESHOLD, trim_bytes))
+    return (f"glibc malloc: {arenas} arenas, blocks over {mmap_bytes >> 20} MiB mmap'ed and returned when freed"
+            if why is None else f"allocator left as is ({why})")
 
 
 def tune_allocator(threshold_bytes: int = 1 << 30) -> str:
@@ -33,18 +58,9 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> str:
     global _allocator_note
     if _allocator_note is not None:
         return _allocator_note
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        _allocator_note = "allocator left as is (not glibc)"
-        return _allocator_note
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1 and libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                   threshold_bytes) == 1
-    except (OSError, AttributeError) as e:
-        _allocator_note = f"allocator left as is ({e})"
-        return _allocator_note
-    _allocator_note = (f"glibc malloc keeps blocks up to {threshold_bytes >> 20} MiB in its heap" if ok
-                       else "allocator left as is (mallopt refused)")
+    why = _mallopt((_M_MMAP_THRESHOLD, threshold_bytes), (_M_TRIM_THRESHOLD, threshold_bytes))
+    _allocator_note = (f"glibc malloc keeps blocks up to {threshold_bytes >> 20} MiB in its heap" if why is None
+                       else f"allocator left as is ({why})")
     return _allocator_note
 
 

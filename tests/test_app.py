@@ -264,3 +264,16 @@ def test_views_return_named_results(assets, photo):
     assert m.figure.data[-1].name == "your image" and "Gini" in m.text
     e = views.experiment(assets)
     assert e.figure is None and "No results" in e.text
+
+
+def test_the_start_up_log_says_threads_and_the_allocator_bound(app_server):
+    app_server.log.flush()
+    text = open(app_server.log.name).read()
+    assert "torch threads: " in text
+    assert "glibc malloc: 2 arenas" in text or "allocator left as is" in text
+
+
+def test_the_serving_allocator_settings_apply_or_say_why_not():
+    from hieratok.perf import tune_allocator_for_serving
+    note = tune_allocator_for_serving()
+    assert note.startswith("glibc malloc: 2 arenas") or note.startswith("allocator left as is (")

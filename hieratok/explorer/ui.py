@@ -23,7 +23,7 @@ import hieratok
 from hieratok import MASK_KINDS
 from hieratok.image import MAX_BYTES
 
-from hieratok.perf import thread_count
+from hieratok.perf import thread_count, tune_allocator_for_serving
 
 from . import views
 from .components import Number, Radio, Slider, example_images, upload_image, use_atomic_image_cache
@@ -314,6 +314,7 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
         raise SystemExit(f"error: {e}") from None
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
+    log.info("%s", tune_allocator_for_serving())  # before the server's worker threads exist
     try:
         assets = resolve_assets(args.assets)
     except AppError as e:
