@@ -49,7 +49,7 @@ def load_lpips(weights_path: str | None = None) -> tuple[nn.Module | None, str]:
     backbone = find_vgg16_weights(weights_path)
     if backbone is None:
         return None, (f"LPIPS unavailable: VGG-16 backbone weights not found (pass --lpips-weights PATH to "
-                      f"torchvision's {VGG16_FILE}, or place it in {torch.hub.get_dir()}/checkpoints)")
+                      f"torchvision's {VGG16_FILE}, or place it in torch.hub.get_dir()/checkpoints)")
     import lpips
     import torchvision
     with warnings.catch_warnings():
