@@ -47,6 +47,12 @@ class LossConfig(ConfigMixin):
     # time from a detached latent (same downsampler and decoder weights, so those still learn them), while the
     # finest image's loss reaches the encoder through every token (the "encoder compromise" arm)
     coarse_grad_to_encoder: bool = True
+    # False: the coarse scales' losses train only the coarse scales' own parts -- the downsampler, the per-scale
+    # heads (`per_scale_heads`) and linear shortcuts -- and no weight the finest image is decoded with: the shared
+    # decoder transformer, its input projection and embeddings (the coarse images are decoded a second time with
+    # those weights detached; the "shared decoder" arm). With `coarse_grad_to_encoder=False` too, everything the
+    # finest image depends on except the downsampler learns from the finest loss alone.
+    coarse_grad_to_decoder: bool = True
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     lpips_weight: float = 0.5            # on the finest scale, when the LPIPS backbone is available
@@ -203,6 +209,10 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
                                       name="hieratok-mss-total1"),
     # shared output: a LayerNorm and a head per scale
     "scale-heads": lambda c: c.replace(per_scale_heads=True, name="hieratok-scale-heads"),
+    # shared decoder: the coarse losses train only the coarse scales' own parts (downsampler, per-scale heads and
+    # shortcuts), neither the encoder nor the decoder weights the finest image is decoded with
+    "stopgrad-shared": lambda c: c.replace(coarse_grad_to_encoder=False, coarse_grad_to_decoder=False,
+                                           per_scale_heads=True, name="hieratok-stopgrad-shared"),
     # the two partial remedies together: do the stop-gradient and the finest-weighted loss add up?
     "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False, scale_loss_weights=_finest_half(c),
                                                     name="hieratok-stopgrad-finest-weighted"),

@@ -152,6 +152,14 @@ class Decoder(nn.Module):
         self.register_buffer("mask", self.layout.mask(cfg.attention), persistent=False)
         self.register_buffer("level_ids", self.layout.level_ids, persistent=False)
 
+    def shared_parameters(self, detach: bool = False) -> dict[str, torch.Tensor]:
+        """The parameters the finest image is decoded with, by name: everything but the coarse scales' own heads
+        and linear shortcuts (`detach`: as detached tensors, for `torch.func.functional_call`)."""
+        coarse = {f"scale_heads.{i}." for i in range(self.layout.num_scales - 1)} | {
+            f"shortcut.{i}." for i in range(self.layout.num_scales - 1)}
+        return {name: p.detach() if detach else p for name, p in self.named_parameters()
+                if not any(name.startswith(prefix) for prefix in coarse)}
+
     def forward(self, maps_BChw: list[torch.Tensor], return_attn: bool = False):
         layout = self.layout.prefix(len(maps_BChw))
         L = layout.num_tokens
@@ -300,11 +308,18 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
         out = self.decode(z)
-        if not self.config.loss.coarse_grad_to_encoder and self.config.is_multiscale:
-            # the coarse images again, from a latent the encoder gets no gradient through: with the scale-causal
-            # mask they equal the full decode's coarse images, so only the gradient's route changes
-            coarse = self.decode(z.detach(), num_scales=self.layout.num_scales - 1)
-            out = DecodeOutput([*coarse.images, out.reconstruction], out.scales)
+        loss = self.config.loss
+        if self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder):
+            # the coarse images again, along a route the coarse losses' gradient may take: from a detached latent
+            # (no gradient into the encoder) and/or through detached shared decoder weights. With the scale-causal
+            # mask they equal the full decode's coarse images, so only the gradient's route changes.
+            maps = self.latent_pyramid(z if loss.coarse_grad_to_encoder else z.detach())[:-1]
+            if loss.coarse_grad_to_decoder:
+                coarse, _ = self.decoder(maps)
+            else:
+                coarse, _ = torch.func.functional_call(self.decoder, self.decoder.shared_parameters(detach=True),
+                                                       (maps,))
+            out = DecodeOutput([*coarse, out.reconstruction], out.scales)
         return out, post
 
     @torch.no_grad()
