@@ -22,6 +22,7 @@ from .latent import (
                      generate,
                      interpolate,
                      place_by_neighbours,
+                     sample_plan,
                      score_samples,
 )
 from .latent_map import LatentMap
@@ -33,5 +34,5 @@ __all__ = [
     "CheckpointError", "DIT_PRESETS", "DecodeOutput", "DiT", "DiTConfig", "DiagonalGaussian", "HieraTok",
     "HieraTokConfig", "INTERPOLATIONS", "ImageError", "LatentMap", "MASK_KINDS", "ScaleLayout", "TOKENIZER_PRESETS",
     "VARIANTS", "VARIANT_BUILDERS", "compute_latent_stats", "dit_config", "generate", "interpolate", "load_image",
-    "place_by_neighbours", "score_samples", "to_pil", "tokenizer_config",
+    "place_by_neighbours", "sample_plan", "score_samples", "to_pil", "tokenizer_config",
 ]

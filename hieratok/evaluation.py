@@ -156,14 +156,31 @@ def real_fd(fd, batches, *, batch_size: int = 100, progress=iter):
 
 @torch.no_grad()
 def generator_scores(dit, tok, num_samples: int, *, steps: int, guidance: float, batch_size: int = 50,
-                     seed: int = 0, fd=None, classifier=None, progress=iter) -> dict:
+                     seed: int = 0, fd=None, classifier=None, progress=iter, allow_few: bool = False) -> dict:
     """`num_samples` class-balanced samples of a class-conditional DiT decoded by `tok`
-    (`hieratok.latent.score_samples`: batch i seeded with `seed + i`): their Fréchet distance to the real set in
-    `fd` (a `real_fd` clone; None: not measured) and each sample's correctness under `classifier`."""
+    (`hieratok.latent.score_samples`; labels and noise per `seed`, `hieratok.latent.sample_plan`): their Fréchet
+    distance to the real set in `fd` (a `real_fd` clone; None: not measured) and each sample's correctness under
+    `classifier`.
+
+    A Fréchet distance from fewer samples than feature dimensions rests on a singular covariance (and is biased
+    upward far beyond it): refused unless `allow_few`."""
     from .latent import score_samples
+    if fd is not None:
+        check_fd_samples(num_samples, fd, allow_few)
     correct = score_samples(dit, tok, num_samples, steps=steps, guidance=guidance, batch_size=batch_size,
                             seed=seed, fd=fd, classifier=classifier, batches=progress)
     return {"gfd": float(fd.compute()) if fd is not None else None, "correct": correct, "samples": num_samples}
+
+
+def check_fd_samples(num_samples: int, fd, allow_few: bool = False) -> int:
+    """The feature dimension of Fréchet accumulator `fd`; ValueError when `num_samples` is below it (unless
+    `allow_few`)."""
+    dims = int(fd.real_features_sum.numel())
+    if num_samples < dims and not allow_few:
+        raise ValueError(f"{num_samples} samples for a Fréchet distance over {dims} feature dimensions: the sample "
+                         f"covariance is singular below {dims} samples; use at least {dims} (2,000+ to tell "
+                         f"generators apart), or allow it explicitly (allow_few=True / --allow-few-samples)")
+    return dims
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -173,5 +190,5 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return mean_ci(a - b)
 
 
-__all__ = ["TokenizerScores", "fit_linear_reference", "generator_scores", "image_batches", "linear_scores",
+__all__ = ["TokenizerScores", "check_fd_samples", "fit_linear_reference", "generator_scores", "image_batches", "linear_scores",
            "mean_ci", "paired_difference", "real_fd", "tokenizer_scores"]

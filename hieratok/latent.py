@@ -88,21 +88,37 @@ def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance
     return z, tokenizer.decode(z)
 
 
+def sample_plan(num_samples: int, num_classes: int, seed: int = 0):
+    """The labels and noise seeds of an evaluation's samples: (labels, noise_seed), `noise_seed(i)` the generator
+    seed of the batch starting at sample i. Class-balanced labels (each class num_samples / num_classes times, +-1);
+    seed 0 in the order 0, 1, ..., K - 1, 0, ... (what every report before seeds were added used), other seeds in
+    their own permutation. Noise: batch i of seed s draws from `s * 1_000_003 + i`, so no two seeds share a batch's
+    noise (batch starts stay below 1,000,003 samples)."""
+    if num_samples >= 1_000_003:
+        raise ValueError(f"{num_samples} samples: the per-seed noise streams hold at most 1,000,002")
+    labels = torch.arange(num_samples) % num_classes
+    if seed:
+        labels = labels[torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))]
+    return labels, lambda i: seed * 1_000_003 + i
+
+
 @torch.no_grad()
 def score_samples(dit: DiT, tokenizer: HieraTok, num_samples: int, *, steps: int, guidance: float,
                   batch_size: int = 50, seed: int = 0, fd=None, classifier: torch.nn.Module | None = None,
                   batches: Callable[[Iterable], Iterable] = iter) -> torch.Tensor | None:
-    """Generate `num_samples` class-balanced samples (labels 0, 1, ..., num_classes - 1, 0, ...; batch i seeded with
-    `seed + i`, so every DiT gets the same labels and noise) and score them: each decoded image is added to `fd`
-    (a torchmetrics Fréchet accumulator holding the real set, as fake) and classified by `classifier`. Returns the
+    """Generate `num_samples` class-balanced samples and score them: each decoded image is added to `fd` (a
+    torchmetrics Fréchet accumulator holding the real set, as fake) and classified by `classifier`. Returns the
     per-sample correctness (1.0 / 0.0) under `classifier`, or None without one. `batches` may wrap the batch starts
-    (e.g. in a progress bar)."""
+    (e.g. in a progress bar).
+
+    Every DiT scored with the same `seed` gets the same labels and noise (a paired comparison); each seed gets its
+    own (`sample_plan`), so repeating with seeds 0, 1, 2 measures the sampling noise."""
     from .metrics import to_unit
-    labels = torch.arange(num_samples) % dit.config.num_classes
+    labels, noise_seed = sample_plan(num_samples, dit.config.num_classes, seed)
     correct = []
     for i in batches(range(0, num_samples, batch_size)):
         y = labels[i:i + batch_size]
-        _, out = generate(dit, tokenizer, y, steps=steps, guidance=guidance, seed=seed + i)
+        _, out = generate(dit, tokenizer, y, steps=steps, guidance=guidance, seed=noise_seed(i))
         images = out.reconstruction.float().clamp(-1, 1)
         if fd is not None:
             fd.update(to_unit(images), real=False)

@@ -95,3 +95,43 @@ def test_linear_scores_of_a_lossless_codec_and_the_paired_difference():
     assert d["mean"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="same images"):
         paired_difference(torch.zeros(3), torch.zeros(4))
+
+
+def test_sample_plan_gives_each_seed_its_own_labels_and_noise_and_keeps_seed_0():
+    from hieratok import sample_plan
+    labels0, noise0 = sample_plan(2000, 10, seed=0)
+    assert torch.equal(labels0, torch.arange(2000) % 10)  # what every report before per-seed sampling used
+    assert [noise0(i) for i in (0, 50, 100)] == [0, 50, 100]
+    starts = range(0, 2000, 50)
+    seen = {0: {noise0(i) for i in starts}}
+    for seed in (1, 2):
+        labels, noise = sample_plan(2000, 10, seed=seed)
+        assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), 200))  # still class-balanced
+        assert not torch.equal(labels, labels0)
+        seen[seed] = {noise(i) for i in starts}
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])  # no batch shares noise across seeds
+    assert torch.equal(sample_plan(2000, 10, seed=1)[0], sample_plan(2000, 10, seed=1)[0])  # and it is repeatable
+
+
+def test_generator_scores_differ_by_seed_and_refuse_a_singular_frechet_distance(tiny):
+    from hieratok import DiT, HieraTok, dit_config
+    from hieratok.classifier import Classifier
+    from hieratok.evaluation import generator_scores
+    from hieratok.metrics import frechet_distance_metric
+    tok = HieraTok.from_pretrained(tiny / "tok").eval()
+    tok.set_latent_stats(torch.zeros(4), torch.ones(4), 1)
+    torch.manual_seed(0)
+    dit = DiT(dit_config("cifar10", dim=32, depth=1, heads=2)).eval()
+    clf = Classifier.from_pretrained(tiny / "clf").eval()
+    fd = frechet_distance_metric(clf)
+    dims = int(fd.real_features_sum.numel())
+    with pytest.raises(ValueError, match=f"covariance is singular below {dims} samples"):
+        generator_scores(dit, tok, dims - 1, steps=1, guidance=1.0, fd=fd)
+    fd.update(torch.rand(8, 3, 32, 32), real=True)
+    assert generator_scores(dit, tok, dims - 1, steps=1, guidance=1.0, fd=fd.clone(), allow_few=True)["gfd"] >= 0
+    a, a_again = (generator_scores(dit, tok, 20, steps=1, guidance=1.0, seed=0, classifier=clf) for _ in range(2))
+    assert torch.equal(a["correct"], a_again["correct"]) and a["samples"] == 20
+    from hieratok.latent import generate
+    x0 = generate(dit, tok, torch.tensor([0, 1]), steps=1, guidance=1.0, seed=0)[0]
+    x1 = generate(dit, tok, torch.tensor([0, 1]), steps=1, guidance=1.0, seed=1_000_003)[0]
+    assert not torch.allclose(x0, x1)  # seed 1's first batch draws other noise than seed 0's

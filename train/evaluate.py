@@ -116,7 +116,7 @@ class Evaluator:
         tok = HieraTok.from_pretrained(tokenizer_path).to(self.device)
         t0 = time.time()
         g = generator_scores(dit, tok, a.num_samples, steps=a.sample_steps, guidance=a.guidance,
-                             batch_size=a.batch_size, seed=a.seed,
+                             batch_size=a.batch_size, seed=a.seed, allow_few=a.allow_few_samples,
                              fd=self.real_fd_features() if self.fd_name else None, classifier=self.classifier,
                              progress=lambda b: tqdm(b, desc=f"dit {Path(dit_path).name}"))
         return {"dit": dit_path, "tokenizer": tokenizer_path, "samples": a.num_samples, "guidance": a.guidance,
@@ -158,6 +158,9 @@ def parse_args(argv=None):
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allow-few-samples", action="store_true",
+                    help="compute a Fréchet distance from fewer samples than feature dimensions (refused otherwise: "
+                         "the covariance is singular)")
     ap.add_argument("--fit-data", default=None,
                     help="training images for the linear reference (patch PCA with each tokenizer's latent size); "
                          "default: the 'train' folder beside --data")
