@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import logging
 import platform
+import threading
+import time
 
 import torch
 from torch import nn
@@ -45,6 +47,36 @@ def tune_allocator_for_serving(arenas: int = 2, mmap_bytes: int = 4 << 20, trim_
     why = _mallopt((_M_ARENA_MAX, arenas), (_M_MMAP_THRESHOLD, mmap_bytes), (_M_TRIM_THRESHOLD, trim_bytes))
     return (f"glibc malloc: {arenas} arenas, blocks over {mmap_bytes >> 20} MiB mmap'ed and returned when freed"
             if why is None else f"allocator left as is ({why})")
+
+
+def release_free_memory() -> bool:
+    """Hand the allocator's free pages back to the kernel (glibc `malloc_trim(0)`: the top of every arena and whole
+    free pages inside them). Returns whether glibc released anything; False off glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_memory_every(seconds: float) -> threading.Thread | None:
+    """A daemon thread calling `release_free_memory` every `seconds` (None: not glibc, or `seconds` <= 0).
+
+    A server's RSS otherwise keeps the peak of what its requests once held: freed image and activation buffers stay
+    in the allocator's heaps as holes between live blocks that `free` cannot return (`app/benchmark.py --soak`
+    measured the growth; docs/app.md). A trim of a few hundred MB of heap takes about a millisecond."""
+    if seconds <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+
+    def loop():
+        while True:
+            time.sleep(seconds)
+            release_free_memory()
+
+    thread = threading.Thread(target=loop, name="release-free-memory", daemon=True)
+    thread.start()
+    return thread
 
 
 def tune_allocator(threshold_bytes: int = 1 << 30) -> str:

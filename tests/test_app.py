@@ -271,6 +271,34 @@ def test_the_start_up_log_says_threads_and_the_allocator_bound(app_server):
     text = open(app_server.log.name).read()
     assert "torch threads: " in text
     assert "glibc malloc: 2 arenas" in text or "allocator left as is" in text
+    import platform
+    if platform.libc_ver()[0] == "glibc":
+        assert "free memory handed back to the kernel every 10 s" in text
+
+
+def test_freed_memory_goes_back_to_the_kernel():
+    import platform
+
+    from hieratok.perf import release_free_memory, release_free_memory_every
+    if platform.libc_ver()[0] != "glibc":
+        assert release_free_memory() is False and release_free_memory_every(1) is None
+        return
+    import resource  # noqa: F401  (Linux)
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    # 64 KiB blocks (below the mmap threshold) with every other one freed: the holes stay in the heap until trimmed
+    blocks = [bytearray(64 << 10) for _ in range(3000)]
+    for b in blocks:
+        b[::4096] = b"\x01" * len(b[::4096])  # touch every page
+    del blocks[::2]
+    before = rss_mb()
+    assert release_free_memory() is True
+    assert rss_mb() < before - 50, (before, rss_mb())  # ~94 MB of holes handed back
+    assert release_free_memory_every(0) is None
+    assert release_free_memory_every(3600).daemon
 
 
 def test_the_serving_allocator_settings_apply_or_say_why_not():

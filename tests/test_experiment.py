@@ -19,6 +19,37 @@ def test_t_interval_against_a_hand_computed_example():
     assert math.isnan(t_interval([5.0])["ci95"])
 
 
+def record(arm, seed, scales):
+    names = ["1x1", "2x2", "4x4", "8x8", "16x16"][-len(scales):] if len(scales) > 1 else ["16x16"]
+    final = {"psnr": scales[-1], "psnr_scales": dict(zip(names, scales)), "ssim": 0.8,
+             "latent_density": {"gini": 0.7, "entropy": 0.8}, "rfd_cls": 10.0}
+    return {"arm": arm, "seed": seed, "final": final, "step_time_s": 1.0}
+
+
+def test_the_cost_table_pairs_finest_with_singlescale_and_coarse_with_hieratok():
+    from train import study
+    recs = []
+    for seed, shift in ((0, 0.0), (1, 0.3), (2, -0.3)):  # seed effects shared by every arm: paired intervals are 0
+        recs += [record("hieratok", seed, [21 + shift, 21 + shift, 22 + shift, 24 + shift, 26 + shift]),
+                 record("singlescale", seed, [27.1 + shift]),
+                 # within the target: finest 0.1 below singlescale, 8x8 0.4 below hieratok
+                 record("good", seed, [21 + shift, 21 + shift, 22 + shift, 23.6 + shift, 27 + shift]),
+                 # misses it on a coarse prefix only
+                 record("bad-coarse", seed, [20.4 + shift, 21 + shift, 22 + shift, 24 + shift, 27.1 + shift])]
+    s = study.summarize(recs)
+    good, bad = s["good"], s["bad-coarse"]
+    assert good["psnr_minus_singlescale"]["mean"] == pytest.approx(-0.1)
+    assert good["psnr_minus_singlescale"]["ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert good["coarse_minus_hieratok"]["8x8"]["mean"] == pytest.approx(-0.4)
+    assert set(good["coarse_minus_hieratok"]) == {"1x1", "2x2", "4x4", "8x8"}
+    assert good["psnr_scales"]["16x16"]["n"] == 3 and "psnr_scales" not in s["singlescale"]
+    assert study.meets_cost_target(good) is True and study.meets_cost_target(bad) is False
+    assert study.meets_cost_target(s["singlescale"]) is None and "coarse_minus_hieratok" not in s["hieratok"]
+    md = "\n".join(study.scale_table(s))
+    assert "| good | -0.10 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | -0.40 ± 0.00 | met |" in md
+    assert "| bad-coarse | 0.00 ± 0.00 | -0.60 ± 0.00 |" in md and md.count("not met") == 1
+
+
 def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_path, capsys, monkeypatch):  # noqa: F811
     from hieratok.classifier import Classifier, ClassifierConfig
     from train import experiment

@@ -77,12 +77,14 @@ def dit_budget(args) -> dict:
 
 
 def summarize(records: list[dict]) -> dict:
-    """Per arm: mean and 95% t-interval over seeds of each final metric; paired differences against hieratok."""
+    """Per arm: mean and 95% t-interval over seeds of each final metric (PSNR per scale too); the finest PSNR paired
+    by seed against hieratok and against singlescale, and each coarse prefix's PSNR paired against hieratok's."""
     arms = {}
     for r in records:
         arms.setdefault(r["arm"], []).append(r)
     out = {}
     base = {r["seed"]: r for r in arms.get("hieratok", [])}
+    single = {r["seed"]: r for r in arms.get("singlescale", [])}
     for arm, rs in arms.items():
         row = {"seeds": sorted(r["seed"] for r in rs),
                "psnr": t_interval([r["final"]["psnr"] for r in rs]),
@@ -92,11 +94,33 @@ def summarize(records: list[dict]) -> dict:
                "rfd_cls": (t_interval([r["final"]["rfd_cls"] for r in rs])
                            if all(r["final"].get("rfd_cls") is not None for r in rs) else None),
                "step_time_s": t_interval([r["step_time_s"] for r in rs])}
-        paired = [r["final"]["psnr"] - base[r["seed"]]["final"]["psnr"] for r in rs if r["seed"] in base]
-        if arm != "hieratok" and paired:
-            row["psnr_minus_hieratok"] = t_interval(paired)
+        scales = [k for k in rs[0]["final"].get("psnr_scales", {}) if all(k in r["final"]["psnr_scales"] for r in rs)]
+        if len(scales) > 1:
+            row["psnr_scales"] = {k: t_interval([r["final"]["psnr_scales"][k] for r in rs]) for k in scales}
+        for ref, refs in (("hieratok", base), ("singlescale", single)):
+            paired = [r["final"]["psnr"] - refs[r["seed"]]["final"]["psnr"] for r in rs if r["seed"] in refs]
+            if arm != ref and paired:
+                row[f"psnr_minus_{ref}"] = t_interval(paired)
+        coarse = [k for k in scales[:-1] if base and all(k in b["final"].get("psnr_scales", {}) for b in base.values())]
+        if arm != "hieratok" and coarse and all(r["seed"] in base for r in rs):
+            row["coarse_minus_hieratok"] = {k: t_interval([r["final"]["psnr_scales"][k]
+                                                           - base[r["seed"]]["final"]["psnr_scales"][k] for r in rs])
+                                            for k in coarse}
         out[arm] = row
     return out
+
+
+# issue #24's bar for a multi-scale arm without the finest-scale cost (paired, over seeds, all validation images)
+COST_TARGET = {"finest_vs_singlescale_db": -0.2, "coarse_vs_hieratok_db": -0.5}
+
+
+def meets_cost_target(row: dict) -> bool | None:
+    """Whether an arm's mean paired differences clear `COST_TARGET` (None: not a multi-scale arm with both
+    references at every seed)."""
+    if "psnr_minus_singlescale" not in row or "coarse_minus_hieratok" not in row:
+        return None
+    return (row["psnr_minus_singlescale"]["mean"] >= COST_TARGET["finest_vs_singlescale_db"]
+            and all(d["mean"] >= COST_TARGET["coarse_vs_hieratok_db"] for d in row["coarse_minus_hieratok"].values()))
 
 
 def _point(record: dict, step: int) -> dict:
@@ -159,9 +183,44 @@ def markdown(report: dict) -> str:
         lines += ["", f"The linear reference is the patch PCA with the arms' latent size ({ref['latent_channels']} "
                       f"channels on {ref['patch_size']} x {ref['patch_size']} patches) that every arm's linear "
                       f"shortcut starts from: a tokenizer has to rise above it."]
+    lines += scale_table(s)
     if report.get("generation"):
         lines += [""] + generation_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def scale_table(s: dict) -> list[str]:
+    """Every multi-scale arm's PSNR per scale, and the cost comparison: its finest PSNR against singlescale and its
+    coarse prefixes against hieratok's, paired by seed, with issue #24's target."""
+    rows = {arm: row for arm, row in s.items() if "psnr_scales" in row}
+    if not rows:
+        return []
+    scales = list(next(iter(rows.values()))["psnr_scales"])
+    lines = ["", "PSNR of every scale's image (dB; a coarse scale's image is decoded from that prefix of the tokens "
+                 "alone):", "", "| arm | " + " | ".join(scales) + " |", "|---|" + "---:|" * len(scales)]
+    lines += [f"| {arm} | " + " | ".join(fmt(row["psnr_scales"].get(k)) for k in scales) + " |"
+              for arm, row in rows.items()]
+    cost = {arm: row for arm, row in rows.items() if meets_cost_target(row) is not None}
+    if cost:
+        coarse = scales[:-1]
+        lines += ["", f"The finest scale's cost (paired by seed): finest PSNR minus singlescale's, and each coarse "
+                      f"prefix minus hieratok's. Target: finest >= {COST_TARGET['finest_vs_singlescale_db']} dB and "
+                      f"every coarse prefix >= {COST_TARGET['coarse_vs_hieratok_db']} dB.", "",
+                  "| arm | Δ finest vs singlescale | " + " | ".join(f"Δ {k} vs hieratok" for k in coarse)
+                  + " | target |", "|---|---:|" + "---:|" * len(coarse) + "---|"]
+        lines += [f"| {arm} | {fmt(row['psnr_minus_singlescale'])} | "
+                  + " | ".join(fmt(row["coarse_minus_hieratok"].get(k)) for k in coarse)
+                  + f" | {'met' if meets_cost_target(row) else 'not met'} |" for arm, row in cost.items()]
+        notes = [f"`{arm}`: {why}" for arm, why in COARSE_CAVEATS.items() if arm in cost]
+        if notes:
+            lines += ["", "Coarse images that are no usable prefixes: " + "; ".join(notes) + "."]
+    return lines
+
+
+# arms whose coarse images are no usable prefixes, whatever their PSNR says
+COARSE_CAVEATS = {"no-mss": "its coarse images are never supervised",
+                  "full-attn": "its coarse tokens attend to the finer ones, so a coarse prefix alone does not decode "
+                               "to these images"}
 
 
 def devices_line(report: dict) -> str:

@@ -23,7 +23,7 @@ import hieratok
 from hieratok import MASK_KINDS
 from hieratok.image import MAX_BYTES
 
-from hieratok.perf import thread_count, tune_allocator_for_serving
+from hieratok.perf import release_free_memory_every, thread_count, tune_allocator_for_serving
 
 from . import views
 from .components import Number, Radio, Slider, example_images, upload_image, use_atomic_image_cache
@@ -300,6 +300,9 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: $HIERATOK_THREADS, else the cores this process may use: the "
                          "affinity mask capped by the cgroup CPU quota, as on a Space)")
+    ap.add_argument("--trim-every", type=float, default=float(os.environ.get("HIERATOK_TRIM_EVERY", 10)),
+                    metavar="SECONDS", help="hand the allocator's free memory back to the kernel this often (glibc "
+                    "malloc_trim; 0: never; env HIERATOK_TRIM_EVERY)")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="light requests (reconstruct, latent space) computed at once; the heavy ones (generate, "
                          "attention, interpolate) run one at a time on every core, the rest queue")
@@ -315,6 +318,8 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
     log.info("%s", tune_allocator_for_serving())  # before the server's worker threads exist
+    if release_free_memory_every(args.trim_every):
+        log.info("free memory handed back to the kernel every %g s (malloc_trim)", args.trim_every)
     try:
         assets = resolve_assets(args.assets)
     except AppError as e:
