@@ -135,3 +135,43 @@ def test_generator_scores_differ_by_seed_and_refuse_a_singular_frechet_distance(
     x0 = generate(dit, tok, torch.tensor([0, 1]), steps=1, guidance=1.0, seed=0)[0]
     x1 = generate(dit, tok, torch.tensor([0, 1]), steps=1, guidance=1.0, seed=1_000_003)[0]
     assert not torch.allclose(x0, x1)  # seed 1's first batch draws other noise than seed 0's
+
+
+def test_generation_protocol_sweeps_pairs_resumes_and_draws_the_figure(tiny, image_folder, tmp_path):  # noqa: F811
+    from hieratok import DiT, HieraTok, dit_config
+    from train import generation
+    tok = HieraTok.from_pretrained(tiny / "tok")
+    tok.set_latent_stats(torch.zeros(4), torch.ones(4), 1)
+    tok.save_pretrained(tmp_path / "tok")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        DiT(dit_config("cifar10", dim=32, depth=1, heads=2, num_classes=3)).save_pretrained(tmp_path / f"dit{seed}")
+    argv = ["--data", str(image_folder), "--classifier", str(tiny / "clf"),
+            "--dit", f"a={tmp_path / 'dit0'}", "--tokenizer", f"a={tmp_path / 'tok'}",
+            "--dit", f"b={tmp_path / 'dit1'}", "--tokenizer", f"b={tmp_path / 'tok'}",
+            "--guidance", "1", "3", "--sample-steps", "1", "--default-steps", "1", "--seeds", "0", "1",
+            "--num-samples", "12", "--batch-size", "6", "--output", str(tmp_path / "gen")]
+    with pytest.raises(SystemExit, match="covariance is singular"):  # 12 samples, 32-d classifier features
+        generation.main(argv)
+    generation.main([*argv, "--allow-few-samples", "--figure", str(tmp_path / "gen.png"), "--figure-per-class", "2"])
+    report = json.loads((tmp_path / "gen.json").read_text())
+    assert len(report["points"]) == 2 * 2 * 2 and report["feature_dim"] == 32
+    s = report["summary"]
+    for dit in ("a", "b"):
+        rows = s["table"][dit]
+        assert [r["guidance"] for r in rows] == [1.0, 3.0] and all(r["gfd"]["n"] == 2 for r in rows)
+        best = min(rows, key=lambda r: r["gfd"]["mean"])["guidance"]
+        assert s["default_guidance"][dit] == best
+    p = s["paired"][0]
+    pts = {(q["dit"], q["guidance"], q["seed"]): q["gfd"] for q in report["points"]}
+    assert p["gfd_a_minus_b"]["mean"] == pytest.approx(
+        sum(pts[("a", p["guidance"], sd)] - pts[("b", p["guidance"], sd)] for sd in (0, 1)) / 2)
+    md = (tmp_path / "gen.md").read_text()
+    assert "(default)" in md and "| a − b | 1 |" in md and "gen.png" in md
+    from PIL import Image
+    with Image.open(tmp_path / "gen.png") as im:
+        assert im.width > 2 * 2 * 32 and im.height >= 3 * 32
+    # a second call finds every point done and computes nothing new
+    before = report["points"]
+    generation.main([*argv, "--allow-few-samples"])
+    assert json.loads((tmp_path / "gen.json").read_text())["points"] == before
