@@ -190,5 +190,5 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return mean_ci(a - b)
 
 
-__all__ = ["TokenizerScores", "check_fd_samples", "fit_linear_reference", "generator_scores", "image_batches", "linear_scores",
-           "mean_ci", "paired_difference", "real_fd", "tokenizer_scores"]
+__all__ = ["TokenizerScores", "check_fd_samples", "fit_linear_reference", "generator_scores", "image_batches",
+           "linear_scores", "mean_ci", "paired_difference", "real_fd", "tokenizer_scores"]
