@@ -55,6 +55,19 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
         assert k["mask_kind"]["value"] == "scale_causal"
 
 
+def test_each_dit_starts_at_the_guidance_the_generation_protocol_chose(tmp_path):
+    from hieratok.explorer.models import FAMILIES, ModelStore
+    store = ModelStore(tmp_path, FAMILIES[0])
+    assert store.guidance("HieraTok") == store.guidance("Single-scale") == FAMILIES[0].guidance  # nothing measured
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "generation-imagenette128.json").write_text(json.dumps(
+        {"summary": {"default_guidance": {"hieratok": 4.0, "singlescale": 2.5}}}))
+    store = ModelStore(tmp_path, FAMILIES[0])
+    assert (store.guidance("HieraTok"), store.guidance("Single-scale")) == (4.0, 2.5)
+    (tmp_path / "eval" / "generation-imagenette128.json").write_text("{not json")
+    assert ModelStore(tmp_path, FAMILIES[0]).guidance("HieraTok") == FAMILIES[0].guidance  # unreadable: the default
+
+
 def test_every_public_endpoint_names_its_parameters_as_the_readme_says(client):
     """gradio_client's view of the API: the README's endpoints, each parameter named for what it is, no internal
     handler (the family switch, the query-range update, the mask on page load) exposed."""

@@ -109,6 +109,22 @@ class ModelStore:
             return [str(i) for i in range(self.dit(MODELS[0]).config.num_classes)]
         return [str(i) for i in range(10)]
 
+    def guidance(self, name: str) -> float:
+        """The Generate view's default guidance for the DiT of model `name`: the one the generation protocol chose
+        for it (`train/generation.py --dit hieratok=... --dit singlescale=...`: `default_guidance` in
+        assets/eval/generation-<suffix>.json, the lowest mean gFD-cls at the app's step count), else the family's."""
+        path = self.assets / "eval" / f"generation-{self.family.suffix}.json"
+
+        def read():
+            import json
+            try:
+                return json.loads(path.read_text())["summary"]["default_guidance"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return {}
+        chosen = self._load("guidance", read) if path.exists() else {}
+        value = chosen.get(_VARIANT[self._model(name)]) if isinstance(chosen, dict) else None
+        return float(value) if isinstance(value, (int, float)) else self.family.guidance
+
     def latent_map(self) -> LatentMap:
         path = self.assets / self.family.latent_map_folder / LATENT_MAP_FILE
         if not path.exists():

@@ -66,7 +66,7 @@ def controls(store) -> dict:
         "upload": f"Image (center-cropped, resized to {size}x{size})",
         "layers": cfg.dec_depth, "heads": cfg.dec_heads, "scales": scales,
         "query_scale": scales[-2] if len(scales) > 1 else scales[-1],
-        "classes": names, "guidance": store.family.guidance,
+        "classes": names, "guidance": store.guidance(MODELS[0]),
     }
 
 
@@ -86,7 +86,7 @@ def follow_family(catalog: Catalog, model_set: str) -> dict[str, dict]:
             "att_col": gr.update(**index_range(q)),
             "int_scale": gr.update(choices=["all"] + [f"{s}x{s}" for s in scales], value="all"),
             "gen_class": gr.update(choices=k["classes"], value=k["classes"][0]),
-            "gen_guidance": gr.update(value=k["guidance"]), "lat_scale": gr.update(choices=scales, value=scales[-1]),
+            "gen_guidance": gr.update(value=k["guidance"]), "gen_model": gr.update(value=MODELS[0]), "lat_scale": gr.update(choices=scales, value=scales[-1]),
             "mask_img": gr.update(value=views.mask_image(store, "scale_causal")),
             "mask_kind": gr.update(value="scale_causal")}
 
@@ -226,7 +226,10 @@ def generate_tab(catalog: Catalog, family, c: dict) -> dict:
 
     button.click(guarded(generate), [family, cls, guidance, steps, seed, count, generator], [grid, scales, text],
                  api_name="generate", concurrency_id="heavy", concurrency_limit=1)
-    return {"gen_class": cls, "gen_guidance": guidance}
+    # each DiT starts at its own default guidance (ModelStore.guidance)
+    generator.change(guarded(lambda model_set, model: gr.update(value=catalog[model_set].guidance(model))),
+                     [family, generator], guidance, api_visibility="private")
+    return {"gen_class": cls, "gen_guidance": guidance, "gen_model": generator}
 
 
 def latent_space_tab(catalog: Catalog, family, c: dict, examples: list[str]) -> dict:
