@@ -19,10 +19,15 @@ class ClassifierConfig(ConfigMixin):
     num_classes: int = 10
     image_size: int = 32
     width: int = 32            # channels of the first stage; stages use width x (1, 2, 4, 8)
+    # stride of the first convolution: 2 lets a 128-px classifier see every pixel at the cost of a 64-px one (its
+    # 3 x 3 stem reads the full image; the stages after it run at half the resolution)
+    stem_stride: int = 1
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.class_names = tuple(self.class_names)
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
@@ -32,8 +37,9 @@ class ClassifierConfig(ConfigMixin):
 
 
 
-def conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 class Residual(nn.Module):
@@ -55,7 +61,7 @@ class Classifier(nn.Module, HubCheckpointMixin, library_name="hieratok", tags=["
         self.config = config
         w = config.width
         self.features = nn.Sequential(
-            conv_bn(3, w),
+            conv_bn(3, w, config.stem_stride),
             conv_bn(w, 2 * w), nn.MaxPool2d(2), Residual(2 * w),
             conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
             conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w),

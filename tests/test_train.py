@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from hieratok import DiT, HieraTok
-from hieratok.classifier import Classifier
+from hieratok.classifier import Classifier, ClassifierConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TOK = ["--set", "enc_dim=32", "enc_depth=1", "enc_heads=2", "dec_dim=48", "dec_depth=1", "dec_heads=3"]
@@ -424,6 +424,26 @@ def test_classifier_learns_the_synthetic_classes(image_folder, tmp_path):
     assert model.config.class_names == ("class0", "class1", "class2")
     rows = read_metrics(out)
     assert np.mean([r["loss"] for r in rows[-5:]]) < 0.6 * np.mean([r["loss"] for r in rows[:5]])
+
+
+def test_a_strided_stem_classifier_sees_the_full_image_and_round_trips(tmp_path):
+    cfg = ClassifierConfig(image_size=64, width=4, stem_stride=2)
+    model = Classifier(cfg).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        base = model.embed(x)
+        x2 = x.clone()
+        x2[:, :, 1::2, 1::2] = -x2[:, :, 1::2, 1::2]  # change only the pixels a stride-2 subsample would drop
+        assert base.shape == (2, 32) and not torch.allclose(model.embed(x2), base)
+    model.save_pretrained(tmp_path / "c")
+    loaded = Classifier.from_pretrained(tmp_path / "c")
+    assert loaded.config == cfg
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().embed(x), base)
+    old = ClassifierConfig.from_dict({"num_classes": 10, "image_size": 64, "width": 32})  # written before the field
+    assert old.stem_stride == 1
+    with pytest.raises(ValueError, match="stem_stride"):
+        ClassifierConfig(stem_stride=3)
 
 
 def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
