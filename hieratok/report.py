@@ -74,6 +74,9 @@ def evaluation_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+FIGURE_HEIGHT = 560  # the legend sits below the panels: one row per few arms
+
+
 def curves_figure(records: list[dict], reference: dict | None = None, generation: list[dict] | None = None):
     """Finest-scale PSNR against images seen per arm (mean ± 95% t-interval over seeds); the linear reference on
     the same images as a dashed line. With generation records, a second panel: each DiT's FD-cls against its steps."""
@@ -86,6 +89,10 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     panels = [(records, "images_seen", "psnr", "")]
     if generation:
         panels.append((generation, "step", "gfd_cls", "DiT on "))
+    # one colour per arm in both panels (24 distinct ones: plotly's default ten repeat beyond ten arms)
+    from plotly.colors import qualitative
+    arms = sorted({r["arm"] for r in records} | {r["arm"] for r in generation or []})
+    colour = {arm: qualitative.Dark24[i % len(qualitative.Dark24)] for i, arm in enumerate(arms)}
     for col, (runs, x_key, y_key, prefix) in enumerate(panels, start=1):
         for arm in sorted({r["arm"] for r in runs}):
             rs = [r for r in runs if r["arm"] == arm]
@@ -94,6 +101,7 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
             mean = [sum(v) / len(v) for v in ys]
             ci = [t_interval(v)["ci95"] if len(v) > 1 else 0.0 for v in ys]
             fig.add_trace(go.Scatter(x=xs, y=mean, name=prefix + arm, mode="lines+markers",
+                                     line=dict(color=colour[arm], dash="dash" if prefix else "solid"),
                                      error_y=dict(type="data", array=ci, visible=True)), row=1, col=col)
     if reference:  # after the traces: plotly leaves a line out of a subplot that has no data yet
         fig.add_hline(y=reference["psnr_curve"], line_dash="dash", line_color="#888", row=1, col=1,
@@ -103,5 +111,6 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     if generation:
         fig.update_xaxes(title_text="DiT steps", row=1, col=2)
         fig.update_yaxes(title_text="FD-cls (lower is better)", row=1, col=2)
-    fig.update_layout(height=420, title="Learning curves (mean ± 95% t-interval over seeds)")
+    fig.update_layout(height=FIGURE_HEIGHT, title="Learning curves (mean ± 95% t-interval over seeds)",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     return fig

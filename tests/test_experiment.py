@@ -103,6 +103,21 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     assert "| hieratok | 2 |" in (tmp_path / "eval" / "experiment.md").read_text()
     assert "stage1.py" not in capsys.readouterr().out
 
+    # --merge adds another results file's runs of this budget (and only those) to the report
+    other = dict(next(r for r in report["records"] if (r["arm"], r["seed"]) == ("hieratok", 0)))
+    elsewhere = [{**other, "arm": "scale-heads"}, {**other, "arm": "mss-total1", "budget": {**other["budget"],
+                                                                                             "steps": 99}}]
+    (tmp_path / "other.json").write_text(json.dumps({"records": elsewhere}))
+    kept = (tmp_path / "eval" / "experiment.json").read_text()
+    experiment.main([*args[:-3], "--report-only", "--merge", str(tmp_path / "other.json"), *args[-3:]])
+    merged = json.loads((tmp_path / "eval" / "experiment.json").read_text())
+    assert sorted({r["arm"] for r in merged["records"]}) == ["hieratok", "scale-heads", "singlescale"]
+    assert "| scale-heads | 1 |" in (tmp_path / "eval" / "experiment.md").read_text()
+    with pytest.raises(SystemExit, match="no such file"):
+        experiment.main([*args[:-3], "--report-only", "--merge", str(tmp_path / "missing.json"), *args[-3:]])
+    (tmp_path / "eval" / "experiment.json").write_text(kept)
+    capsys.readouterr()
+
     # an interrupted run (no final export, no record, its checkpoint kept) resumes from its checkpoint
     run = tmp_path / "runs" / "singlescale" / "seed-1"
     shutil.rmtree(run / "final")

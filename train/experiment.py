@@ -45,7 +45,7 @@ from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
 from hieratok.evaluation import (fit_linear_reference, generator_scores, linear_scores, real_fd,  # noqa: E402
                                  tokenizer_scores)
 from hieratok.metrics import frechet_distance_metric  # noqa: E402
-from hieratok.report import curves_figure  # noqa: E402
+from hieratok.report import FIGURE_HEIGHT, curves_figure  # noqa: E402
 from hieratok.training.checkpoint import write_json  # noqa: E402
 from hieratok.training.data import DataError, build_dataset, eval_loader  # noqa: E402
 from hieratok.training.distributed import run_hardware  # noqa: E402
@@ -235,7 +235,7 @@ def write_report(prefix: Path, report: dict) -> None:
     fig.write_html(str(prefix.with_name(prefix.name + "-curves.html")), include_plotlyjs="cdn")
     try:
         width = 1300 if report.get("generation") else 900  # two panels with the generation half
-        fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=width, height=420)
+        fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=width, height=FIGURE_HEIGHT)
     except Exception as e:  # kaleido (and a browser) are optional: the HTML and the JSON carry the same data
         print(f"note: no PNG of the curves ({type(e).__name__}: {e})")
 
@@ -280,6 +280,9 @@ def parse_args(argv=None):
                          "reference's fit); the runs take theirs through --stage1-args / --dit-args")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the recorded runs (and the linear reference); train nothing")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="RESULTS.json",
+                    help="add the runs another results file recorded at this budget (e.g. arms trained by another "
+                         "process or machine into their own file) to --results; runs already there are kept")
     ap.add_argument("--dit-seeds", nargs="*", type=int, default=[],
                     help="the generation half: for each seed a DiT on the latents of the hieratok and singlescale "
                          "tokenizers of that seed (default: none)")
@@ -314,9 +317,10 @@ class Results:
         self.context: dict = {}
         self.merge()
 
-    def merge(self) -> None:
-        path = self.prefix.with_suffix(".json")
-        old = json.loads(path.read_text()) if path.exists() else {}
+    def merge(self, path: Path | None = None) -> None:
+        """Add the runs of this budget that `path` (default: our own file) has and we do not."""
+        path = path or self.prefix.with_suffix(".json")
+        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
         for mine, theirs, same in ((self.records, old.get("records", []), lambda r: r["budget"] == self.b),
                                    (self.generation, old.get("generation", []),
                                     lambda r: r["budget"] == self.b and r["dit_budget"] == self.db)):
@@ -354,6 +358,10 @@ def main(argv=None):
     from hieratok import tokenizer_config
     size = tokenizer_config(b["preset"]).image_size
     store = Results(Path(args.results), b, db)
+    for other in args.merge:
+        if not Path(other).is_file():
+            raise SystemExit(f"error: --merge {other}: no such file")
+        store.merge(Path(other))
     curve_x = load_images(args.val, size, b["curve_images"], args.num_workers)
     val_x = load_images(args.val, size, args.val_images, args.num_workers)
     classifier = load_classifier(args.classifier, b["preset"])
