@@ -95,6 +95,9 @@ class HieraTokConfig(ConfigMixin):
     linear_shortcut: bool = False
     # one output LayerNorm and head per scale instead of one shared by all scales (the "shared output" arm)
     per_scale_heads: bool = False
+    # transformer blocks of the coarse scales' own, over the coarse tokens after the shared decoder (scale-causal
+    # among themselves, so prefixes stay prefixes): capacity the finest image is not decoded with (0: none)
+    coarse_refiner_depth: int = 0
     name: str = "hieratok"               # a label for reports ("hieratok", "singlescale", ...)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -118,6 +121,8 @@ class HieraTokConfig(ConfigMixin):
         for dim, heads, what in ((self.enc_dim, self.enc_heads, "enc"), (self.dec_dim, self.dec_heads, "dec")):
             if dim % heads:
                 raise ValueError(f"{what}_dim {dim} is not divisible by {what}_heads {heads}")
+        if self.coarse_refiner_depth < 0 or (self.coarse_refiner_depth and len(self.scales) == 1):
+            raise ValueError("coarse_refiner_depth needs coarse scales and must be >= 0")
         if self.loss.scale_loss_weights is not None and len(self.loss.scale_loss_weights) != len(self.scales):
             raise ValueError("scale_loss_weights needs one weight per scale")
 
@@ -213,6 +218,10 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     # shortcuts), neither the encoder nor the decoder weights the finest image is decoded with
     "stopgrad-shared": lambda c: c.replace(coarse_grad_to_encoder=False, coarse_grad_to_decoder=False,
                                            per_scale_heads=True, name="hieratok-stopgrad-shared"),
+    # the same, with the coarse scales given a transformer block of their own (shared-decoder arm + capacity)
+    "stopgrad-shared-refiner": lambda c: c.replace(coarse_grad_to_encoder=False, coarse_grad_to_decoder=False,
+                                                   per_scale_heads=True, coarse_refiner_depth=1,
+                                                   name="hieratok-stopgrad-shared-refiner"),
     # the two partial remedies together: do the stop-gradient and the finest-weighted loss add up?
     "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False, scale_loss_weights=_finest_half(c),
                                                     name="hieratok-stopgrad-finest-weighted"),

@@ -148,15 +148,19 @@ class Decoder(nn.Module):
         # one map per scale, since a coarse token stands for a downsampled region, not for one patch
         self.shortcut = (nn.ModuleList(nn.Linear(cfg.latent_channels, cfg.patch_size ** 2 * cfg.in_channels)
                                        for _ in self.layout.scales) if cfg.linear_shortcut else None)
+        # coarse_refiner_depth: blocks over the coarse tokens only, after the shared transformer
+        self.refiner = (Transformer(cfg.dec_dim, cfg.coarse_refiner_depth, cfg.dec_heads, cfg.mlp_ratio,
+                                    cfg.grad_checkpointing) if cfg.coarse_refiner_depth else None)
+        self.coarse_tokens = self.layout.num_tokens - self.layout.finest ** 2
         self.attention = cfg.attention
         self.register_buffer("mask", self.layout.mask(cfg.attention), persistent=False)
         self.register_buffer("level_ids", self.layout.level_ids, persistent=False)
 
     def shared_parameters(self, detach: bool = False) -> dict[str, torch.Tensor]:
-        """The parameters the finest image is decoded with, by name: everything but the coarse scales' own heads
-        and linear shortcuts (`detach`: as detached tensors, for `torch.func.functional_call`)."""
+        """The parameters the finest image is decoded with, by name: everything but the coarse scales' own heads,
+        linear shortcuts and refiner (`detach`: as detached tensors, for `torch.func.functional_call`)."""
         coarse = {f"scale_heads.{i}." for i in range(self.layout.num_scales - 1)} | {
-            f"shortcut.{i}." for i in range(self.layout.num_scales - 1)}
+            f"shortcut.{i}." for i in range(self.layout.num_scales - 1)} | {"refiner."}
         return {name: p.detach() if detach else p for name, p in self.named_parameters()
                 if not any(name.startswith(prefix) for prefix in coarse)}
 
@@ -169,6 +173,12 @@ class Decoder(nn.Module):
         # full attention (or a single scale): no mask, so SDPA can take its unmasked fast path
         mask_LL = None if self.attention == "full" or layout.num_scales == 1 else self.mask[:L, :L]
         x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn, layout.attention_blocks(self.attention))
+        if self.refiner is not None:
+            n = min(L, self.coarse_tokens)
+            coarse = self.layout.prefix(min(layout.num_scales, self.layout.num_scales - 1))
+            refined, _ = self.refiner(x_BLC[:, :n], None if self.attention == "full" else self.mask[:n, :n], False,
+                                      coarse.attention_blocks(self.attention))
+            x_BLC = torch.cat([refined, x_BLC[:, n:]], dim=1)
         if self.scale_heads is None:
             chunks = layout.split(self.head(x_BLC))
         else:  # own heads for the coarse scales; the finest (present only in a full decode) keeps `head`

@@ -8,7 +8,7 @@ from hieratok.losses import ReconstructionLoss
 
 SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
 NEW = ["stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted", "finest-weighted",
-       "stopgrad-shared"]
+       "stopgrad-shared", "stopgrad-shared-refiner"]
 
 
 def images(b=4, seed=0):
@@ -73,21 +73,27 @@ def test_stopgrad_sends_no_coarse_loss_gradient_to_the_encoder():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shortcut", [False, True])
-def test_stopgrad_shared_trains_only_the_coarse_scales_own_parts_with_the_coarse_losses(shortcut):
-    cfg = tokenizer_config("cifar10", "stopgrad-shared", linear_shortcut=shortcut, **SMALL)
+@pytest.mark.parametrize("variant,shortcut", [("stopgrad-shared", False), ("stopgrad-shared", True),
+                                              ("stopgrad-shared-refiner", True)])
+def test_stopgrad_shared_trains_only_the_coarse_scales_own_parts_with_the_coarse_losses(variant, shortcut):
+    cfg = tokenizer_config("cifar10", variant, linear_shortcut=shortcut, **SMALL)
     model = HieraTok(cfg).train()
+    with torch.no_grad():  # (the shortcut starts the output heads at zero, which would stop every gradient there)
+        for head in model.output_heads():
+            head.weight.normal_(std=0.02)
     x = images()
     out, _ = model(x, sample=False)
     sum(im.square().mean() for im in out.images[:-1]).backward()
     grads = {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in model.named_parameters()}
-    own = [n for n in grads if n.startswith(("downsampler.", "decoder.scale_heads."))
+    own = [n for n in grads if n.startswith(("downsampler.", "decoder.scale_heads.", "decoder.refiner."))
            or (n.startswith("decoder.shortcut.") and not n.startswith(f"decoder.shortcut.{len(cfg.scales) - 1}."))]
     shared = [n for n in grads if n.startswith("decoder.") and n not in own]
     assert shared and all(grads[n] == 0.0 for n in shared), [n for n in shared if grads[n]]
     assert all(grads[n] == 0.0 for n in grads if n.startswith("encoder."))
     heads = [n for n in own if n.startswith("decoder.scale_heads.") and n.split(".")[3] == "1"]  # their Linears
     assert heads and all(grads[n] > 0 for n in heads), heads
+    if cfg.coarse_refiner_depth:
+        assert sum(grads[n] for n in own if n.startswith("decoder.refiner.")) > 0
     # (the first layers of the downsampler's zero-initialised MLPs get none at initialisation)
     assert sum(grads[n] for n in own if n.startswith("downsampler.")) > 0
 
