@@ -456,11 +456,14 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     dit.main([str(a) for a in ["--tokenizer", tiny_tokenizer, "--data", image_folder, "--output-dir",
                                tmp_path / "dit", "--steps", 3, "--batch-size", 12, "--set", "dim=64", "depth=1",
                                "heads=2", *FAST]])
-    evaluate.main([str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
-                                    "--tokenizer", f"tok={tiny_tokenizer}", "--dit", f"tok={tmp_path}/dit/final",
-                                    "--dit-tokenizer", f"tok={tmp_path}/dit/tokenizer", "--num-samples", 12,
-                                    "--sample-steps", 2, "--batch-size", 12, "--fit-data", image_folder,
-                                    "--fit-images", 20, "--output", tmp_path / "eval"]])
+    argv = [str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
+                             "--tokenizer", f"tok={tiny_tokenizer}", "--dit", f"tok={tmp_path}/dit/final",
+                             "--dit-tokenizer", f"tok={tmp_path}/dit/tokenizer", "--num-samples", 12,
+                             "--sample-steps", 2, "--batch-size", 12, "--fit-data", image_folder,
+                             "--fit-images", 20, "--output", tmp_path / "eval"]]
+    with pytest.raises(SystemExit, match="12 samples for a Fréchet distance over 64 feature dimensions"):
+        evaluate.main(argv)  # refused before any work, with what to do
+    evaluate.main([*argv, "--allow-few-samples"])
     report = json.loads((tmp_path / "eval.json").read_text())
     # the linear reference of the tokenizer's latent size sits beside it, fitted on the --fit-data images
     ref = report["tokenizers"]["linear-pca-C4"]
@@ -491,7 +494,8 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     evaluate.main([str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
                                     "--dit", f"again={tmp_path}/dit/final", "--dit-tokenizer",
                                     f"again={tmp_path}/dit/tokenizer", "--num-samples", 12, "--sample-steps", 2,
-                                    "--batch-size", 12, "--output", tmp_path / "eval", "--update"]])
+                                    "--batch-size", 12, "--output", tmp_path / "eval", "--update",
+                                    "--allow-few-samples"]])
     updated = json.loads((tmp_path / "eval.json").read_text())
     assert set(updated["generators"]) == {"tok", "again"} and updated["tokenizers"] == report["tokenizers"]
     assert updated["command"] == f"{report['command']}; {report['command']}"  # (pytest's argv, twice)

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.evaluation import (fit_linear_reference, generator_scores, linear_scores, paired_difference, real_fd,
-                                 tokenizer_scores)
+from hieratok.evaluation import (check_fd_samples, fit_linear_reference, generator_scores, linear_scores,
+                                 paired_difference, real_fd, tokenizer_scores)
 from hieratok.losses import load_lpips
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import evaluation_markdown as markdown
@@ -194,6 +194,11 @@ def main(argv=None):
         else:
             args.image_size = 32
     ev = Evaluator(args)
+    if dits and ev.fd_name:  # before any work: a DiT's Fréchet distance needs samples >= feature dimensions
+        try:
+            check_fd_samples(args.num_samples, ev.fd_metric(), args.allow_few_samples)
+        except ValueError as e:
+            raise SystemExit(f"error: --num-samples: {e}") from None
     if ev.lpips is None:
         print(f"warning: {ev.lpips_note}")
     report = {"data": args.data, "images": len(ev.dataset), "command": " ".join(sys.argv),
