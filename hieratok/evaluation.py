@@ -172,6 +172,17 @@ def generator_scores(dit, tok, num_samples: int, *, steps: int, guidance: float,
     return {"gfd": float(fd.compute()) if fd is not None else None, "correct": correct, "samples": num_samples}
 
 
+@torch.no_grad()
+def classifier_accuracy(classifier, batches, progress=iter) -> dict:
+    """A classifier's accuracy over labelled batches (`(x, y, ...)` loader items; unreadable ones, x None, skipped):
+    {"accuracy": mean ± 95%, "images": n}."""
+    device = _device(classifier)
+    correct = [(classifier(x.to(device)).argmax(1).cpu() == y).float()
+               for x, y, *_ in progress(batches) if x is not None]
+    c = torch.cat(correct)
+    return {"accuracy": mean_ci(c), "images": len(c)}
+
+
 def check_fd_samples(num_samples: int, fd, allow_few: bool = False) -> int:
     """The feature dimension of Fréchet accumulator `fd`; ValueError when `num_samples` is below it (unless
     `allow_few`)."""
@@ -190,5 +201,5 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return mean_ci(a - b)
 
 
-__all__ = ["TokenizerScores", "check_fd_samples", "fit_linear_reference", "generator_scores", "image_batches",
-           "linear_scores", "mean_ci", "paired_difference", "real_fd", "tokenizer_scores"]
+__all__ = ["TokenizerScores", "check_fd_samples", "classifier_accuracy", "fit_linear_reference", "generator_scores",
+           "image_batches", "linear_scores", "mean_ci", "paired_difference", "real_fd", "tokenizer_scores"]

@@ -24,14 +24,24 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt
 _allocator_note: str | None = None
 
 
+def _glibc():
+    """The C library when it is glibc (its malloc tunables exist), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def _mallopt(*settings: tuple[int, int]) -> str | None:
     """Apply glibc mallopt settings; None when done, else why not."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return "not glibc"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
-    except (OSError, AttributeError) as e:
+    except AttributeError as e:
         return str(e)
     return None if ok else "mallopt refused"
 
@@ -52,11 +62,10 @@ def tune_allocator_for_serving(arenas: int = 2, mmap_bytes: int = 4 << 20, trim_
 def release_free_memory() -> bool:
     """Hand the allocator's free pages back to the kernel (glibc `malloc_trim(0)`: the top of every arena and whole
     free pages inside them). Returns whether glibc released anything; False off glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+    libc = _glibc()
     try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
+        return bool(libc.malloc_trim(0)) if libc is not None else False
+    except AttributeError:
         return False
 
 
@@ -66,7 +75,7 @@ def release_free_memory_every(seconds: float) -> threading.Thread | None:
     A server's RSS otherwise keeps the peak of what its requests once held: freed image and activation buffers stay
     in the allocator's heaps as holes between live blocks that `free` cannot return (`app/benchmark.py --soak`
     measured the growth; docs/app.md). A trim of a few hundred MB of heap takes about a millisecond."""
-    if seconds <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if seconds <= 0 or _glibc() is None:
         return None
 
     def loop():

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.evaluation import (check_fd_samples, fit_linear_reference, generator_scores, linear_scores,
-                                 paired_difference, real_fd, tokenizer_scores)
+from hieratok.evaluation import (check_fd_samples, classifier_accuracy, fit_linear_reference, generator_scores,
+                                 linear_scores, paired_difference, real_fd, tokenizer_scores)
 from hieratok.losses import load_lpips
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import evaluation_markdown as markdown
@@ -71,14 +71,8 @@ class Evaluator:
         return frechet_distance_metric(feat, self.args.inception_weights).to(self.device)
 
     # ---- classifier -----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def classifier_accuracy(self) -> dict:
-        correct = []
-        for x, y, _ in tqdm(self.batches(), desc="classifier"):
-            if x is not None:
-                correct.append((self.classifier(x.to(self.device)).argmax(1).cpu() == y).float())
-        c = torch.cat(correct)
-        return {"accuracy": mean_ci(c), "images": len(c)}
+        return classifier_accuracy(self.classifier, self.batches(), progress=lambda b: tqdm(b, desc="classifier"))
 
     # ---- tokenizer ------------------------------------------------------------------------------------------
     def tokenizer(self, path: str) -> dict:
