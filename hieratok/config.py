@@ -53,6 +53,10 @@ class LossConfig(ConfigMixin):
     # those weights detached; the "shared decoder" arm). With `coarse_grad_to_encoder=False` too, everything the
     # finest image depends on except the downsampler learns from the finest loss alone.
     coarse_grad_to_decoder: bool = True
+    # True (with `coarse_grad_to_encoder`): the coarse losses reach the encoder only through the part of their
+    # gradient at the latent that does not oppose the finest loss's -- per image, where the two point against each
+    # other, the coarse gradient loses its component along the finest one (PCGrad, Yu et al. 2020, at the latent)
+    coarse_grad_projection: bool = False
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     lpips_weight: float = 0.5            # on the finest scale, when the LPIPS backbone is available
@@ -123,6 +127,9 @@ class HieraTokConfig(ConfigMixin):
                 raise ValueError(f"{what}_dim {dim} is not divisible by {what}_heads {heads}")
         if self.coarse_refiner_depth < 0 or (self.coarse_refiner_depth and len(self.scales) == 1):
             raise ValueError("coarse_refiner_depth needs coarse scales and must be >= 0")
+        if self.loss.coarse_grad_projection and not self.loss.coarse_grad_to_encoder:
+            raise ValueError("coarse_grad_projection projects the coarse losses' gradient into the encoder; it needs "
+                             "coarse_grad_to_encoder=True")
         if self.loss.scale_loss_weights is not None and len(self.loss.scale_loss_weights) != len(self.scales):
             raise ValueError("scale_loss_weights needs one weight per scale")
 
@@ -222,6 +229,10 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     "stopgrad-shared-refiner": lambda c: c.replace(coarse_grad_to_encoder=False, coarse_grad_to_decoder=False,
                                                    per_scale_heads=True, coarse_refiner_depth=1,
                                                    name="hieratok-stopgrad-shared-refiner"),
+    # the shared-decoder arm with the encoder compromise made without conflict: the coarse losses reach the encoder
+    # only through the part of their latent gradient that does not oppose the finest loss's (per image)
+    "projected-shared": lambda c: c.replace(coarse_grad_projection=True, coarse_grad_to_decoder=False,
+                                            per_scale_heads=True, name="hieratok-projected-shared"),
     # the two partial remedies together: do the stop-gradient and the finest-weighted loss add up?
     "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False, scale_loss_weights=_finest_half(c),
                                                     name="hieratok-stopgrad-finest-weighted"),

@@ -23,6 +23,34 @@ from .scales import ScaleLayout
 
 
 # ------------------------------------------------------------------------------------------------------------
+#                                    gradient routes of the coarse losses
+# ------------------------------------------------------------------------------------------------------------
+class ProjectedFork(torch.autograd.Function):
+    """z -> (z for the finest image, z for the coarse images): the same values; in backward, per image, the coarse
+    gradient loses its component along the finest gradient where their inner product is negative (PCGrad at the
+    latent). The sum that reaches the encoder then never opposes the finest loss's own gradient at z."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.view_as(z), z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, g_fine, g_coarse):
+        if g_coarse is None:
+            return g_fine
+        if g_fine is None:
+            return g_coarse
+        return g_fine + project_conflict(g_coarse, g_fine)
+
+
+def project_conflict(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per sample (dim 0): `g` minus its component along `ref` where <g, ref> < 0, else `g` unchanged."""
+    dot = (g * ref).flatten(1).sum(1)
+    coef = dot.clamp(max=0) / ref.square().flatten(1).sum(1).clamp_min(torch.finfo(ref.dtype).tiny)
+    return g - coef.view(-1, *([1] * (g.ndim - 1))) * ref
+
+
+# ------------------------------------------------------------------------------------------------------------
 #                                              KL bottleneck
 # ------------------------------------------------------------------------------------------------------------
 class DiagonalGaussian:
@@ -317,13 +345,18 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         """Training forward: (per-scale DecodeOutput, posterior). `shard`: see `hieratok.rng`."""
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
-        out = self.decode(z)
         loss = self.config.loss
-        if self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder):
+        reroute = self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder
+                                                     and not loss.coarse_grad_projection)
+        z_coarse = z if loss.coarse_grad_to_encoder else z.detach()
+        if reroute and loss.coarse_grad_projection and torch.is_grad_enabled():
+            z, z_coarse = ProjectedFork.apply(z)
+        out = self.decode(z)
+        if reroute:
             # the coarse images again, along a route the coarse losses' gradient may take: from a detached latent
-            # (no gradient into the encoder) and/or through detached shared decoder weights. With the scale-causal
-            # mask they equal the full decode's coarse images, so only the gradient's route changes.
-            maps = self.latent_pyramid(z if loss.coarse_grad_to_encoder else z.detach())[:-1]
+            # (no gradient into the encoder) or a projected one, and/or through detached shared decoder weights.
+            # With the scale-causal mask they equal the full decode's coarse images: only the gradient's route changes.
+            maps = self.latent_pyramid(z_coarse)[:-1]
             if loss.coarse_grad_to_decoder:
                 coarse, _ = self.decoder(maps)
             else:

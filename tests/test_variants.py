@@ -5,10 +5,11 @@ import torch
 
 from hieratok import HieraTok, tokenizer_config
 from hieratok.losses import ReconstructionLoss
+from hieratok.tokenizer import ProjectedFork, project_conflict
 
 SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
 NEW = ["stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted", "finest-weighted",
-       "stopgrad-shared", "stopgrad-shared-refiner"]
+       "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared"]
 
 
 def images(b=4, seed=0):
@@ -110,6 +111,73 @@ def test_stopgrad_shared_trains_only_the_coarse_scales_own_parts_with_the_coarse
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_projection_removes_only_the_component_that_opposes_the_reference_per_sample():
+    g = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref[:3] = -g[:3] + 0.1 * ref[:3]  # three conflicting samples ...
+    ref[3:] = g[3:] + 0.1 * ref[3:]   # ... and three that agree
+    out = project_conflict(g, ref)
+    dots = (out * ref).flatten(1).sum(1)
+    torch.testing.assert_close(dots[:3], torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert torch.equal(out[3:], g[3:])
+    assert ((g[:3] * ref[:3]).flatten(1).sum(1) < 0).all()
+    # what is left is g's part orthogonal to ref
+    torch.testing.assert_close(out[0], g[0] - (g[0] * ref[0]).sum() / ref[0].square().sum() * ref[0])
+
+    z = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    fine, coarse = ProjectedFork.apply(z)
+    assert torch.equal(fine, z) and torch.equal(coarse, z)
+    ((fine * ref).sum() + (coarse * g).sum()).backward()  # d/dfine = ref, d/dcoarse = g
+    torch.testing.assert_close(z.grad, ref + project_conflict(g, ref))
+
+
+def test_projected_shared_sends_the_encoder_only_non_conflicting_coarse_gradient():
+    cfg = tokenizer_config("cifar10", "projected-shared", **SMALL)
+    model = HieraTok(cfg).train()
+    x = images()
+    out, _ = model(x, sample=False)
+    sum(im.square().mean() for im in out.images[:-1]).backward()  # the coarse losses alone
+    grads = {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in model.named_parameters()}
+    assert encoder_grad_norm(model) > 0  # (with no finest loss nothing is projected away)
+    shared = [n for n in grads if n.startswith(("decoder.blocks.", "decoder.proj_in.", "decoder.head."))]
+    assert shared and all(grads[n] == 0.0 for n in shared)
+
+    # both losses: the gradient reaching the latent is the finest one plus the projected coarse one
+    seen = {}
+    z0 = model.encode(x).detach()
+    for route in ("fine", "coarse", "both"):
+        z = z0.clone().requires_grad_(True)
+        fine, coarse = ProjectedFork.apply(z) if route == "both" else (z, z.detach()) if route == "fine" else (
+            z.detach(), z)
+        maps_f, maps_c = model.latent_pyramid(fine), model.latent_pyramid(coarse)[:-1]
+        images_c, _ = torch.func.functional_call(model.decoder, model.decoder.shared_parameters(detach=True),
+                                                 (maps_c,))
+        loss = model.decode_maps(maps_f).reconstruction.square().mean() * (route != "coarse")
+        loss = loss + sum(im.square().mean() for im in images_c) * (route != "fine")
+        loss.backward()
+        seen[route] = z.grad
+    g_f, g_c = seen["fine"], seen["coarse"]
+    torch.testing.assert_close(seen["both"], g_f + project_conflict(g_c, g_f))
+    assert ((seen["both"] * g_f).flatten(1).sum(1) >= (g_f * g_f).flatten(1).sum(1) * (1 - 1e-5)).all()
+    # ... and the model's own forward routes it so: its encoder gradient is that latent gradient pulled back
+    model.zero_grad()
+    out, _ = model(x, sample=False)
+    (out.reconstruction.square().mean() + sum(im.square().mean() for im in out.images[:-1])).backward()
+    got = [p.grad.clone() for p in model.encoder.parameters()]
+    model.zero_grad()
+    model.encode(x).backward(seen["both"])
+    for a, b in zip(got, [p.grad for p in model.encoder.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+    plain = HieraTok(cfg.replace(coarse_grad_projection=False, coarse_grad_to_decoder=True))
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the same images as with every gradient route open
+        for a, b in zip(model(x, sample=False)[0].images, plain(x, sample=False)[0].images):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="coarse_grad_to_encoder"):
+        cfg.replace(coarse_grad_to_encoder=False)
+
+
 def test_the_plain_method_does_send_coarse_loss_gradient_to_the_encoder():
     model = HieraTok(tokenizer_config("cifar10", "hieratok", **SMALL)).train()
     out, _ = model(images(), sample=False)
@@ -163,8 +231,8 @@ def test_loss_config_is_separate_and_old_flat_configs_still_load(tmp_path):
     cfg = tokenizer_config("cifar10", "finest-weighted", kl_weight=1e-5, **SMALL)
     assert isinstance(cfg.loss, LossConfig) and cfg.loss.kl_weight == 1e-5 and cfg.loss.scale_loss_weights[-1] == 0.5
     assert not set(LOSS_FIELDS) & {f for f in cfg.to_dict() if f != "loss"}   # no loss field beside the architecture
-    assert cfg.replace(lpips_weight=0.0).loss == cfg.loss.__class__(**{**cfg.loss.to_dict(), "lpips_weight": 0.0,
-                                                                       "scale_loss_weights": cfg.loss.scale_loss_weights})
+    expected = {**cfg.loss.to_dict(), "lpips_weight": 0.0, "scale_loss_weights": cfg.loss.scale_loss_weights}
+    assert cfg.replace(lpips_weight=0.0).loss == cfg.loss.__class__(**expected)
     # a config.json written before the split: loss fields at the top level
     flat = {k: v for k, v in cfg.to_dict().items() if k != "loss"} | cfg.loss.to_dict()
     assert HieraTokConfig.from_dict(json.loads(json.dumps(flat))) == cfg
