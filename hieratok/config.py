@@ -266,6 +266,8 @@ class DiTConfig(ConfigMixin):
     num_classes: int = 10                # class index num_classes is the null class for guidance
     class_dropout: float = 0.1           # label dropout probability in training (classifier-free guidance)
     time_sampling: str = "logit_normal"  # "uniform" or "logit_normal" (SD3) for t in training
+    qk_norm: bool = False                # RMSNorm on each head's queries and keys
+    mlp: str = "gelu"                    # "gelu" or "swiglu" (about the same parameters and FLOPs)
     class_names: tuple[str, ...] = ()    # readable names of the classes (empty: unnamed)
 
     def __post_init__(self):
@@ -276,6 +278,8 @@ class DiTConfig(ConfigMixin):
             raise ValueError(f"latent_size {self.latent_size} not divisible by patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
         if self.time_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .config import DiTConfig
 from .hub import HubCheckpointMixin
-from .layers import Attention, Mlp, init_weights, sincos_2d, timestep_embedding
+from .layers import MLPS, Attention, init_weights, sincos_2d, timestep_embedding
 from .linear import unpatchify
 from .rng import Shard, sharded
 
@@ -45,12 +45,12 @@ class TimestepEmbedder(nn.Module):
 class DiTBlock(nn.Module):
     """Transformer block whose LayerNorms are modulated by the conditioning, gates initialised to zero."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool = False, mlp: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = MLPS[mlp](dim, int(dim * mlp_ratio))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x, c):
@@ -86,7 +86,8 @@ class DiT(nn.Module, HubCheckpointMixin,
         self.register_buffer("pos_embed", sincos_2d(cfg.dim, self.grid)[None], persistent=False)
         self.t_embed = TimestepEmbedder(cfg.dim)
         self.y_embed = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # + 1: the null class
-        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cfg.mlp)
+                                    for _ in range(cfg.depth))
         self.final = FinalLayer(cfg.dim, p, cfg.latent_channels)
         self._init()
 

@@ -107,17 +107,23 @@ class Attention(nn.Module):
     """Multi-head self-attention through SDPA or the explicit path (`impl`, see `resolve_attention`); the explicit
     path can also return the attention weights."""
 
-    def __init__(self, dim: int, heads: int, impl: str = "auto"):
+    def __init__(self, dim: int, heads: int, impl: str = "auto", qk_norm: bool = False):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.impl = impl
+        # qk_norm: RMSNorm on each head's queries and keys (ViT-22B; SD3 and LightningDiT use it in DiTs) -- bounded
+        # logits whatever the residual stream's scale
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
     def forward(self, x_BLC: torch.Tensor, mask_LL: torch.Tensor | None = None, return_attn: bool = False,
                 blocks: tuple[AttentionBlock, ...] | None = None):
         B, L, C = x_BLC.shape
         q, k, v = self.qkv(x_BLC).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, L, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         attn_BHLL = None
         if return_attn:
             logits_BHLL = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
@@ -149,6 +155,23 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """fc2(silu(x W_a) * (x W_b)) (Shazeer 2020; LLaMA, LightningDiT). `hidden` is the GELU MLP's width; the gated
+    one is 2/3 of it (rounded up to a multiple of 8), so both have about the same parameters and FLOPs."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        hidden = -(-int(2 * hidden / 3) // 8) * 8
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        a, b = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(a) * b)
+
+
+MLPS = {"gelu": Mlp, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from hieratok import DiT, dit_config
+from hieratok.layers import Attention
 
 TINY = dict(dim=64, depth=2, heads=2)
 
@@ -18,9 +20,10 @@ def test_forward_shape_and_cfg_at_one_equals_conditional():
     assert not torch.allclose(v, v_null)
 
 
-def test_flow_matching_loss_decreases_on_tiny_latent_set():
+@pytest.mark.parametrize("recipe", [{}, {"qk_norm": True, "mlp": "swiglu"}])
+def test_flow_matching_loss_decreases_on_tiny_latent_set(recipe):
     torch.manual_seed(0)
-    cfg = dit_config("cifar10", latent_size=8, patch_size=2, class_dropout=0.1, **TINY)
+    cfg = dit_config("cifar10", latent_size=8, patch_size=2, class_dropout=0.1, **TINY, **recipe)
     dit = DiT(cfg).train()
     # two classes, each a fixed latent pattern plus a little noise
     protos = torch.randn(2, 4, 8, 8)
@@ -69,3 +72,25 @@ def test_bad_sampler_arguments_are_clear_errors():
         dit.sample(torch.tensor([0]), sampler="ddim")
     with pytest.raises(ValueError, match="class indices"):
         dit.sample(torch.tensor([11]))
+
+
+def test_recipe_options_keep_the_size_round_trip_and_bound_the_logits(tmp_path):
+    base = DiT(dit_config("imagenette128"))
+    new = DiT(dit_config("imagenette128", qk_norm=True, mlp="swiglu")).eval()
+    n_base, n_new = (sum(p.numel() for p in m.parameters()) for m in (base, new))
+    assert abs(n_new / n_base - 1) < 0.02, (n_base, n_new)  # SwiGLU at 2/3 width: about the same size
+    for p in new.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    new.save_pretrained(tmp_path / "dit")
+    loaded = DiT.from_pretrained(tmp_path / "dit")
+    assert loaded.config == new.config and loaded.config.mlp == "swiglu"
+    x, t, y = torch.randn(2, 16, 16, 16), torch.rand(2), torch.tensor([1, 2])
+    assert torch.equal(new(x, t, y), loaded(x, t, y))
+    # qk-norm: the queries and keys each head compares have unit RMS, whatever the input's scale
+    attn = Attention(64, 2, qk_norm=True)
+    seen = {}
+    attn.q_norm.register_forward_hook(lambda m, i, o: seen.setdefault("q", o))
+    attn(100 * torch.randn(2, 5, 64))
+    torch.testing.assert_close(seen["q"].pow(2).mean(-1), torch.ones(2, 2, 5), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="mlp"):
+        dit_config("cifar10", mlp="relu")
