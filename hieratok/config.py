@@ -91,6 +91,9 @@ class HieraTokConfig(ConfigMixin):
     mlp_ratio: float = 4.0
     scales: tuple[int, ...] = (1, 2, 4, 8, 16)   # coarse -> fine; (16,) is the single-scale baseline
     downsample: str = "conv"             # "conv": learnable; "interp": area interpolation (the paper's ablation)
+    # residual 3 x 3 conv blocks before each learnable downsampling step: each coarse token computed from a
+    # neighbourhood of the finer map rather than its own patch alone (0: the paper's local pooling)
+    downsample_context: int = 0
     attention: str = "scale_causal"      # decoder mask: scale_causal | full | scale_independent
     grad_checkpointing: bool = False     # recompute blocks in backward (for the paper-scale preset on GPUs)
     # A linear encoder and decoder path beside the transformers, initialised to the patch-PCA codec of the same
@@ -125,6 +128,8 @@ class HieraTokConfig(ConfigMixin):
         for dim, heads, what in ((self.enc_dim, self.enc_heads, "enc"), (self.dec_dim, self.dec_heads, "dec")):
             if dim % heads:
                 raise ValueError(f"{what}_dim {dim} is not divisible by {what}_heads {heads}")
+        if self.downsample_context < 0 or (self.downsample_context and self.downsample != "conv"):
+            raise ValueError("downsample_context needs downsample='conv' and must be >= 0")
         if self.coarse_refiner_depth < 0 or (self.coarse_refiner_depth and len(self.scales) == 1):
             raise ValueError("coarse_refiner_depth needs coarse scales and must be >= 0")
         if self.loss.coarse_grad_projection and not self.loss.coarse_grad_to_encoder:
@@ -233,6 +238,11 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
     # only through the part of their latent gradient that does not oppose the finest loss's (per image)
     "projected-shared": lambda c: c.replace(coarse_grad_projection=True, coarse_grad_to_decoder=False,
                                             per_scale_heads=True, name="hieratok-projected-shared"),
+    # the shared-decoder arm with coarse tokens computed from a neighbourhood of the finer map: a latent shaped by the
+    # finest loss alone may need more than a local pool to give good coarse tokens (capacity where coarse is made)
+    "stopgrad-shared-context": lambda c: c.replace(coarse_grad_to_encoder=False, coarse_grad_to_decoder=False,
+                                                   per_scale_heads=True, downsample_context=2,
+                                                   name="hieratok-stopgrad-shared-context"),
     # the two partial remedies together: do the stop-gradient and the finest-weighted loss add up?
     "stopgrad-finest-weighted": lambda c: c.replace(coarse_grad_to_encoder=False, scale_loss_weights=_finest_half(c),
                                                     name="hieratok-stopgrad-finest-weighted"),

@@ -85,10 +85,13 @@ class ConvDownStep(nn.Module):
     layer starts at zero: training starts from the interpolation ablation and learns away from it.
     """
 
-    def __init__(self, channels: int, ratio: int):
+    def __init__(self, channels: int, ratio: int, context_blocks: int = 0):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=ratio, stride=ratio)
         hidden = max(64, 4 * channels)
+        # residual 3 x 3 conv blocks on the finer map before pooling (output layers at zero): each coarse token
+        # sees a neighbourhood of the finer map, not only its own r x r patch
+        self.context = nn.ModuleList(ContextBlock(channels, hidden) for _ in range(context_blocks))
+        self.conv = nn.Conv2d(channels, channels, kernel_size=ratio, stride=ratio)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.GELU(), nn.Conv2d(hidden, channels, 1))
         with torch.no_grad():
             self.conv.weight.zero_()
@@ -99,19 +102,36 @@ class ConvDownStep(nn.Module):
             self.mlp[-1].bias.zero_()
 
     def forward(self, x_BChw):
+        for blk in self.context:
+            x_BChw = blk(x_BChw)
         y = self.conv(x_BChw)
         return y + self.mlp(y)
+
+
+class ContextBlock(nn.Module):
+    """x + conv3x3(GELU(conv3x3(x))), the second conv starting at zero (the block starts as the identity)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.GELU(),
+                                 nn.Conv2d(hidden, channels, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x_BChw):
+        return x_BChw + self.net(x_BChw)
 
 
 class MultiScaleDownsampler(nn.Module):
     """z (B, C, S, S) -> [z_s for s in scales], coarse -> fine, with z itself as the finest map."""
 
-    def __init__(self, channels: int, layout: ScaleLayout, mode: str = "conv"):
+    def __init__(self, channels: int, layout: ScaleLayout, mode: str = "conv", context_blocks: int = 0):
         super().__init__()
         self.layout, self.mode = layout, mode
         # steps[i] maps scale i+1 to scale i (fine -> coarse chain)
         ratios = [fine // coarse for coarse, fine in zip(layout.scales, layout.scales[1:])]
-        self.steps = nn.ModuleList(ConvDownStep(channels, r) for r in ratios) if mode == "conv" else None
+        self.steps = (nn.ModuleList(ConvDownStep(channels, r, context_blocks) for r in ratios) if mode == "conv"
+                      else None)
 
     def forward(self, z_BChw: torch.Tensor) -> list[torch.Tensor]:
         if z_BChw.shape[-1] != self.layout.finest:
@@ -249,8 +269,8 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         # 1. encoder -> KL posterior over z (B, C, S, S)
         self.encoder = Encoder(config)
         # 2. multi-scale downsampler (absent for the single-scale baseline)
-        self.downsampler = (MultiScaleDownsampler(config.latent_channels, self.layout, config.downsample)
-                            if config.is_multiscale else None)
+        self.downsampler = (MultiScaleDownsampler(config.latent_channels, self.layout, config.downsample,
+                                                  config.downsample_context) if config.is_multiscale else None)
         # 3. decoder over the coarse -> fine token sequence
         self.decoder = Decoder(config)
         # 4. per-channel latent statistics for the generator (count = 0 until computed on a dataset)

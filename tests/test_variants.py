@@ -9,7 +9,7 @@ from hieratok.tokenizer import ProjectedFork, project_conflict
 
 SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
 NEW = ["stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted", "finest-weighted",
-       "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared"]
+       "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared", "stopgrad-shared-context"]
 
 
 def images(b=4, seed=0):
@@ -75,7 +75,8 @@ def test_stopgrad_sends_no_coarse_loss_gradient_to_the_encoder():
 
 
 @pytest.mark.parametrize("variant,shortcut", [("stopgrad-shared", False), ("stopgrad-shared", True),
-                                              ("stopgrad-shared-refiner", True)])
+                                              ("stopgrad-shared-refiner", True),
+                                              ("stopgrad-shared-context", True)])
 def test_stopgrad_shared_trains_only_the_coarse_scales_own_parts_with_the_coarse_losses(variant, shortcut):
     cfg = tokenizer_config("cifar10", variant, linear_shortcut=shortcut, **SMALL)
     model = HieraTok(cfg).train()
@@ -176,6 +177,26 @@ def test_projected_shared_sends_the_encoder_only_non_conflicting_coarse_gradient
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="coarse_grad_to_encoder"):
         cfg.replace(coarse_grad_to_encoder=False)
+
+
+def test_context_downsampler_starts_as_the_local_pool_and_then_sees_neighbours():
+    cfg = tokenizer_config("cifar10", "stopgrad-shared-context", **SMALL)
+    model, plain = HieraTok(cfg).eval(), HieraTok(cfg.replace(downsample_context=0)).eval()
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".context." in k for k in missing)
+    z = torch.randn(2, cfg.latent_channels, 16, 16)
+    with torch.no_grad():
+        for a, b in zip(model.latent_pyramid(z), plain.latent_pyramid(z)):
+            torch.testing.assert_close(a, b)  # the context blocks start as the identity
+        for p in model.downsampler.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        far = z.clone()
+        far[:, :, 0, 3] += 1.0  # outside the 2 x 2 patch of the 8 x 8 map's first token
+        for m, sees in ((model, True), (plain, False)):
+            changed = not torch.equal(m.latent_pyramid(z)[3][:, :, 0, 0], m.latent_pyramid(far)[3][:, :, 0, 0])
+            assert changed == sees
+    with pytest.raises(ValueError, match="downsample_context"):
+        cfg.replace(downsample="interp")
 
 
 def test_the_plain_method_does_send_coarse_loss_gradient_to_the_encoder():

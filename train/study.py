@@ -25,7 +25,8 @@ from hieratok.training.cli import parse_overrides
 # finest scale (docs/experiment.md).
 ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss", "interp", "full-attn", "independent-attn",
         "finest-weighted", "stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted",
-        "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared"]
+        "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared",
+        "stopgrad-shared-context"]
 assert set(ARMS) <= set(VARIANT_BUILDERS), sorted(set(ARMS) - set(VARIANT_BUILDERS))
 KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
 
