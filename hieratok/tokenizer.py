@@ -322,6 +322,45 @@ class HieraTok(nn.Module, HubCheckpointMixin,
             lin.weight.copy_((comps * scale[:, None]).T)
             lin.bias.copy_(mean)
 
+    @torch.no_grad()
+    def load_single_scale(self, source: "HieraTok") -> list[str]:
+        """Start this multi-scale tokenizer from a single-scale one of the same geometry (a two-phase recipe: the
+        finest scale learned first, the coarse scales after). The encoder, the decoder transformer and input
+        projection, the finest head and shortcut and the finest scale's position and level embeddings come from
+        `source`; the coarse scales' own parts (downsampler, their embeddings, heads, shortcuts, refiner) keep their
+        initialisation. Returns the names of the parameters left wholly as they were (the embeddings' coarse rows
+        are too). Latent statistics are not copied (they
+        describe the source's latent; `hieratok.compute_latent_stats` makes them for this one)."""
+        src_cfg, cfg = source.config, self.config
+        if src_cfg.is_multiscale or not cfg.is_multiscale:
+            raise ValueError("load_single_scale starts a multi-scale tokenizer from a single-scale one; got "
+                             f"scales {src_cfg.scales} -> {cfg.scales} (for the same architecture use --init-from)")
+        geometry = ("image_size", "patch_size", "in_channels", "latent_channels", "enc_dim", "enc_depth", "enc_heads",
+                    "dec_dim", "dec_depth", "dec_heads", "mlp_ratio", "linear_shortcut")
+        differ = [f"{k} {getattr(src_cfg, k)} != {getattr(cfg, k)}" for k in geometry
+                  if getattr(src_cfg, k) != getattr(cfg, k)]
+        if differ:
+            raise ValueError("the single-scale tokenizer has another geometry: " + "; ".join(differ))
+        fine, n = cfg.layout.num_scales - 1, cfg.layout.finest ** 2
+        renamed = {"decoder.level_embed.weight": None, "decoder.pos_embed": None}
+        if cfg.linear_shortcut:
+            renamed |= {f"decoder.shortcut.0.{k}": f"decoder.shortcut.{fine}.{k}" for k in ("weight", "bias")}
+        own = self.state_dict()
+        for name, value in source.state_dict().items():
+            if name.startswith("latent_"):
+                continue
+            if name == "decoder.level_embed.weight":
+                own[name][fine].copy_(value[0])
+            elif name == "decoder.pos_embed":
+                own[name][:, -n:].copy_(value)
+            else:
+                target = renamed.get(name) or name
+                if target not in own or own[target].shape != value.shape:
+                    raise ValueError(f"{name} {tuple(value.shape)} has no counterpart in this tokenizer")
+                own[target].copy_(value)
+        copied = {renamed.get(k) or k for k in source.state_dict() if not k.startswith("latent_")}
+        return [k for k in own if k not in copied and not k.startswith("latent_")]
+
     # ---- encoding -----------------------------------------------------------------------------------------
     def _check_images(self, x: torch.Tensor):
         size = self.config.image_size

@@ -81,6 +81,21 @@ def test_stage1_tiny_run_writes_everything(image_folder, tmp_path, caplog):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # none left half-written
 
 
+def test_stage1_warm_start_from_a_single_scale_run(image_folder, tmp_path):
+    common = ["--data", image_folder, "--steps", 2, "--batch-size", 8, *TINY_TOK, *FAST]
+    stage1(["--output-dir", tmp_path / "single", "--variant", "singlescale", *common])
+    stage1(["--output-dir", tmp_path / "multi", "--variant", "stopgrad-shared", "--warm-start",
+            tmp_path / "single" / "final", *common])
+    config = json.loads((tmp_path / "multi" / "run_config.json").read_text())
+    assert config["warm_start"]["from"].endswith("final") and config["warm_start"]["fresh"]
+    assert HieraTok.from_pretrained(tmp_path / "multi" / "final").config.is_multiscale
+    with pytest.raises(SystemExit, match="single-scale"):  # a multi-scale source is refused with a clear error
+        stage1(["--output-dir", tmp_path / "again", "--warm-start", tmp_path / "multi" / "final", *common])
+    with pytest.raises(SystemExit, match="cannot be combined"):
+        stage1(["--output-dir", tmp_path / "both", "--warm-start", tmp_path / "single" / "final", "--init-from",
+                tmp_path / "single" / "final", *common])
+
+
 @pytest.mark.parametrize("variant", ["hieratok", "singlescale"])
 def test_stage1_overfits_a_fixed_batch(image_folder, tmp_path, variant):
     out = tmp_path / variant
@@ -369,7 +384,8 @@ def test_stage2_trains_decoder_only_and_learns(image_folder, tiny_tokenizer, tmp
                                   "--set", "scale_loss_weights=[0.25,0.25,0.25,0.25,1]"]])
     before, after = HieraTok.from_pretrained(tiny_tokenizer), HieraTok.from_pretrained(out / "final")
     assert after.config.loss.scale_loss_weights == (0.25, 0.25, 0.25, 0.25, 1.0)  # a loss field may change ...
-    with pytest.raises(SystemExit, match="--set dec_dim cannot be combined with --init-from"):  # ... the architecture may not
+    # ... the architecture may not
+    with pytest.raises(SystemExit, match="--set dec_dim cannot be combined with --init-from"):
         stage2.main([str(a) for a in ["--init-from", tiny_tokenizer, "--data", image_folder, "--output-dir",
                                       tmp_path / "x", "--set", "dec_dim=64"]])
     for (name, p0), p1 in zip(before.named_parameters(), after.parameters()):
@@ -531,7 +547,8 @@ def test_nan_on_one_of_two_processes_stops_both_cleanly(image_folder, tmp_path):
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29523", "tests/nan_on_rank.py", "1:3", "--data", str(image_folder), "--steps", "6",
+                           "--master_port", "29523", "tests/nan_on_rank.py", "1:3", "--data", str(image_folder),
+                           "--steps", "6",
                            "--batch-size", "8", *TINY_TOK, "--mixed-precision", "no", "--log-every", "1",
                            "--sample-every", "0", "--ckpt-every", "2", "--output-dir", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

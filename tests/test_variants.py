@@ -199,6 +199,29 @@ def test_context_downsampler_starts_as_the_local_pool_and_then_sees_neighbours()
         cfg.replace(downsample="interp")
 
 
+@torch.no_grad()
+def test_a_single_scale_tokenizer_starts_a_multi_scale_one():
+    source = HieraTok(tokenizer_config("cifar10", "singlescale", linear_shortcut=True, **SMALL)).eval()
+    for p in source.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    # with each scale attending only to itself, the finest image is then exactly the source's reconstruction
+    cfg = tokenizer_config("cifar10", "stopgrad-shared-context", linear_shortcut=True, attention="scale_independent",
+                           **SMALL)
+    model = HieraTok(cfg).eval()
+    fresh = model.load_single_scale(source)
+    assert fresh and all(n.startswith(("downsampler.", "decoder.scale_heads.", "decoder.shortcut.")) for n in fresh)
+    assert f"decoder.shortcut.{len(cfg.scales) - 1}.weight" not in fresh  # the finest shortcut is the source's
+    x = images()
+    torch.testing.assert_close(model.encode(x), source.encode(x))
+    torch.testing.assert_close(model.reconstruct(x), source.reconstruct(x), rtol=1e-5, atol=1e-5)
+    assert not model.has_latent_stats
+
+    with pytest.raises(ValueError, match="dec_dim"):
+        HieraTok(tokenizer_config("cifar10", "stopgrad-shared", **{**SMALL, "dec_dim": 96})).load_single_scale(source)
+    with pytest.raises(ValueError, match="single-scale"):
+        model.load_single_scale(model)
+
+
 def test_the_plain_method_does_send_coarse_loss_gradient_to_the_encoder():
     model = HieraTok(tokenizer_config("cifar10", "hieratok", **SMALL)).train()
     out, _ = model(images(), sample=False)

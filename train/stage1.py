@@ -11,7 +11,7 @@ from hieratok import VARIANTS, HieraTok, tokenizer_config
 from hieratok.config import LOSS_FIELDS
 from hieratok.linear import PatchPCA
 from hieratok.losses import ReconstructionLoss, training_lpips
-from hieratok.training.cli import base_parser, init_from, parse_overrides, setup_logging
+from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import fit_patch_pca, training_dataset
 from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
@@ -24,6 +24,10 @@ def parse_args(argv=None):
     ap.add_argument("--lpips-weights", default=None,
                     help="torchvision's vgg16-397923af.pth for the LPIPS backbone (default: torch hub cache)")
     ap.add_argument("--init-from", default=None, help="start from a from_pretrained directory's weights")
+    ap.add_argument("--warm-start", default=None, metavar="SINGLE_SCALE_DIR",
+                    help="start a multi-scale variant from a single-scale tokenizer of the same geometry (its encoder, "
+                         "decoder and finest head; the coarse scales' own parts start fresh): a two-phase recipe, "
+                         "e.g. --variant stopgrad-shared --warm-start assets/singlescale-imagenette128")
     ap.add_argument("--shortcut-lr-scale", type=float, default=0.1,
                     help="learning-rate factor of the linear shortcut (no weight decay on it)")
     ap.add_argument("--linear-fit-images", type=int, default=2000,
@@ -45,10 +49,25 @@ def linear_codec(run, dataset, cfg, num_images: int) -> PatchPCA:
     return codec
 
 
+def warm_start(model: HieraTok, path: str, run) -> dict:
+    """`--warm-start`: the single-scale tokenizer at `path` into `model` (`HieraTok.load_single_scale`)."""
+    source = load_pretrained(HieraTok, path, "--warm-start")
+    try:
+        fresh = model.load_single_scale(source)
+    except ValueError as e:
+        raise SystemExit(f"error: --warm-start {path}: {e}") from None
+    run.info(f"warm start from the single-scale tokenizer {path}; the coarse scales' own parts start fresh: "
+             f"{len(fresh)} tensors")
+    return {"from": str(path), "fresh": fresh}
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     run = Run(args, "stage1")
+    if args.init_from and args.warm_start:
+        raise SystemExit("error: --init-from and --warm-start cannot be combined (--init-from continues a model of "
+                         "the same architecture; --warm-start starts a multi-scale one from a single-scale one)")
     if args.init_from:
         model = init_from(HieraTok, args, LOSS_FIELDS, {"--variant": args.variant != "hieratok",
                                                         "--preset": args.preset != "cifar10"})
@@ -65,6 +84,7 @@ def main(argv=None):
 
     if cfg.linear_shortcut and not args.init_from:
         model.init_linear(linear_codec(run, dataset, cfg, args.linear_fit_images))
+    warm = warm_start(model, args.warm_start, run) if args.warm_start else None
     model.train()
     loss_fn = ReconstructionLoss(cfg, lpips_module)
     optimizer = adamw(list(model.parameters()), args, slow=model.shortcut_parameters(),
@@ -74,6 +94,7 @@ def main(argv=None):
     run.track(model, scheduler)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "lpips": lpips_module is not None, "lpips_note": lpips_note,
+               "warm_start": warm,
                "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes,
                            "class_names": dataset.class_names}})
 
