@@ -329,8 +329,8 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         projection, the finest head and shortcut and the finest scale's position and level embeddings come from
         `source`; the coarse scales' own parts (downsampler, their embeddings, heads, shortcuts, refiner) keep their
         initialisation. Returns the names of the parameters left wholly as they were (the embeddings' coarse rows
-        are too). Latent statistics are not copied (they
-        describe the source's latent; `hieratok.compute_latent_stats` makes them for this one)."""
+        are too). Latent statistics are not copied (they describe the source's latent;
+        `hieratok.compute_latent_stats` makes them for this one)."""
         src_cfg, cfg = source.config, self.config
         if src_cfg.is_multiscale or not cfg.is_multiscale:
             raise ValueError("load_single_scale starts a multi-scale tokenizer from a single-scale one; got "
