@@ -61,14 +61,19 @@ class HubCheckpointMixin(PyTorchModelHubMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, map_location: str = "cpu",
                         revision: str | None = None, cache_dir: str | None = None, token: str | None = None,
-                        local_files_only: bool = False, force_download: bool = False, **config_overrides: Any):
-        """Load from a local directory or a Hub repo id. Weights are upcast to float32 when stored in half.
+                        local_files_only: bool = False, force_download: bool = False, subfolder: str | None = None,
+                        **config_overrides: Any):
+        """Load from a local directory or a Hub repo id (`subfolder`: a checkpoint inside it, e.g. the tokenizer a
+        DiT folder ships). Weights are upcast to float32 when stored in half.
 
         `config_overrides` change non-architectural fields (e.g. `grad_checkpointing=True`).
         """
         source = str(pretrained_model_name_or_path)
+        if subfolder and os.path.isdir(source):
+            source, subfolder = os.path.join(source, subfolder), None
         config_file, weights_file = _resolve_files(source, revision=revision, cache_dir=cache_dir, token=token,
-                                                   local_files_only=local_files_only, force_download=force_download)
+                                                   local_files_only=local_files_only, force_download=force_download,
+                                                   **({"subfolder": subfolder} if subfolder else {}))
         config = _read_config(cls.config_class, config_file, config_overrides)
         model = cls(config)
         state = _read_weights(weights_file)
@@ -94,6 +99,16 @@ def upload_tree(folder: Path, repo_id: str, repo_type: str, *, private: bool = F
                          f"  hf upload {repo_id} {folder} . --repo-type {repo_type}") from None
     return str(info)
 
+
+# A DiT checkpoint folder may ship the tokenizer whose latent it learned in this subfolder: a DiT fits only that
+# latent, so a family tokenizer retrained after the DiT must not decode its samples.
+PAIRED_TOKENIZER = "tokenizer"
+
+
+def paired_tokenizer(dit_dir: str | os.PathLike) -> Path | None:
+    """The tokenizer folder a local DiT checkpoint folder ships (`<dit_dir>/tokenizer`), or None."""
+    own = Path(dit_dir) / PAIRED_TOKENIZER
+    return own if (own / CONFIG_NAME).is_file() else None
 
 def _resolve_files(source: str, **hub_kwargs) -> tuple[str, str]:
     if os.path.isdir(source):

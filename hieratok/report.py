@@ -48,6 +48,12 @@ def evaluation_markdown(report: dict) -> str:
             lines.append("| PSNR, finest − linear codec (paired, per image) | " + " | ".join(
                 fmt(toks[n].get("finest_psnr_minus_linear")) if toks[n].get("finest_psnr_minus_linear") else "—"
                 for n in names) + " |")
+        base = next((toks[n]["finest_psnr_minus_baseline"]["reference"] for n in names
+                     if toks[n].get("finest_psnr_minus_baseline")), None)
+        if base:
+            lines.append(f"| PSNR, finest − {base} (paired, per image) | " + " | ".join(
+                fmt(toks[n]["finest_psnr_minus_baseline"]) if toks[n].get("finest_psnr_minus_baseline") else "—"
+                for n in names) + " |")
         lines.append(f"| r{fd_name} | " + " | ".join(fmt(toks[n]["rfd"]) for n in names) + " |")
         for key in ("gini", "entropy"):
             for s in all_scales:

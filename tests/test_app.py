@@ -318,3 +318,39 @@ def test_the_serving_allocator_settings_apply_or_say_why_not():
     from hieratok.perf import tune_allocator_for_serving
     note = tune_allocator_for_serving()
     assert note.startswith("glibc malloc: 2 arenas") or note.startswith("allocator left as is (")
+
+
+def test_a_dit_generates_with_the_tokenizer_it_was_trained_on_after_its_family_tokenizer_is_retrained(tmp_path):
+    """A DiT fits only the latent it learned: where its folder ships its own tokenizer (the family's was retrained
+    since), Generate decodes with that one and says so; without one, with the family's tokenizer."""
+    import torch
+
+    from hieratok import DiT, HieraTok, dit_config, generate, tokenizer_config
+    from hieratok.explorer import views
+    from hieratok.explorer.models import FAMILIES, AppError, ModelStore, dit_tokenizer_path
+    from tests.app_fixtures import CLASSES
+    family = next(f for f in FAMILIES if f.suffix == "cifar10")
+    assets = tmp_path / "assets"
+    torch.manual_seed(0)
+    old, new = (HieraTok(tokenizer_config("cifar10", v, **TINY["cifar10"])) for v in ("hieratok", "stopgrad-shared"))
+    C = old.config.latent_channels
+    old.set_latent_stats(torch.full((C,), 0.5), torch.full((C,), 2.0), count=1)  # new has no latent statistics
+    new.save_pretrained(assets / "hieratok-cifar10")
+    dit = DiT(dit_config("cifar10", latent_channels=C, dim=64, depth=1, heads=2, class_names=CLASSES))
+    dit.save_pretrained(assets / "dit-hieratok-cifar10")
+    assert dit_tokenizer_path(assets, "dit-hieratok-cifar10") == assets / "hieratok-cifar10"
+    store = ModelStore(assets, family)
+    assert not store.dit_has_own_tokenizer("HieraTok")
+    with pytest.raises(AppError, match="no latent statistics"):  # the retrained tokenizer cannot decode this DiT
+        views.generate_samples(store, "cat", 2.0, 2, 0, 1)
+
+    old.save_pretrained(assets / "dit-hieratok-cifar10" / "tokenizer")
+    store = ModelStore(assets, family)
+    assert store.dit_has_own_tokenizer("HieraTok") and store.dit_tokenizer("HieraTok").config.name == "hieratok"
+    assert store.tokenizer("HieraTok").config.name == "hieratok-stopgrad-shared"  # the other views: the new one
+    s = views.generate_samples(store, "cat", 2.0, 2, 0, 1)
+    _, want = generate(dit, HieraTok.from_pretrained(assets / "dit-hieratok-cifar10", subfolder="tokenizer"),
+                       torch.full((1,), CLASSES.index("cat")), steps=2, guidance=2.0, seed=0)
+    assert "earlier HieraTok tokenizer (hieratok)" in s.text
+    import numpy as np
+    assert np.array_equal(np.asarray(s.scales[-1][0]), np.asarray(views.to_pil(want.images[-1][0], views.DISPLAY)))

@@ -39,7 +39,7 @@ def test_tokenizer_reconstructs_the_fixed_image_at_its_recorded_psnr(name):
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED_HERE if SHIPPED[n][0] is DiT])
 def test_dit_samples_match_their_recorded_statistics(name):
-    tok = HieraTok.from_pretrained(ASSETS / tokenizer_of(name))
+    tok = HieraTok.from_pretrained(tokenizer_of(name, ASSETS))
     assert tok.has_latent_stats
     z, out = generate(DiT.from_pretrained(ASSETS / name), tok, [3, 7], steps=4, guidance=2.0, seed=0)
     rec = expected[name]

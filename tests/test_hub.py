@@ -114,3 +114,26 @@ def test_the_package_builds_as_a_wheel_and_imports_from_outside_the_repository(t
     proc = subprocess.run([sys.executable, "-m", "hieratok.explorer", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "--assets" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_dit_folder_ships_the_tokenizer_it_was_trained_on(saved, tmp_path):
+    """`<dit>/tokenizer` (hieratok.hub.paired_tokenizer) loads with subfolder=, and the evaluation scripts decode the
+    DiT's samples with it unless told otherwise."""
+    from hieratok.hub import paired_tokenizer
+    from train import evaluate, generation
+    model, _ = saved
+    dit = tmp_path / "dit"
+    DiT(dit_config("cifar10", dim=64, depth=1, heads=2)).save_pretrained(dit)
+    assert paired_tokenizer(dit) is None
+    model.save_pretrained(dit / "tokenizer")
+    assert paired_tokenizer(dit) == dit / "tokenizer"
+    loaded = HieraTok.from_pretrained(dit, subfolder="tokenizer")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    args = generation.parse_args(["--data", "x", "--classifier", "c", "--dit", f"a={dit}", "--output", "o"])
+    assert args.tokenizers == {"a": str(dit / "tokenizer")}
+    args = generation.parse_args(["--data", "x", "--classifier", "c", "--dit", f"a={dit}", "--tokenizer", "a=t",
+                                  "--output", "o"])
+    assert args.tokenizers == {"a": "t"}  # an explicit tokenizer wins
+    pick = evaluate.dit_tokenizers({"a": str(dit), "b": "elsewhere"}, {"a": "new", "b": "tb"}, {})
+    assert pick == {"a": str(dit / "tokenizer"), "b": "tb"}  # its own over the same-named --tokenizer
+    assert evaluate.dit_tokenizers({"a": str(dit)}, {"a": "new"}, {"a": "t"})["a"] == "t"  # --dit-tokenizer wins

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
+from hieratok.hub import paired_tokenizer
 from hieratok.evaluation import (check_fd_samples, classifier_accuracy, fit_linear_reference, generator_scores,
                                  linear_scores, paired_difference, real_fd, tokenizer_scores)
 from hieratok.losses import load_lpips
@@ -138,7 +139,10 @@ def parse_args(argv=None):
     ap.add_argument("--data", required=True, help="evaluation images: an ImageFolder root or cifar10:ROOT (test)")
     ap.add_argument("--tokenizer", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--dit", action="append", default=[], metavar="NAME=PATH",
-                    help="a DiT directory; paired with the tokenizer of the same NAME (or --dit-tokenizer)")
+                    help="a DiT directory; paired with the tokenizer it ships (DIR/tokenizer), else the "
+                         "--dit-tokenizer NAME, else the --tokenizer of the same NAME")
+    ap.add_argument("--paired-against", default="singlescale", metavar="NAME",
+                    help="the --tokenizer every other one's finest PSNR is compared with, image by image")
     ap.add_argument("--dit-tokenizer", action="append", default=[], metavar="NAME=PATH",
                     help="tokenizer (with latent statistics) for the DiT NAME, if not the --tokenizer NAME")
     ap.add_argument("--classifier", default=None, help="classifier directory (FD-cls, sample class accuracy)")
@@ -166,10 +170,19 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def dit_tokenizers(dits: dict[str, str], tokenizers: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """The tokenizer each DiT's samples are decoded with: its --dit-tokenizer, else the one its folder ships (the
+    tokenizer it was trained on, `hieratok.hub.paired_tokenizer`), else the --tokenizer of the same name."""
+    own = {name: str(p) for name, path in dits.items() if name not in given and (p := paired_tokenizer(path))}
+    for name, path in own.items():
+        print(f"DiT {name}: decoded with the tokenizer it ships, {path}")
+    return {**tokenizers, **own, **given}
+
+
 def main(argv=None):
     args = parse_args(argv)
     tokenizers, dits = named_paths(args.tokenizer, "--tokenizer"), named_paths(args.dit, "--dit")
-    dit_toks = {**tokenizers, **named_paths(args.dit_tokenizer, "--dit-tokenizer")}
+    dit_toks = dit_tokenizers(dits, tokenizers, named_paths(args.dit_tokenizer, "--dit-tokenizer"))
     for name in dits:
         if name not in dit_toks:
             raise SystemExit(f"error: no tokenizer for DiT {name!r}: pass --tokenizer {name}=PATH or "
@@ -220,6 +233,12 @@ def main(argv=None):
             key = ("linear", result["config"]["patch_size"], result["config"]["latent_channels"])
             diff = paired_difference(ev.finest_psnr[t], ev.finest_psnr[key])
             result["finest_psnr_minus_linear"] = {**diff, "reference": f"linear-pca-C{key[2]}"}
+        # and against the baseline tokenizer (--paired-against), image by image
+        base = tokenizers.get(args.paired_against)
+        for name, t in tokenizers.items():
+            if base is not None and name != args.paired_against:
+                diff = paired_difference(ev.finest_psnr[t], ev.finest_psnr[base])
+                report["tokenizers"][name]["finest_psnr_minus_baseline"] = {**diff, "reference": args.paired_against}
     report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
     out = Path(args.output)
     if args.update and out.with_suffix(".json").exists():

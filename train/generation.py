@@ -2,8 +2,7 @@
 them apart, and a figure a person can judge.
 
     python train/generation.py --data ../shared/data/imagenette/val --classifier assets/classifier-imagenette128 \
-        --dit hieratok=assets/dit-hieratok-imagenette128 --tokenizer hieratok=assets/hieratok-imagenette128 \
-        --dit singlescale=assets/dit-singlescale-imagenette128 \
+        --dit hieratok=assets/dit-hieratok-imagenette128 --dit singlescale=assets/dit-singlescale-imagenette128 \
         --tokenizer singlescale=assets/singlescale-imagenette128 \
         --guidance 1.5 2 3 4 6 --sample-steps 10 25 --seeds 0 1 2 --num-samples 2000 \
         --output assets/eval/generation-imagenette128 --figure assets/eval/generation-imagenette128.png
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, generate, to_pil
 from hieratok.classifier import Classifier, FeatureExtractor
+from hieratok.hub import paired_tokenizer
 from hieratok.evaluation import check_fd_samples, classifier_accuracy, generator_scores, real_fd
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import fmt, percent
@@ -48,8 +48,9 @@ def parse_args(argv=None):
                                                   "reference set")
     ap.add_argument("--classifier", required=True, help="classifier folder (features for gFD-cls, class accuracy)")
     ap.add_argument("--dit", action="append", default=[], metavar="NAME=PATH", required=True)
-    ap.add_argument("--tokenizer", action="append", default=[], metavar="NAME=PATH", required=True,
-                    help="the tokenizer (with latent statistics) whose latents the DiT NAME generates")
+    ap.add_argument("--tokenizer", action="append", default=[], metavar="NAME=PATH",
+                    help="the tokenizer (with latent statistics) whose latents the DiT NAME generates (default: "
+                         "the one the DiT's folder ships, DIR/tokenizer)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0, 6.0])
     ap.add_argument("--sample-steps", type=int, nargs="+", default=[10, 25], help="Heun steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -66,6 +67,10 @@ def parse_args(argv=None):
     ap.add_argument("--figure-seed", type=int, default=0)
     args = ap.parse_args(argv)
     args.dits, args.tokenizers = named_paths(args.dit, "--dit"), named_paths(args.tokenizer, "--tokenizer")
+    for name, path in args.dits.items():  # a DiT that ships the tokenizer it was trained on: that one by default
+        own = paired_tokenizer(path)
+        if own is not None and name not in args.tokenizers:
+            args.tokenizers[name] = str(own)
     missing = sorted(set(args.dits) - set(args.tokenizers))
     if missing:
         ap.error(f"no --tokenizer for DiT {', '.join(missing)}")

@@ -19,6 +19,7 @@ import torch
 
 from hieratok import DiT, HieraTok, generate
 from hieratok.classifier import Classifier
+from hieratok.explorer.models import dit_tokenizer_path
 from hieratok.metrics import psnr
 
 # family -> assets folder -> (class, folder under --runs[, folder of the latent statistics]); a tokenizer ships from
@@ -34,8 +35,11 @@ FAMILIES = {
         "classifier-cifar10": (Classifier, "classifier/final"),
     },
     "imagenette128": {
-        "hieratok-imagenette128": (HieraTok, "hieratok-imagenette128-s2rec/final",
-                                   "dit-hieratok-imagenette128/tokenizer"),
+        # the recipe (stopgrad-shared-context), warm-started from the single-scale tokenizer on the CPU
+        "hieratok-imagenette128": (HieraTok, "hieratok-imagenette128-context/final"),
+        # the paper recipe's tokenizer, which the shipped HieraTok DiT was trained on and generates with
+        "dit-hieratok-imagenette128/tokenizer": (HieraTok, "hieratok-imagenette128-s2rec/final",
+                                                 "dit-hieratok-imagenette128/tokenizer"),
         "singlescale-imagenette128": (HieraTok, "singlescale-imagenette128-s2rec/final",
                                       "dit-singlescale-imagenette128/tokenizer"),
         "dit-hieratok-imagenette128": (DiT, "dit-hieratok-imagenette128-long/final"),
@@ -76,9 +80,10 @@ def load_entry(runs: Path, entry: tuple):
     return model
 
 
-def tokenizer_of(dit_name: str) -> str:
-    """dit-<variant>-<family> -> <variant>-<family>"""
-    return dit_name.removeprefix("dit-")
+def tokenizer_of(dit_name: str, assets: Path | str = "assets") -> Path:
+    """The tokenizer a shipped DiT generates with: its own `<dit>/tokenizer` where it ships one, else
+    <variant>-<family> for dit-<variant>-<family> (hieratok.explorer.models.dit_tokenizer_path)."""
+    return dit_tokenizer_path(Path(assets), dit_name)
 
 
 @torch.no_grad()
@@ -90,7 +95,7 @@ def fingerprint(assets: Path, name: str) -> dict:
         x = fixed_image(tok.config.image_size)[None]
         return {"psnr_fixed_image": float(psnr(tok.reconstruct(x), x)[0])}
     if cls is DiT:
-        z, _ = generate(DiT.from_pretrained(assets / name), HieraTok.from_pretrained(assets / tokenizer_of(name)),
+        z, _ = generate(DiT.from_pretrained(assets / name), HieraTok.from_pretrained(tokenizer_of(name, assets)),
                         [3, 7], steps=4, guidance=2.0, seed=0)
         return {"latent_mean": float(z.mean()), "latent_std": float(z.std())}
     clf = Classifier.from_pretrained(assets / name)

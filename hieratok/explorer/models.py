@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hieratok import CheckpointError, DiT, HieraTok
 from hieratok.classifier import Classifier
+from hieratok.hub import paired_tokenizer
 from hieratok.latent_map import FILE_NAME as LATENT_MAP_FILE
 from hieratok.latent_map import LatentMap
 
@@ -14,6 +15,13 @@ DEFAULT_ASSETS = Path("assets")  # relative to the working directory; `app/main.
 
 MODELS = ("HieraTok", "Single-scale")  # display names; folders are <variant>-<family suffix> in assets/
 _VARIANT = {"HieraTok": "hieratok", "Single-scale": "singlescale"}
+
+
+def dit_tokenizer_path(assets: Path, dit_folder: str) -> Path:
+    """The tokenizer folder a shipped DiT generates with: the one it was trained on. That is `<dit folder>/tokenizer`
+    where the DiT ships its own (`hieratok.hub.paired_tokenizer`: the family's tokenizer was retrained after the
+    DiT), else the family's tokenizer of the same variant (`dit-<variant>-<suffix>` -> `<variant>-<suffix>`)."""
+    return paired_tokenizer(Path(assets) / dit_folder) or Path(assets) / dit_folder.removeprefix("dit-")
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ class ModelStore:
         path = self.assets / folder
         if not path.exists():
             raise AppError(f"{what} weights are missing: {path} does not exist. Train them with the scripts in "
-                           f"train/ (see docs/training.md) or start the app with --assets pointing at your checkpoints.")
+                           f"train/ (see docs/training.md) or start the app with --assets pointing at your "
+                           f"checkpoints.")
 
         def load():
             try:
@@ -90,6 +99,16 @@ class ModelStore:
 
     def dit(self, name: str) -> DiT:
         return self._checkpoint(DiT, self.family.dit_folder(self._model(name)), f"{name} DiT")
+
+    def dit_tokenizer(self, name: str) -> HieraTok:
+        """The tokenizer model `name`'s DiT was trained on (`dit_tokenizer_path`): the family's, unless the DiT
+        ships its own because the family's tokenizer was retrained after it."""
+        path = dit_tokenizer_path(self.assets, self.family.dit_folder(self._model(name)))
+        return self._checkpoint(HieraTok, str(path.relative_to(self.assets)), f"{name} DiT's tokenizer")
+
+    def dit_has_own_tokenizer(self, name: str) -> bool:
+        """Whether model `name`'s DiT decodes with a tokenizer other than the family's (an earlier one)."""
+        return paired_tokenizer(self.assets / self.family.dit_folder(self._model(name))) is not None
 
     def classifier(self) -> Classifier:
         return self._checkpoint(Classifier, self.family.classifier_folder, "classifier")
@@ -128,7 +147,8 @@ class ModelStore:
     def latent_map(self) -> LatentMap:
         path = self.assets / self.family.latent_map_folder / LATENT_MAP_FILE
         if not path.exists():
-            raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py (see docs/training.md)")
+            raise AppError(f"the latent map is missing ({path}); make it with train/latent_map.py "
+                           f"(see docs/training.md)")
         return self._load("latent_map", lambda: LatentMap.load(path))
 
 

@@ -288,14 +288,19 @@ def generate_samples(store: ModelStore, class_name: str, guidance: float, steps:
     if seed is None or seed == "":  # an empty seed box: a random seed, reported back
         seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
     seed = integer(seed, "seed", 0, 2 ** 63 - 1)
-    dit, tok = store.dit(model), store.tokenizer(model)
+    dit, tok = store.dit(model), store.dit_tokenizer(model)
     if not tok.has_latent_stats:
-        raise AppError(f"the {model} tokenizer in assets has no latent statistics; ship the one train/dit.py wrote")
+        raise AppError(f"the tokenizer of the {model} DiT in assets has no latent statistics; ship the one "
+                       f"train/dit.py wrote")
     labels = torch.full((count,), names.index(class_name))
     _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress)
     per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s}") for s, im in zip(out.scales, out.images)]
     text = (f"{count} sample{'s' if count != 1 else ''} of **{class_name}** from the {model} DiT: guidance "
             f"{guidance}, {steps} Heun steps, seed {seed}. Right: the first sample's latent decoded at every scale.")
+    if store.dit_has_own_tokenizer(model):
+        text += (f" This DiT was trained on the latent of an earlier {model} tokenizer ({tok.config.name}), which "
+                 f"decodes its samples; the {model} tokenizer the other views use was retrained since, and a DiT "
+                 f"on its latent is not shipped yet.")
     return Samples(grid(out.reconstruction, min(count, 8)), per_scale, text)
 
 
