@@ -146,8 +146,8 @@ def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
 def test_the_fast_path_learns_the_reference_paths_loss_curve(image_folder, tmp_path):
     """200 steps in bf16: the explicit attention path (what --attention auto picks for bf16 training on a CPU)
     against SDPA. Tolerance: every 20-step mean of the loss within 3% of the reference's (measured: < 1%)."""
-    common = ["--data", image_folder, "--steps", 200, "--batch-size", 8, "--lr", 2e-3, *TINY_TOK,
-              "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0, "--ckpt-every", 1000,
+    common = ["--data", image_folder, "--steps", 200, "--batch-size", 8, "--lr", 2e-3, "--variant", "hieratok",
+              *TINY_TOK, "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0, "--ckpt-every", 1000,
               "--compile", "off"]
     curves = {}
     for path in ("sdpa", "math"):
@@ -371,7 +371,7 @@ def tiny_tokenizer(image_folder, tmp_path_factory):
     AcceleratorState._reset_state(True)
     out = tmp_path_factory.mktemp("tok")
     stage1(["--data", image_folder, "--output-dir", out, "--steps", 30, "--batch-size", 12, "--lr", 3e-3,
-            *TINY_TOK, *FAST])
+            "--variant", "hieratok", *TINY_TOK, *FAST])
     return out / "final"
 
 
@@ -473,7 +473,8 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
                                tmp_path / "dit", "--steps", 3, "--batch-size", 12, "--set", "dim=64", "depth=1",
                                "heads=2", *FAST]])
     argv = [str(a) for a in ["--data", image_folder, "--classifier", tmp_path / "cls" / "final",
-                             "--tokenizer", f"tok={tiny_tokenizer}", "--dit", f"tok={tmp_path}/dit/final",
+                             "--tokenizer", f"tok={tiny_tokenizer}", "--tokenizer", f"base={tiny_tokenizer}",
+                             "--paired-against", "base", "--dit", f"tok={tmp_path}/dit/final",
                              "--dit-tokenizer", f"tok={tmp_path}/dit/tokenizer", "--num-samples", 12,
                              "--sample-steps", 2, "--batch-size", 12, "--fit-data", image_folder,
                              "--fit-images", 20, "--output", tmp_path / "eval"]]
@@ -498,12 +499,15 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     assert paired["reference"] == "linear-pca-C4" and paired["ci95"] > 0
     means = [r["scales"]["16x16"]["psnr"]["mean"] for r in (tok, ref)]
     assert paired["mean"] == pytest.approx(means[0] - means[1])
+    # and to the baseline tokenizer (--paired-against; here the same weights: exactly zero, and the baseline has none)
+    assert tok["finest_psnr_minus_baseline"] == {"mean": 0.0, "ci95": 0.0, "reference": "base"}
+    assert "finest_psnr_minus_baseline" not in report["tokenizers"]["base"]
     assert report["notes"]["fd_name"] == "FD-cls"
     gen = report["generators"]["tok"]
     assert gen["gfd"] > 0 and 0 <= gen["class_accuracy"]["mean"] <= 1
     md = (tmp_path / "eval.md").read_text()
     assert "rFD-cls" in md and "gFD-cls" in md and "PSNR 16x16" in md and "linear-pca-C4" in md
-    assert "finest − linear codec (paired" in md
+    assert "finest − linear codec (paired" in md and "finest − base (paired" in md
     assert "| rFID" not in md and "| gFID" not in md  # without Inception weights, nothing is called FID
 
     # --update adds a second DiT to the report without evaluating the tokenizers again; both commands are kept
@@ -618,9 +622,20 @@ def fsdp_launch(script: str, args: list, port: int, check: bool = True) -> subpr
     return proc
 
 
+def test_fsdp_refuses_a_variant_whose_stop_gradient_it_would_undo(image_folder, tmp_path):
+    """The recipe's coarse pass decodes with detached shared weights; FSDP2 re-installs the unsharded parameters in
+    each block's pre-forward hook, so sharded training would route the coarse gradients into the decoder (measured:
+    7e-3 from the one-process weights after six steps). Refused before any step, with what to do instead."""
+    proc = fsdp_launch("train/stage1.py", ["--data", image_folder, "--steps", 2, "--batch-size", 8, *TINY_TOK,
+                                           "--output-dir", tmp_path / "fsdp"], 29538, check=False)
+    assert proc.returncode != 0 and "not supported under FSDP sharding" in proc.stdout + proc.stderr
+    assert not (tmp_path / "fsdp" / "checkpoints").exists()
+
+
 def test_fsdp_shards_resumes_bit_identically_and_tracks_one_process(image_folder, tmp_path):
     args = ["--data", image_folder, "--steps", 6, "--batch-size", 8, "--lr", 1e-3, "--ckpt-every", 2,
-            "--keep-ckpts", 3, *TINY_TOK, "--mixed-precision", "no", "--log-every", 1, "--sample-every", 3]
+            "--keep-ckpts", 3, *TINY_TOK, "--mixed-precision", "no", "--log-every", 1, "--sample-every", 3,
+            "--variant", "hieratok"]
     stage1([*args, "--output-dir", tmp_path / "one"])
     fsdp_launch("train/stage1.py", [*args, "--output-dir", tmp_path / "fsdp"], 29531)
     out = tmp_path / "fsdp"
@@ -760,6 +775,42 @@ def test_model_card_update_evaluation_keeps_the_training_part(tmp_path):
     card.write_text("# no evaluation section\n")
     with pytest.raises(SystemExit, match="no card with"):
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-evaluation"])
+
+
+def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest(tmp_path):
+    """A checkpoint retrained after the others' run folders are gone: its table rows and commands come from its new
+    runs, every other checkpoint's stay as the card has them."""
+    from hieratok import HieraTok, tokenizer_config
+    from train import model_card
+    report = {"data": "val", "images": 10, "command": "train/evaluate.py --x", "tokenizers": {},
+              "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"}}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "cifar10.json").write_text(json.dumps(report))
+    HieraTok(tokenizer_config("cifar10", "singlescale", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
+                              dec_depth=1, dec_heads=3)).save_pretrained(tmp_path / "singlescale-cifar10")
+    runs = tmp_path / "runs"
+    for i, folder in enumerate(["singlescale-s1", "singlescale-s2"]):
+        (runs / folder).mkdir(parents=True)
+        args = {"preset": "cifar10", "variant": "singlescale", "warm_start": "assets/x" if i == 0 else None,
+                "data": "d", "output_dir": f"/work/runs/{folder}", "steps": 10 + i, "batch_size": 8, "lr": 1e-3}
+        (runs / folder / "run_config.json").write_text(json.dumps({"script": "stage1", "args": args}))
+        (runs / folder / "summary.json").write_text(json.dumps({"step": 10 + i, "images_seen": 80, "wall_s": 60}))
+    (tmp_path / "cards").mkdir()
+    card = tmp_path / "cards" / "cifar10.md"
+    card.write_text("# Shipped weights\n\nintro\n\n| checkpoint | params |\n|---|---:|\n"
+                    "| hieratok-cifar10 | 1M | x |\n|  |  | y |\n| singlescale-cifar10 | 1M | old |\n\n"
+                    "## Commands\n\n```bash\n# hieratok-s1 (CPU)\npython a\n# hieratok-s2 (CPU)\npython b\n"
+                    "# singlescale-s1 (CPU)\npython old\n```\n\ntail\n\n## Evaluation\n\nold numbers\n")
+    model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",
+                     "singlescale-cifar10"])
+    text = card.read_text()
+    assert "| hieratok-cifar10 | 1M | x |\n|  |  | y |\n| singlescale-cifar10 |" in text and "| old |" not in text
+    assert "| singlescale-s1 | CPU | 10 | 80 | 1.0 min |" in text and "| singlescale-s2 | CPU | 11 |" in text
+    assert "# hieratok-s1 (CPU)\npython a\n# hieratok-s2 (CPU)\npython b\n# singlescale-s1 (CPU)\n" in text
+    assert "--warm-start assets/x" in text and "python old" not in text and "old numbers" not in text
+    assert "intro" in text and "tail" in text and "## Evaluation" in text
+    with pytest.raises(SystemExit, match="not among"):
+        model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-runs", "nothing-cifar10"])
 
 
 def test_report_lists_each_generators_settings_when_they_differ():

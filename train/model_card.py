@@ -31,7 +31,9 @@ RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
         ("classifier-cifar10", ["classifier"]),
     ],
     "imagenette128": [
-        ("hieratok-imagenette128", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
+        ("hieratok-imagenette128", ["hieratok-imagenette128-context"]),
+        # the paper recipe's tokenizer, shipped inside the DiT folder that was trained on its latent
+        ("dit-hieratok-imagenette128/tokenizer", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
         ("singlescale-imagenette128", ["singlescale-imagenette128-s1", "singlescale-imagenette128-s2rec"]),
         ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128", "dit-hieratok-imagenette128-long"]),
         ("dit-singlescale-imagenette128", ["dit-singlescale-imagenette128"]),
@@ -72,7 +74,7 @@ def command_line(cfg: dict) -> str:
     args = cfg["args"]
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
-    keep = ["preset", "variant", "init_from", "tokenizer", "latent_cache", "data", "output_dir", "steps",
+    keep = ["preset", "variant", "init_from", "warm_start", "tokenizer", "latent_cache", "data", "output_dir", "steps",
             "batch_size", "lr", "warmup", "ema_decay", "gan_start", "gan_weight", "image_size", "time_limit"]
     if args.get("init_from"):  # the architecture (and so the preset) comes from the checkpoint
         keep.remove("preset")
@@ -126,7 +128,85 @@ def parse_args(argv=None):
     ap.add_argument("--update-evaluation", action="store_true",
                     help="keep the existing card's training part (table, commands: no run folders needed) and "
                          "rewrite its evaluation, targets and notes from --eval")
+    ap.add_argument("--update-runs", nargs="+", default=None, metavar="CHECKPOINT",
+                    help="as --update-evaluation, and rewrite these checkpoints' table rows and commands from their "
+                         "run folders under --runs (a checkpoint retrained after the others' runs are gone)")
     return ap.parse_args(argv)
+
+
+def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
+                    configs: dict) -> tuple[list[str], list[str]]:
+    """One shipped checkpoint's training-table rows and command entries, from its run folders."""
+    path = assets / name
+    if not path.exists():
+        return [f"| {name} | not shipped yet | | | | | | | | |"], []
+    if name.endswith("/tokenizer") or ("dit" not in name and "classifier" not in name):
+        cost = cost_of(HieraTok.from_pretrained(path).config)
+        params, gflops, tokens = cost.params, f"{cost.gflops:.3f}", str(cost.decoder_tokens)
+    else:
+        from hieratok import DiT
+        from hieratok.classifier import Classifier
+        model = (DiT if "dit" in name else Classifier).from_pretrained(path)
+        params, gflops, tokens = sum(p.numel() for p in model.parameters()), "", ""
+    rows, commands = [], []
+    for i, folder in enumerate(folders):
+        summary = json.loads((runs / folder / "summary.json").read_text())
+        cfg = configs[folder]
+        commands.append(f"# {folder} ({hardware(cfg)})\n{command_line(cfg)}")
+        lead = i == 0
+        steps = str(summary["step"])
+        if summary.get("stopped_by_time_limit_at"):
+            steps = f"{steps} of {cfg['args']['steps']} (time limit)"
+        rows.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
+                    f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | "
+                    f"{steps} | "
+                    f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
+                    f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
+    return rows, commands
+
+
+def run_configs(runs: Path, family: str, names: list[str] | None = None) -> dict:
+    return {f: json.loads((runs / f / "run_config.json").read_text()) for n, fs in RUNS[family] for f in fs
+            if (names is None or n in names) and (runs / f / "run_config.json").exists()}
+
+
+def updated_training_part(card: str, family: str, names: list[str], runs: Path, assets: Path) -> list[str]:
+    """The card's training part with the table rows and commands of `names` rebuilt from their run folders and
+    every other checkpoint's kept as the card has them (in RUNS order)."""
+    head = card.split(EVALUATION)[0].rstrip().splitlines()
+    unknown = sorted(set(names) - {n for n, _ in RUNS[family]})
+    if unknown:
+        raise SystemExit(f"error: --update-runs: {', '.join(unknown)} not among {family}'s checkpoints")
+    configs = run_configs(runs, family, names)
+    missing = [f for n, fs in RUNS[family] if n in names for f in fs if f not in configs]
+    if missing:
+        raise SystemExit(f"error: --update-runs: no run_config.json under {runs} for {', '.join(missing)}")
+    table = [i for i, line in enumerate(head) if line.startswith("| ") and not line.startswith("| checkpoint ")]
+    old_rows, owner = {}, None
+    for i in table:
+        lead = head[i].split("|")[1].strip()
+        owner = lead or owner
+        old_rows.setdefault(owner, []).append(head[i])
+    start = head.index("```bash") + 1
+    end = head.index("```", start)
+    old_cmds, folder = {}, None
+    for line in head[start:end]:
+        if line.startswith("# ") and line.endswith(")") and " (" in line:
+            folder = line[2:].split(" (")[0]
+            old_cmds[folder] = [line]
+        elif folder is not None:
+            old_cmds[folder].append(line)
+    rows, commands = [], []
+    for name, folders in RUNS[family]:
+        if name in names:
+            r, c = checkpoint_rows(name, folders, runs, assets, configs)
+            rows += r
+            commands += c
+        else:
+            rows += old_rows.get(name, [f"| {name} | not shipped yet | | | | | | | | |"])
+            commands += ["\n".join(old_cmds[f]) for f in folders if f in old_cmds]
+    body = [*head[:table[0]], *rows, *head[table[-1] + 1:start], *"\n".join(commands).splitlines(), *head[end:]]
+    return body
 
 
 def main(argv=None):
@@ -135,6 +215,12 @@ def main(argv=None):
     runs, assets, family = Path(args.runs), Path(args.assets), args.family
     report = json.loads(Path(args.eval or assets / "eval" / f"{family}.json").read_text())
     out = assets / "cards" / f"{family}.md"
+    if args.update_runs:
+        if not out.exists() or EVALUATION not in out.read_text():
+            raise SystemExit(f"error: --update-runs: no card with a '{EVALUATION}' section at {out}")
+        write_card(out, updated_training_part(out.read_text(), family, args.update_runs, runs, assets), report, family,
+                   assets)
+        return
     if args.update_evaluation:
         if not out.exists() or EVALUATION not in out.read_text():
             raise SystemExit(f"error: --update-evaluation: no card with a '{EVALUATION}' section at {out}")
@@ -142,8 +228,7 @@ def main(argv=None):
         return
     title, data, script = TITLES[family]
     cpu = args.cpu or cpu_name()
-    configs = {f: json.loads((runs / f / "run_config.json").read_text()) for _, fs in RUNS[family] for f in fs
-               if (runs / f / "run_config.json").exists()}
+    configs = run_configs(runs, family)
     gpus = sorted({hardware(c) for c in configs.values()} - {"CPU"})
     where = (f"on a 2-core CPU ({cpu}, torch {torch.__version__}, one thread per run, two runs side by side; "
              f"precision in each run's run_config.json). No GPU was used. `bash {script}` runs every command "
@@ -162,33 +247,9 @@ def main(argv=None):
              "|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     commands = []
     for name, folders in RUNS[family]:
-        path = assets / name
-        if not path.exists():
-            lines.append(f"| {name} | not shipped yet | | | | | | | | |")
-            continue
-        params = None
-        if "dit" not in name and "classifier" not in name:
-            tok = HieraTok.from_pretrained(path)
-            cost = cost_of(tok.config)
-            params, gflops, tokens = cost.params, f"{cost.gflops:.3f}", str(cost.decoder_tokens)
-        else:
-            from hieratok import DiT
-            from hieratok.classifier import Classifier
-            model = (DiT if "dit" in name else Classifier).from_pretrained(path)
-            params, gflops, tokens = sum(p.numel() for p in model.parameters()), "", ""
-        for i, folder in enumerate(folders):
-            summary = json.loads((runs / folder / "summary.json").read_text())
-            cfg = configs[folder]
-            commands.append(f"# {folder} ({hardware(cfg)})\n{command_line(cfg)}")
-            lead = i == 0
-            steps = str(summary["step"])
-            if summary.get("stopped_by_time_limit_at"):
-                steps = f"{steps} of {cfg['args']['steps']} (time limit)"
-            lines.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
-                         f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | "
-                         f"{steps} | "
-                         f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
-                         f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
+        rows, cmds = checkpoint_rows(name, folders, runs, assets, configs)
+        lines += rows
+        commands += cmds
     lines += ["", "Wall time is the time spent in the training loop (data, forward, backward, optimizer), summed "
                   "over resumes; it excludes start-up and the DiT's one-off latent encoding.", "",
               "## Commands", "", "```bash", *commands, "```", "",
@@ -207,8 +268,8 @@ EVALUATION = "## Evaluation"
 def write_card(out: Path, lines: list[str], report: dict, family: str, assets: Path) -> None:
     """The card: `lines` (the training part), then the evaluation table, the targets and the hand-written notes."""
     lines = [*lines, "", EVALUATION, "",
-             f"`{portable(report['command'])}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, with 95% "
-             f"intervals over images) and [eval/{family}.md](../eval/{family}.md); the table:", ""]
+             f"`{portable(report['command'])}` wrote [eval/{family}.json](../eval/{family}.json) (all numbers, "
+             f"with 95% intervals over images) and [eval/{family}.md](../eval/{family}.md); the table:", ""]
     lines += markdown(report).splitlines()[1:]
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
     for label, value, bar in targets(report, family):

@@ -54,6 +54,25 @@ dit_long() {
       --output-dir $R/dit-hieratok-$P-long --steps 3000 --batch-size 128 --ckpt-every 100 --sample-every 1000 \
       --log-every 25 --export-at 1000 2000
 }
+# The shipped HieraTok tokenizer: the project's recipe (stopgrad-shared-context, docs/experiment.md) warm-started
+# from the single-scale tokenizer (its encoder, decoder and finest head; the coarse scales' parts fresh), 2,000 steps x
+# 32 images on the CPU. The shipped one started from assets/singlescale-$P, the float16 copy of that run's weights.
+# The shipped HieraTok DiT was trained on the paper recipe's tokenizer above (hieratok-$P-s2rec), which ships inside
+# the DiT's folder (assets/dit-hieratok-$P/tokenizer) and decodes its samples.
+recipe() {
+  done_ $R/hieratok-$P-context || $PY train/stage1.py --preset $P --variant stopgrad-shared-context \
+      --warm-start $R/singlescale-$P-s2rec/final --data $D/train --output-dir $R/hieratok-$P-context --steps 2000 \
+      --batch-size 32 --lr 2e-4 --ema-decay 0.999 --ckpt-every 150 --export-at 500 1000 1500
+}
 { chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok 2400 800 800 1600; dit_long; } &
-{ chain singlescale; anneal hieratok; anneal singlescale; dit singlescale 1200 600 600; classifier; } &
+{ chain singlescale; anneal hieratok; anneal singlescale; dit singlescale 1200 600 600; classifier; recipe; } &
 wait
+
+# What the app ships: fp16 copies (+ assets/expected.json), the latent map (1,200 val images), the evaluation of the
+# tokenizers on all 3,925 val images, each finest scale paired per image against single-scale's and the linear codec's
+$PY train/ship.py --family $P --runs $R --assets assets
+$PY train/latent_map.py --data $D/val --num-images 1200 --tokenizer HieraTok=assets/hieratok-$P \
+    --tokenizer Single-scale=assets/singlescale-$P --output assets/latent-map-$P
+$PY train/evaluate.py --data $D/val --classifier assets/classifier-$P --tokenizer hieratok=assets/hieratok-$P \
+    --tokenizer hieratok-paper=assets/dit-hieratok-$P/tokenizer --tokenizer singlescale=assets/singlescale-$P \
+    --fit-data $D/train --output assets/eval/$P --update

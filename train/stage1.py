@@ -2,17 +2,22 @@
 
     accelerate launch train/stage1.py --data ../shared/data/cifar10/train --output-dir runs/hieratok-s1
     python train/stage1.py --variant singlescale --data PATH --output-dir runs/single-s1
+    python train/stage1.py --variant hieratok --data PATH --output-dir runs/paper-s1     # the paper's recipe
+
+Without --variant it trains the project's recipe (hieratok.config.RECIPE_VARIANT, `stopgrad-shared-context`: the
+coarse scales' losses train only their own parts, and the downsampler sees a neighbourhood; docs/experiment.md).
 
 Loss = sum_s w_s (L1 + MSE)(x_hat_s, downsample_s(x)) + lambda LPIPS(finest) + beta KL (weights in the config).
 """
 from __future__ import annotations
 
 from hieratok import VARIANTS, HieraTok, tokenizer_config
-from hieratok.config import LOSS_FIELDS
+from hieratok.config import LOSS_FIELDS, RECIPE_VARIANT
 from hieratok.linear import PatchPCA
 from hieratok.losses import ReconstructionLoss, training_lpips
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import fit_patch_pca, training_dataset
+from hieratok.training.distributed import check_sharding_supports
 from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
@@ -20,7 +25,8 @@ from hieratok.training.samples import sample_reconstructions
 
 def parse_args(argv=None):
     ap = base_parser(__doc__, steps=20_000, batch_size=64, lr=4e-4)
-    ap.add_argument("--variant", default="hieratok", choices=VARIANTS)
+    ap.add_argument("--variant", default=None, choices=VARIANTS,
+                    help=f"tokenizer variant (default: the project's recipe, {RECIPE_VARIANT}; the paper's: hieratok)")
     ap.add_argument("--lpips-weights", default=None,
                     help="torchvision's vgg16-397923af.pth for the LPIPS backbone (default: torch hub cache)")
     ap.add_argument("--init-from", default=None, help="start from a from_pretrained directory's weights")
@@ -32,7 +38,9 @@ def parse_args(argv=None):
                     help="learning-rate factor of the linear shortcut (no weight decay on it)")
     ap.add_argument("--linear-fit-images", type=int, default=2000,
                     help="training images the patch-PCA codec is fitted on (models with linear_shortcut)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.variant_given, args.variant = args.variant is not None, args.variant or RECIPE_VARIANT
+    return args
 
 
 def linear_codec(run, dataset, cfg, num_images: int) -> PatchPCA:
@@ -69,7 +77,7 @@ def main(argv=None):
         raise SystemExit("error: --init-from and --warm-start cannot be combined (--init-from continues a model of "
                          "the same architecture; --warm-start starts a multi-scale one from a single-scale one)")
     if args.init_from:
-        model = init_from(HieraTok, args, LOSS_FIELDS, {"--variant": args.variant != "hieratok",
+        model = init_from(HieraTok, args, LOSS_FIELDS, {"--variant": args.variant_given,
                                                         "--preset": args.preset != "cifar10"})
         cfg = model.config
     else:
@@ -78,6 +86,7 @@ def main(argv=None):
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: invalid model config: {e}") from None
         model = HieraTok(cfg)
+    check_sharding_supports(run.fsdp, cfg)
     dataset = training_dataset(args, cfg.image_size, info=run.info)
 
     lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)
