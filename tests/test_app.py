@@ -51,7 +51,7 @@ def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_fa
         assert f"{size}x{size}" in k["rec_in"]["label"] and k["att_in"]["label"] == k["rec_in"]["label"]
         if classes:
             assert k["gen_class"]["choices"] == list(classes)
-        assert k["gen_guidance"]["value"] == (3.0 if preset == "imagenette128" else 2.0)  # each family's default
+        assert k["gen_guidance"]["value"] == (4.0 if preset == "imagenette128" else 2.0)  # each family's default
         assert k["mask_kind"]["value"] == "scale_causal"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier
-from hieratok.hub import upload_tree
+from hieratok.hub import PAIRED_TOKENIZER, paired_tokenizer, upload_tree
 from hieratok.report import fmt, percent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +105,10 @@ def checkpoint_card(folder: Path, family: str, report: dict, family_card: str, l
             "```python", f"from hieratok import {cls.__name__}" if cls is not Classifier else
             "from hieratok.classifier import Classifier",
             f'model = {cls.__name__}.from_pretrained("REPO/{name}")   # or this folder', "```", "",
+            *([f"It generates in the latent of the tokenizer in its `{PAIRED_TOKENIZER}/` subfolder, the one it was "
+               "trained on (`HieraTok.from_pretrained(\"REPO/" + name + f"\", subfolder=\"{PAIRED_TOKENIZER}\")`); "
+               "the model set's own tokenizer was retrained after it, and a DiT fits only the latent it learned.", ""]
+              if paired_tokenizer(folder) else []),
             "## Evaluation", "", *(metrics(kind, name, report) or ["Not in the evaluation report."]), "",
             "## Training", ""]
     rows = training_rows(family_card, name)

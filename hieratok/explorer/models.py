@@ -50,7 +50,7 @@ class Family:
 
 # the app's model picker, default first. Each family's default guidance is the one with the lowest measured gFD-cls
 # of its HieraTok DiT (the sweep is in assets/eval/<family>.json and the README's results).
-FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", guidance=3.0),
+FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", guidance=4.0),
             Family("CIFAR-10 (32 px)", "cifar10", guidance=2.0))
 
 
