@@ -42,9 +42,11 @@ dit() {  # variant steps sample-every export-at...
       --log-every 25 --export-at "$@"
 }
 classifier() {
-  # ResNet-9 on 64-px copies of the photographs (it resizes any input to 64 px): FD-cls and sample accuracy
-  done_ $R/classifier-$P || $PY train/classifier.py --image-size 64 --data $D/train --output-dir $R/classifier-$P \
-      --steps ${CLS_STEPS:-1000} --batch-size 64 --lr 2e-3 --ckpt-every 250 --log-every 50
+  # ResNet-9 on the full 128 px (a stride-2 stem: a 64-px cost): FD-cls and sample accuracy. The earlier shipped one
+  # saw 64-px copies (--image-size 64 --steps 1000): 80.9% val accuracy against this one's 88.1%.
+  done_ $R/classifier-$P || $PY train/classifier.py --image-size 128 --set stem_stride=2 --data $D/train \
+      --output-dir $R/classifier-$P --steps ${CLS_STEPS:-2000} --batch-size 64 --lr 2e-3 --ema-decay 0.999 \
+      --ckpt-every 100 --log-every 50
 }
 # The shipped HieraTok DiT: the 2,400-step run above continued for 3,000 more steps (a new cosine schedule from its
 # final weights, on the same cached latents).
