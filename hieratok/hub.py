@@ -110,6 +110,7 @@ def paired_tokenizer(dit_dir: str | os.PathLike) -> Path | None:
     own = Path(dit_dir) / PAIRED_TOKENIZER
     return own if (own / CONFIG_NAME).is_file() else None
 
+
 def _resolve_files(source: str, **hub_kwargs) -> tuple[str, str]:
     if os.path.isdir(source):
         files = [os.path.join(source, name) for name in (CONFIG_NAME, WEIGHTS_NAME)]

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.hub import paired_tokenizer
 from hieratok.evaluation import (check_fd_samples, classifier_accuracy, fit_linear_reference, generator_scores,
                                  linear_scores, paired_difference, real_fd, tokenizer_scores)
+from hieratok.hub import paired_tokenizer
 from hieratok.losses import load_lpips
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import evaluation_markdown as markdown

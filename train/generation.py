@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, generate, to_pil
 from hieratok.classifier import Classifier, FeatureExtractor
-from hieratok.hub import paired_tokenizer
 from hieratok.evaluation import check_fd_samples, classifier_accuracy, generator_scores, real_fd
+from hieratok.hub import paired_tokenizer
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import fmt, percent
 from hieratok.stats import mean_ci, t_interval
