@@ -593,6 +593,7 @@ def test_init_from_takes_the_checkpoint_config_and_refuses_conflicting_flags(ima
             "--batch-size", 4, *FAST])
     config = json.loads((tmp_path / "c" / "run_config.json").read_text())
     assert config["model"] == HieraTok.from_pretrained(tiny_tokenizer).config.to_dict()
+    assert config["args"]["variant"] is None  # the default variant is not recorded for a model it did not build
     assert "l1_16" in read_metrics(tmp_path / "c")[0]  # every scale of the checkpoint's model is supervised
 
 

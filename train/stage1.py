@@ -39,7 +39,9 @@ def parse_args(argv=None):
     ap.add_argument("--linear-fit-images", type=int, default=2000,
                     help="training images the patch-PCA codec is fitted on (models with linear_shortcut)")
     args = ap.parse_args(argv)
-    args.variant_given, args.variant = args.variant is not None, args.variant or RECIPE_VARIANT
+    # --init-from takes the architecture from its checkpoint: no variant then (none is recorded, none refused)
+    args.variant_given = args.variant is not None
+    args.variant = args.variant or (None if args.init_from else RECIPE_VARIANT)
     return args
 
 
