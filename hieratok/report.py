@@ -5,20 +5,25 @@ from __future__ import annotations
 import math
 
 
+def defined(x) -> bool:
+    """A measured number: not None (JSON's null) and not NaN (an interval of one seed, in memory)."""
+    return x is not None and not math.isnan(x)
+
+
 def fmt(m, digits: int = 2) -> str:
     """A number, or a {"mean", "ci95"} interval as "mean ± half-width" (no half-width when it is undefined);
     "—" for a value not measured."""
     if m is None:
         return "—"
     if isinstance(m, dict):
-        ci = "" if m.get("ci95") is None or math.isnan(m["ci95"]) else f" ± {m['ci95']:.{digits}f}"
+        ci = f" ± {m['ci95']:.{digits}f}" if defined(m.get("ci95")) else ""
         return f"{m['mean']:.{digits}f}{ci}"
     return f"{m:.{digits}f}"
 
 
 def percent(m: dict) -> dict:
     """A fraction's mean and interval in percent."""
-    return {**m, "mean": 100 * m["mean"], "ci95": 100 * m["ci95"]}
+    return {**m, "mean": 100 * m["mean"], "ci95": 100 * m["ci95"] if defined(m.get("ci95")) else None}
 
 
 def evaluation_markdown(report: dict) -> str:

@@ -83,3 +83,10 @@ def test_the_cards_commands_hold_no_machine_paths():
         for line in card.read_text().splitlines():
             if line.startswith("python ") or line.startswith("`train/"):
                 assert not re.search(r"[ =`]/(work|tmp|root|home)/", line), f"{card}: {line[:120]}"
+
+
+def test_every_published_results_file_is_standard_json():
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    for path in sorted(ASSETS.rglob("*.json")):
+        json.loads(path.read_text(), parse_constant=refuse)  # NaN / Infinity: what other parsers refuse

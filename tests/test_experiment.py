@@ -19,6 +19,20 @@ def test_t_interval_against_a_hand_computed_example():
     assert math.isnan(t_interval([5.0])["ci95"])
 
 
+def test_an_undefined_interval_is_written_as_null_and_still_renders(tmp_path):
+    from hieratok.report import fmt, percent
+    from hieratok.stats import ratio_interval, t_interval
+    from hieratok.training.checkpoint import write_json
+    path = tmp_path / "r.json"
+    write_json(path, {"psnr": t_interval([26.5]), "acc": t_interval([0.5]), "ratio": ratio_interval([2.0]),
+                      "curve": [1.0, float("inf")]})
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    r = json.loads(path.read_text())
+    assert r["psnr"] == {"mean": 26.5, "ci95": None, "n": 1} and r["curve"] == [1.0, None]
+    assert (r["ratio"]["low"], r["ratio"]["high"]) == (None, None)
+    assert fmt(r["psnr"]) == "26.50" and fmt(percent(r["acc"]), 1) == "50.0"
+
+
 def record(arm, seed, scales):
     names = ["1x1", "2x2", "4x4", "8x8", "16x16"][-len(scales):] if len(scales) > 1 else ["16x16"]
     final = {"psnr": scales[-1], "psnr_scales": dict(zip(names, scales)), "ssim": 0.8,

@@ -34,6 +34,7 @@ from hieratok.losses import load_lpips
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import evaluation_markdown as markdown
 from hieratok.stats import mean_ci
+from hieratok.training.checkpoint import write_json
 from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
 
@@ -244,7 +245,7 @@ def main(argv=None):
     if args.update and out.with_suffix(".json").exists():
         report = merged(json.loads(out.with_suffix(".json").read_text()), report)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_json(out.with_suffix(".json"), report)
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
 

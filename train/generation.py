@@ -35,7 +35,7 @@ from hieratok.hub import paired_tokenizer
 from hieratok.metrics import frechet_distance_metric
 from hieratok.report import fmt, percent
 from hieratok.stats import mean_ci, t_interval
-from hieratok.training.checkpoint import atomic_file
+from hieratok.training.checkpoint import atomic_file, json_text
 from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
 
@@ -242,7 +242,7 @@ def write(out: Path, report: dict, args) -> dict:
     report = {**report, "summary": summarize(report["points"], args.default_steps)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out.with_suffix(".json")) as f:
-        f.write_text(json.dumps(report, indent=2))
+        f.write_text(json_text(report))
     with atomic_file(out.with_suffix(".md")) as f:
         f.write_text(markdown(report))
     return report

@@ -11,12 +11,11 @@ FD-cls and class accuracy) and "generation_summary": `summarize_generation(gener
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
 from hieratok.config import VARIANT_BUILDERS
-from hieratok.report import fmt, percent
+from hieratok.report import defined, fmt, percent
 from hieratok.stats import ratio_interval, steps_to_reach, t_interval
 from hieratok.training.cli import parse_overrides
 
@@ -266,7 +265,7 @@ def generation_markdown(report: dict) -> list[str]:
                           f"{p['ratio']:.2f}" for p in sp["per_seed"])
         r = sp["ratio"]
         over = (f"geometric mean over {r['n']} seeds, 95% interval {r['low']:.2f}–{r['high']:.2f}"
-                if not math.isnan(r["low"]) else "one seed, no interval")
+                if defined(r["low"]) else "one seed, no interval")
         lines += ["", f"Steps to reach a common FD-cls (per seed the worse of the two final values, interpolated "
                       f"between measured points): singlescale / hieratok = **{r['mean']:.2f}x** ({over}; {seeds}). "
                       f"The paper claims 1.38x; above 1 means the multi-scale latent trains the DiT faster."]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -44,10 +45,28 @@ def atomic_file(path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def finite(obj):
+    """`obj` with every NaN or infinite float replaced by None: standard JSON has no NaN (Python writes a bare
+    `NaN` token that browsers' and most other languages' parsers refuse); an undefined value -- e.g. the interval of
+    a single seed -- is written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """Standard JSON (`finite`; anything else JSON lacks as its str)."""
+    return json.dumps(finite(obj), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (`atomic_file`)."""
+    """Write standard JSON (`json_text`) atomically (`atomic_file`)."""
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
+        tmp.write_text(json_text(obj))
 
 
 def record_run_config(path: Path, config: dict, step: int) -> None:
@@ -80,7 +99,8 @@ def publish_dir(tmp: Path, path: Path) -> None:
 
 
 def write_dir(path: Path, write) -> None:
-    """`write(folder)` into a temporary folder, then publish it as `path` (e.g. `write_dir(p, model.save_pretrained)`)."""
+    """`write(folder)` into a temporary folder, then publish it as `path` (e.g.
+    `write_dir(p, model.save_pretrained)`)."""
     tmp = staging_dir(path)
     write(tmp)
     publish_dir(tmp, path)
