@@ -37,6 +37,32 @@ AttentionBlock = tuple[int, int, int, int, bool]
 ATTENTION_IMPLS = ("auto", "sdpa", "math")
 
 
+def call(m: nn.Module, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+    """`m(x)`; with `frozen`, the same computation with `m`'s parameters read as constants (detached): the output's
+    gradient reaches `x` but none of `m`'s weights. The stop-gradient of a decode with frozen shared weights
+    (`HieraTok` variants with `coarse_grad_to_decoder=False`) is made of these calls, inside the modules' own
+    forwards, rather than by swapping parameters for detached ones from outside (`torch.func.functional_call`):
+    FSDP2's pre-forward hooks install each wrapped block's unsharded parameters, which undid such a swap."""
+    if not frozen:
+        return m(x)
+    if isinstance(m, nn.Linear):
+        return F.linear(x, m.weight.detach(), None if m.bias is None else m.bias.detach())
+    if isinstance(m, nn.LayerNorm):
+        return F.layer_norm(x, m.normalized_shape, None if m.weight is None else m.weight.detach(),
+                            None if m.bias is None else m.bias.detach(), m.eps)
+    if isinstance(m, nn.RMSNorm):
+        return F.rms_norm(x, m.normalized_shape, None if m.weight is None else m.weight.detach(), m.eps)
+    if isinstance(m, nn.Embedding):
+        return F.embedding(x, m.weight.detach(), m.padding_idx)
+    if isinstance(m, nn.Sequential):
+        for layer in m:
+            x = call(layer, x, frozen)
+        return x
+    if isinstance(m, (nn.GELU, nn.Identity)):
+        return m(x)
+    raise TypeError(f"call(frozen=True) does not know {type(m).__name__}")
+
+
 class _ExplicitAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) + bias) v with a hand-written backward that keeps only the probabilities.
 
@@ -119,11 +145,12 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
     def forward(self, x_BLC: torch.Tensor, mask_LL: torch.Tensor | None = None, return_attn: bool = False,
-                blocks: tuple[AttentionBlock, ...] | None = None):
+                blocks: tuple[AttentionBlock, ...] | None = None, frozen: bool = False):
+        """`frozen`: the weights as constants (`call`)."""
         B, L, C = x_BLC.shape
-        q, k, v = self.qkv(x_BLC).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, L, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
+        q, k, v = call(self.qkv, x_BLC, frozen).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:  # q, k, v: (B, H, L, d)
+            q, k = call(self.q_norm, q, frozen).to(v.dtype), call(self.k_norm, k, frozen).to(v.dtype)
         attn_BHLL = None
         if return_attn:
             logits_BHLL = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
@@ -136,7 +163,7 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL)
         out = out.transpose(1, 2).reshape(B, L, C)
-        return self.proj(out), attn_BHLL
+        return call(self.proj, out, frozen), attn_BHLL
 
 
 def set_attention_impl(model: nn.Module, impl: str) -> None:
@@ -153,8 +180,8 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x, frozen: bool = False):
+        return call(self.fc2, self.act(call(self.fc1, x, frozen)), frozen)
 
 
 class SwiGLU(nn.Module):
@@ -166,9 +193,9 @@ class SwiGLU(nn.Module):
         hidden = -(-int(2 * hidden / 3) // 8) * 8
         self.fc1, self.fc2 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        a, b = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(a) * b)
+    def forward(self, x, frozen: bool = False):
+        a, b = call(self.fc1, x, frozen).chunk(2, dim=-1)
+        return call(self.fc2, F.silu(a) * b, frozen)
 
 
 MLPS = {"gelu": Mlp, "swiglu": SwiGLU}
@@ -182,10 +209,11 @@ class Block(nn.Module):
         self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
         self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x_BLC, mask_LL=None, return_attn: bool = False, blocks=None):
-        h, attn = self.attn(self.norm1(x_BLC), mask_LL, return_attn, blocks)
+    def forward(self, x_BLC, mask_LL=None, return_attn: bool = False, blocks=None, frozen: bool = False):
+        """`frozen`: the block's weights as constants (`call`)."""
+        h, attn = self.attn(call(self.norm1, x_BLC, frozen), mask_LL, return_attn, blocks, frozen)
         x_BLC = x_BLC + h
-        x_BLC = x_BLC + self.mlp(self.norm2(x_BLC))
+        x_BLC = x_BLC + self.mlp(call(self.norm2, x_BLC, frozen), frozen)
         return x_BLC, attn
 
 
@@ -198,19 +226,20 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpointing = grad_checkpointing
 
-    def forward(self, x_BLC, mask_LL=None, return_attn: bool = False, blocks=None):
-        """`blocks`: the mask's block structure (see `AttentionBlock`), used by the explicit attention path."""
+    def forward(self, x_BLC, mask_LL=None, return_attn: bool = False, blocks=None, frozen: bool = False):
+        """`blocks`: the mask's block structure (see `AttentionBlock`), used by the explicit attention path;
+        `frozen`: every weight as a constant (`call`)."""
         # contiguous before the blocks: a transposed patch embedding reaching a compiled block under bf16 autocast
         # came out as NaN (torch 2.14.1 inductor, width 96; see hieratok.perf.compile_blocks)
         x_BLC = x_BLC.contiguous()
         attns = []
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and not return_attn:
-                x_BLC, attn = checkpoint(blk, x_BLC, mask_LL, False, blocks, use_reentrant=False)
+                x_BLC, attn = checkpoint(blk, x_BLC, mask_LL, False, blocks, frozen, use_reentrant=False)
             else:
-                x_BLC, attn = blk(x_BLC, mask_LL, return_attn, blocks)
+                x_BLC, attn = blk(x_BLC, mask_LL, return_attn, blocks, frozen)
             attns.append(attn)
-        return self.norm(x_BLC), (attns if return_attn else None)
+        return call(self.norm, x_BLC, frozen), (attns if return_attn else None)
 
 
 def init_weights(module: nn.Module):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import HieraTokConfig
 from .hub import HubCheckpointMixin
-from .layers import Transformer, init_weights, sincos_2d
+from .layers import Transformer, call, init_weights, sincos_2d
 from .linear import PatchPCA, patchify, unpatchify
 from .rng import Shard, sharded
 from .scales import ScaleLayout
@@ -212,29 +212,36 @@ class Decoder(nn.Module):
         return {name: p.detach() if detach else p for name, p in self.named_parameters()
                 if not any(name.startswith(prefix) for prefix in coarse)}
 
-    def forward(self, maps_BChw: list[torch.Tensor], return_attn: bool = False):
+    def forward(self, maps_BChw: list[torch.Tensor], return_attn: bool = False, frozen: bool = False):
+        """`frozen`: the shared parameters (`shared_parameters`) read as constants -- the images' gradient reaches
+        the maps and the coarse scales' own heads, shortcuts and refiner, never the weights the finest image is
+        decoded with (the route of `coarse_grad_to_decoder=False`; `hieratok.layers.call`)."""
         layout = self.layout.prefix(len(maps_BChw))
         L = layout.num_tokens
         z_BLC = layout.flatten(maps_BChw)
-        x_BLC = self.proj_in(z_BLC)
-        x_BLC = x_BLC + self.pos_embed[:, :L] + self.level_embed(self.level_ids[:L])
+        x_BLC = call(self.proj_in, z_BLC, frozen)
+        pos = self.pos_embed.detach() if frozen else self.pos_embed
+        x_BLC = x_BLC + pos[:, :L] + call(self.level_embed, self.level_ids[:L], frozen)
         # full attention (or a single scale): no mask, so SDPA can take its unmasked fast path
         mask_LL = None if self.attention == "full" or layout.num_scales == 1 else self.mask[:L, :L]
-        x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn, layout.attention_blocks(self.attention))
+        x_BLC, attns = self.transformer(x_BLC, mask_LL, return_attn, layout.attention_blocks(self.attention),
+                                        frozen)
         if self.refiner is not None:
             n = min(L, self.coarse_tokens)
             coarse = self.layout.prefix(min(layout.num_scales, self.layout.num_scales - 1))
             refined, _ = self.refiner(x_BLC[:, :n], None if self.attention == "full" else self.mask[:n, :n], False,
                                       coarse.attention_blocks(self.attention))
             x_BLC = torch.cat([refined, x_BLC[:, n:]], dim=1)
+        finest = self.layout.num_scales - 1  # the finest scale's head and shortcut are shared ones
         if self.scale_heads is None:
-            chunks = layout.split(self.head(x_BLC))
+            chunks = layout.split(call(self.head, x_BLC, frozen))
         else:  # own heads for the coarse scales; the finest (present only in a full decode) keeps `head`
             tokens = layout.split(x_BLC)
             heads = [*self.scale_heads, self.head][: layout.num_scales]
-            chunks = [head(t) for head, t in zip(heads, tokens)]
+            chunks = [call(head, t, frozen and i == finest) for i, (head, t) in enumerate(zip(heads, tokens))]
         if self.shortcut is not None:
-            chunks = [c + lin(z) for c, lin, z in zip(chunks, self.shortcut, layout.split(z_BLC))]
+            chunks = [c + call(lin, z, frozen and i == finest)
+                      for i, (c, lin, z) in enumerate(zip(chunks, self.shortcut, layout.split(z_BLC)))]
         images = [unpatchify(chunk, self.patch_size, self.out_channels) for chunk in chunks]
         return images, attns
 
@@ -416,11 +423,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
             # (no gradient into the encoder) or a projected one, and/or through detached shared decoder weights.
             # With the scale-causal mask they equal the full decode's coarse images: only the gradient's route changes.
             maps = self.latent_pyramid(z_coarse)[:-1]
-            if loss.coarse_grad_to_decoder:
-                coarse, _ = self.decoder(maps)
-            else:
-                coarse, _ = torch.func.functional_call(self.decoder, self.decoder.shared_parameters(detach=True),
-                                                       (maps,))
+            coarse, _ = self.decoder(maps, frozen=not loss.coarse_grad_to_decoder)
             out = DecodeOutput([*coarse, out.reconstruction], out.scales)
         return out, post
 

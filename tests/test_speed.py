@@ -142,9 +142,15 @@ def test_compiled_blocks_compute_what_eager_blocks_do(caplog):
     tok_cfg = tokenizer_config("imagenette128", enc_dim=96, enc_depth=1, enc_heads=4, dec_dim=96, dec_depth=1,
                                dec_heads=4)
     loss_fn = ReconstructionLoss(tok_cfg)
+    # the recipe also decodes its coarse scales with the blocks' weights frozen (a second compiled graph)
+    recipe_cfg = tokenizer_config("imagenette128", "stopgrad-shared-context", enc_dim=96, enc_depth=1, enc_heads=4,
+                                  dec_dim=96, dec_depth=1, dec_heads=4)
+    recipe_loss = ReconstructionLoss(recipe_cfg)
     dit_cfg = dit_config("imagenette128", dim=96, depth=1, heads=4)
     z, y = torch.randn(4, 16, 16, 16), torch.tensor([0, 1, 2, 3])
     cases = [(HieraTok(tok_cfg), lambda m: loss_fn(x, *m(x, generator=torch.Generator().manual_seed(0))).total),
+             (HieraTok(recipe_cfg),
+              lambda m: recipe_loss(x, *m(x, generator=torch.Generator().manual_seed(0))).total),
              (DiT(dit_cfg), lambda m: m.loss(z, y, torch.Generator().manual_seed(0)))]
     for model, loss_of in cases:
         model.train()

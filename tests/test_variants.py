@@ -132,6 +132,43 @@ def test_projection_removes_only_the_component_that_opposes_the_reference_per_sa
     torch.testing.assert_close(z.grad, ref + project_conflict(g, ref))
 
 
+@pytest.mark.parametrize("variant,shortcut", [("stopgrad-shared", True), ("stopgrad-shared-context", True),
+                                              ("stopgrad-shared-refiner", False)])
+def test_a_frozen_decode_is_the_detached_weights_decode(variant, shortcut):
+    """The decoder's `frozen` decode (the weights read as constants inside its own forward, which FSDP2 keeps)
+    against the reference route, the whole decoder called with detached shared weights: the same images, the same
+    gradients into the maps and into every parameter, none into a shared one."""
+    cfg = tokenizer_config("cifar10", variant, **SMALL, linear_shortcut=shortcut)
+    model = HieraTok(cfg).train()
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised heads would hide a gradient that should not be there
+            p.add_(0.02 * torch.randn_like(p))
+    z = torch.randn(2, cfg.latent_channels, 16, 16)
+    grads = []
+    for route in ("frozen", "reference"):
+        model.zero_grad()
+        zz = z.clone().requires_grad_(True)
+        maps = model.latent_pyramid(zz)[:-1]
+        if route == "frozen":
+            images, _ = model.decoder(maps, frozen=True)
+        else:
+            images, _ = torch.func.functional_call(model.decoder, model.decoder.shared_parameters(detach=True),
+                                                   (maps,))
+        sum((im * torch.linspace(-1, 1, im.shape[-1])).square().mean() for im in images).backward()
+        grads.append(({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, zz.grad,
+                      [im.detach() for im in images]))
+    (g_f, z_f, im_f), (g_r, z_r, im_r) = grads
+    for a, b in zip(im_f, im_r):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(z_f, z_r)
+    assert g_f.keys() == g_r.keys() and g_f
+    for n in g_f:
+        torch.testing.assert_close(g_f[n], g_r[n])
+    shared = {f"decoder.{n}" for n in model.decoder.shared_parameters()}
+    assert not shared & g_f.keys()
+    assert any(n.startswith("downsampler.") for n in g_f)  # the coarse maps' own makers learn
+
+
 def test_projected_shared_sends_the_encoder_only_non_conflicting_coarse_gradient():
     cfg = tokenizer_config("cifar10", "projected-shared", **SMALL)
     model = HieraTok(cfg).train()

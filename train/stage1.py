@@ -17,7 +17,6 @@ from hieratok.linear import PatchPCA
 from hieratok.losses import ReconstructionLoss, training_lpips
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import fit_patch_pca, training_dataset
-from hieratok.training.distributed import check_sharding_supports
 from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
@@ -88,7 +87,6 @@ def main(argv=None):
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: invalid model config: {e}") from None
         model = HieraTok(cfg)
-    check_sharding_supports(run.fsdp, cfg)
     dataset = training_dataset(args, cfg.image_size, info=run.info)
 
     lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)

@@ -19,7 +19,6 @@ from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive
                              training_lpips)
 from hieratok.training.cli import base_parser, init_from, setup_logging
 from hieratok.training.data import training_dataset
-from hieratok.training.distributed import check_sharding_supports
 from hieratok.training.optim import adamw, schedule
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
@@ -51,7 +50,6 @@ def main(argv=None):
     model = init_from(HieraTok, args, STAGE2_FIELDS)  # the loss fields set here are recorded in its config
     cfg = model.config
     run = Run(args, "stage2")
-    check_sharding_supports(run.fsdp, cfg)
     dataset = training_dataset(args, cfg.image_size, info=run.info)
     lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)
 

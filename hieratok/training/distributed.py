@@ -64,20 +64,6 @@ def resolve_mixed_precision(choice: str) -> tuple[str, str]:
     return ("bf16" if ok else "no"), f"auto: {what}"
 
 
-def check_sharding_supports(sharded: bool, cfg) -> None:
-    """Refuse, before any step, a tokenizer whose gradient routing FSDP2 would undo. Variants whose coarse losses
-    skip the shared decoder weights (`coarse_grad_to_decoder=False`, e.g. the recipe `stopgrad-shared-context`) decode
-    the coarse scales a second time with detached weights (`torch.func.functional_call`); FSDP2's pre-forward hook
-    installs each wrapped block's unsharded parameters over them, so the coarse gradients would reach the shared
-    decoder -- measured: decoder weights 7e-3 away from the one-process run after six steps, against < 2e-4 for the
-    paper's variant. One process and DDP keep the route."""
-    if sharded and cfg.is_multiscale and not cfg.loss.coarse_grad_to_decoder:
-        raise SystemExit(f"error: the variant {cfg.name!r} (coarse_grad_to_decoder=false) is not supported under "
-                         "FSDP sharding: FSDP2 re-installs the decoder's parameters and undoes its stop-gradient. "
-                         "Train it with one process per model replica (DDP: accelerate launch without the FSDP "
-                         "config), or choose --variant hieratok")
-
-
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's part of a tensor: the shard of an FSDP2 DTensor, the tensor itself otherwise."""
     return t.to_local() if isinstance(t, DTensor) else t
