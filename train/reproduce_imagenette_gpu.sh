@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The photographs model set on one GPU within a wall-clock budget: HieraTok and the single-scale baseline (stage 1,
-# side by side on the one GPU), then a DiT on each. An 80-step probe of each pair measures its speed on this machine
+# side by side on the one GPU), then a DiT on each. The multi-scale member trains the project's recipe
+# (MS_VARIANT, default stopgrad-shared-context, stage 1's default; `hieratok` for the paper's method) and is named
+# hieratok-* like the shipped one. With TOKENIZERS="MULTISCALE_DIR SINGLESCALE_DIR" (e.g. the shipped
+# assets/hieratok-imagenette128 and assets/singlescale-imagenette128) stage 1 is skipped and the whole budget goes
+# to the two DiTs, on those tokenizers' latents (the DiTs the app serves must fit the latents it ships). An 80-step probe of each pair measures its speed on this machine
 # and the step counts follow from the budget, so that the cosine schedules end where the time does; --time-limit
 # stops a run that would overrun anyway (checkpointed, resumable). Both members of a pair get the same steps and
 # batch (an equal budget: the slower one's speed sets it). The same recipe as train/reproduce_imagenette.sh (the
@@ -8,7 +12,8 @@
 # The images are decoded once into memory (--cache-images): on the first run, reading files from 6 loader processes
 # per run held each run to 3,300-4,000 images/s.
 #   bash train/reproduce_imagenette_gpu.sh TRAIN_DATA RUNS [BUDGET_S] [VAL_DATA]
-# BUDGET_S (default 420) is the training time of both phases together (STAGE1_SHARE percent for stage 1); startup,
+# BUDGET_S (default 420) is the training time of both phases together (STAGE1_SHARE percent for stage 1, 0 with
+# TOKENIZERS); startup,
 # probes and exports come on top, about 100 s. With VAL_DATA, `train/quick_eval.py` reads the stage-1 learning
 # curve (exports at 1/4, 1/2 and the end) into RUNS/stage1-curve.txt. With PACK_TO=DIR, each run's folder (weights
 # as float16, no checkpoints or caches) goes into DIR/<run>.tar, for a transfer that limits file sizes.
@@ -25,6 +30,13 @@ DIT_BATCH=${DIT_BATCH:-256}
 PROBE=${PROBE_STEPS:-80}
 W=${NUM_WORKERS:-6}
 SHARE=${STAGE1_SHARE:-60}
+MS_VARIANT=${MS_VARIANT:-stopgrad-shared-context}
+read -r -a TOKS <<< "${TOKENIZERS:-}"
+if [ ${#TOKS[@]} -gt 0 ]; then
+  [ ${#TOKS[@]} -eq 2 ] || { echo "TOKENIZERS: two folders, the multi-scale one and the single-scale one" >&2; exit 2; }
+  for t in "${TOKS[@]}"; do [ -f "$t/config.json" ] || { echo "TOKENIZERS: $t is not a tokenizer folder" >&2; exit 2; }; done
+  SHARE=0
+fi
 mkdir -p "$R"
 log() { echo "[$(date +%T)] $*" | tee -a "$R/gpu_recipe.log"; }
 ht_set=(--set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]")
@@ -43,17 +55,25 @@ EOF
 steps_for() {
   $PY -c "import sys; s, b, r1, r2 = map(float, sys.argv[1:]); print(max(50, int(s * min(r1, r2) / b) // 50 * 50))" "$@"
 }
-stage1() {  # variant output steps extra-args...
+stage1() {  # member (hieratok / singlescale) output steps extra-args...
   local v=$1 out=$2 steps=$3; shift 3
   local extra=()
-  [ "$v" = hieratok ] && extra=("${ht_set[@]}")
+  [ "$v" = hieratok ] && v=$MS_VARIANT
+  [ "$v" = hieratok ] && extra=("${ht_set[@]}")  # the paper's method: the shipped paper-recipe scale weights
   $PY train/stage1.py --preset $P --variant "$v" --data "$D" --output-dir "$out" --steps "$steps" \
       --batch-size "$S1_BATCH" --num-workers "$W" --cache-images --sample-every 0 --ckpt-every 1000 --log-every 10 \
       "${extra[@]}" "$@"
 }
-dit() {  # variant output steps extra-args...
+tokenizer() {  # member -> the tokenizer folder its DiT trains on
+  if [ ${#TOKS[@]} -gt 0 ]; then
+    if [ "$1" = hieratok ]; then echo "${TOKS[0]}"; else echo "${TOKS[1]}"; fi
+  else
+    echo "$R/$1-$P-s1/final"
+  fi
+}
+dit() {  # member output steps extra-args...
   local v=$1 out=$2 steps=$3; shift 3
-  $PY train/dit.py --preset $P --tokenizer "$R/$v-$P-s1/final" --data "$D" --output-dir "$out" --steps "$steps" \
+  $PY train/dit.py --preset $P --tokenizer "$(tokenizer "$v")" --data "$D" --output-dir "$out" --steps "$steps" \
       --batch-size "$DIT_BATCH" --latent-cache "$R/dit-$v-$P/latents.safetensors" --sample-every 0 \
       --num-workers "$W" \
       --ckpt-every 1000 --log-every 10 "$@"
@@ -70,26 +90,30 @@ pair() {
   for v in hieratok singlescale; do "$@" "$v" & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p"; done
 }
-probe1() { stage1 "$1" "$R/probe-$1" "$PROBE" > "$R/probe-$1.log" 2>&1; }
-pair probe1
-r_ht=$(rate "$R/probe-hieratok"); r_ss=$(rate "$R/probe-singlescale")
-n1=$(steps_for "$t1" "$S1_BATCH" "$r_ht" "$r_ss")
-log "stage-1 probe: hieratok ${r_ht} img/s, singlescale ${r_ss} img/s side by side -> $n1 steps of $S1_BATCH"
-train1() {
-  mkdir -p "$R/$1-$P-s1"  # the patch-PCA codec the probe fitted (deterministic: the same fit)
-  cp "$R/probe-$1/linear_codec.safetensors" "$R/$1-$P-s1/"
-  stage1 "$1" "$R/$1-$P-s1" "$n1" --time-limit "$t1" --export-at $(( n1 / 4 )) $(( n1 / 2 )) \
-      --sample-every 1000000000 > "$R/$1-$P-s1.log" 2>&1
-}
-pair train1
-log "stage 1 done: $(tail -c 300 "$R/hieratok-$P-s1/summary.json" | tr -d '\n ')"
-if [ -n "$VAL" ]; then  # the exports that exist (a --time-limit stop can come before them)
-  shopt -s nullglob
-  evals=("$R"/hieratok-$P-s1/exports/step-* "$R/hieratok-$P-s1" "$R"/singlescale-$P-s1/exports/step-* \
-         "$R/singlescale-$P-s1")
-  shopt -u nullglob
-  $PY train/quick_eval.py --data "$VAL" --images 500 "${evals[@]}" > "$R/stage1-curve.txt" 2>&1 &
-  curve=$!
+if [ ${#TOKS[@]} -gt 0 ]; then
+  log "stage 1 skipped: the DiTs train on ${TOKS[*]}"
+else
+  probe1() { stage1 "$1" "$R/probe-$1" "$PROBE" > "$R/probe-$1.log" 2>&1; }
+  pair probe1
+  r_ht=$(rate "$R/probe-hieratok"); r_ss=$(rate "$R/probe-singlescale")
+  n1=$(steps_for "$t1" "$S1_BATCH" "$r_ht" "$r_ss")
+  log "stage-1 probe: hieratok ${r_ht} img/s, singlescale ${r_ss} img/s side by side -> $n1 steps of $S1_BATCH"
+  train1() {
+    mkdir -p "$R/$1-$P-s1"  # the patch-PCA codec the probe fitted (deterministic: the same fit)
+    cp "$R/probe-$1/linear_codec.safetensors" "$R/$1-$P-s1/"
+    stage1 "$1" "$R/$1-$P-s1" "$n1" --time-limit "$t1" --export-at $(( n1 / 4 )) $(( n1 / 2 )) \
+        --sample-every 1000000000 > "$R/$1-$P-s1.log" 2>&1
+  }
+  pair train1
+  log "stage 1 done: $(tail -c 300 "$R/hieratok-$P-s1/summary.json" | tr -d '\n ')"
+  if [ -n "$VAL" ]; then  # the exports that exist (a --time-limit stop can come before them)
+    shopt -s nullglob
+    evals=("$R"/hieratok-$P-s1/exports/step-* "$R/hieratok-$P-s1" "$R"/singlescale-$P-s1/exports/step-* \
+           "$R/singlescale-$P-s1")
+    shopt -u nullglob
+    $PY train/quick_eval.py --data "$VAL" --images 500 "${evals[@]}" > "$R/stage1-curve.txt" 2>&1 &
+    curve=$!
+  fi
 fi
 
 # ---- DiT ----------------------------------------------------------------------------------------------------
