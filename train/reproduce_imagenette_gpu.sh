@@ -137,7 +137,8 @@ R, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 skip = {"checkpoints", "exports", "latents.safetensors"}
 tars = {}  # a DiT run's tokenizer copy goes apart: with the DiT in one file, it would pass 16 MiB
-for run in sorted(d for d in R.iterdir() if d.is_dir() and not d.name.startswith("probe")):
+runs = [d for d in R.iterdir() if d.is_dir() and not d.name.startswith("probe") and d.resolve() != out.resolve()]
+for run in sorted(runs):
     for f in sorted(run.rglob("*")):
         rel = f.relative_to(R)
         if f.is_dir() or skip & set(rel.parts):
