@@ -31,7 +31,7 @@ import time
 
 import torch
 
-MODELS = ("tokenizer:hieratok", "tokenizer:singlescale", "dit")
+MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit")  # + the recipe (shipped)
 PATHS = ("reference", "fast")
 
 
