@@ -31,7 +31,7 @@ import time
 
 import torch
 
-MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit")  # + the recipe (shipped)
+MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit")  # the recipe: the shipped photo tokenizer
 PATHS = ("reference", "fast")
 
 
