@@ -71,7 +71,8 @@ def compute_latent_stats(tokenizer: HieraTok, images: Iterable[torch.Tensor]) ->
 @torch.no_grad()
 def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance: float = 2.0,
              sampler: str = "heun", seed: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, DecodeOutput]:
+             progress: Callable[[int, int], None] | None = None,
+             guidance_interval: tuple[float, float] | None = None) -> tuple[torch.Tensor, DecodeOutput]:
     """Class-conditional samples: (latents z (B, C, S, S), per-scale decode of those latents).
 
     The DiT models the normalised finest latent; coarse scales are re-derived by the tokenizer's downsampler.
@@ -83,7 +84,7 @@ def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     labels = torch.as_tensor(labels, dtype=torch.long, device=device)
     z_norm = dit.sample(labels, steps=steps, guidance=guidance, sampler=sampler, generator=generator,
-                        progress=progress)
+                        progress=progress, guidance_interval=guidance_interval)
     z = tokenizer.denormalize_latent(z_norm)
     return z, tokenizer.decode(z)
 
@@ -105,11 +106,12 @@ def sample_plan(num_samples: int, num_classes: int, seed: int = 0):
 @torch.no_grad()
 def score_samples(dit: DiT, tokenizer: HieraTok, num_samples: int, *, steps: int, guidance: float,
                   batch_size: int = 50, seed: int = 0, fd=None, classifier: torch.nn.Module | None = None,
-                  batches: Callable[[Iterable], Iterable] = iter) -> torch.Tensor | None:
+                  batches: Callable[[Iterable], Iterable] = iter,
+                  guidance_interval: tuple[float, float] | None = None) -> torch.Tensor | None:
     """Generate `num_samples` class-balanced samples and score them: each decoded image is added to `fd` (a
     torchmetrics Fréchet accumulator holding the real set, as fake) and classified by `classifier`. Returns the
     per-sample correctness (1.0 / 0.0) under `classifier`, or None without one. `batches` may wrap the batch starts
-    (e.g. in a progress bar).
+    (e.g. in a progress bar); `guidance_interval`: see `DiT.sample`.
 
     Every DiT scored with the same `seed` gets the same labels and noise (a paired comparison); each seed gets its
     own (`sample_plan`), so repeating with seeds 0, 1, 2 measures the sampling noise."""
@@ -118,7 +120,8 @@ def score_samples(dit: DiT, tokenizer: HieraTok, num_samples: int, *, steps: int
     correct = []
     for i in batches(range(0, num_samples, batch_size)):
         y = labels[i:i + batch_size]
-        _, out = generate(dit, tokenizer, y, steps=steps, guidance=guidance, seed=noise_seed(i))
+        _, out = generate(dit, tokenizer, y, steps=steps, guidance=guidance, seed=noise_seed(i),
+                          guidance_interval=guidance_interval)
         images = out.reconstruction.float().clamp(-1, 1)
         if fd is not None:
             fd.update(to_unit(images), real=False)

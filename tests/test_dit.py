@@ -74,6 +74,34 @@ def test_bad_sampler_arguments_are_clear_errors():
         dit.sample(torch.tensor([11]))
 
 
+def test_guidance_interval_guides_only_the_evaluations_inside_it():
+    dit = DiT(dit_config("cifar10", **TINY)).eval()
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    labels = torch.tensor([1, 2, 3])
+
+    def run(**kw):
+        return dit.sample(labels, steps=4, guidance=3.0, generator=torch.Generator().manual_seed(7), **kw)
+    full = run()
+    assert torch.equal(run(guidance_interval=(0.0, 1.0)), full)  # every evaluation guided: the default
+    # Heun on 4 steps evaluates at t = 0, .25, .5, .75 (and .25 .. .75 again as the corrector); none lies in
+    # [.8, 1]: the plain conditional flow, exactly
+    plain = dit.sample(labels, steps=4, guidance=1.0, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(run(guidance_interval=(0.8, 1.0)), plain)
+    part = run(guidance_interval=(0.2, 0.6))
+    assert not torch.equal(part, full) and not torch.equal(part, plain)
+
+    seen = []  # which evaluations were guided: the doubled (conditional + null) batch
+    forward = dit.forward
+    dit.forward = lambda x, t, y: (seen.append((round(t[0].item(), 2), len(x) == 2 * len(labels))), forward(x, t, y))[1]
+    run(guidance_interval=(0.2, 0.6))
+    dit.forward = forward
+    assert seen == [(0.0, False), (0.25, True), (0.25, True), (0.5, True), (0.5, True), (0.75, False), (0.75, False)]
+    for bad in ((0.5, 0.5), (-0.1, 0.5), (0.2, 1.5), (0.3,), "early"):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            run(guidance_interval=bad)
+
+
 def test_recipe_options_keep_the_size_round_trip_and_bound_the_logits(tmp_path):
     base = DiT(dit_config("imagenette128"))
     new = DiT(dit_config("imagenette128", qk_norm=True, mlp="swiglu")).eval()

@@ -1,6 +1,7 @@
 """The evaluation module behind train/evaluate.py and train/experiment.py: both scripts give the numbers their own
 two implementations gave before they were merged into `hieratok.evaluation` (pinned from the old code on the same
 tiny tokenizer, classifier and images)."""
+import itertools
 import json
 
 import pytest
@@ -175,3 +176,21 @@ def test_generation_protocol_sweeps_pairs_resumes_and_draws_the_figure(tiny, ima
     before = report["points"]
     generation.main([*argv, "--allow-few-samples"])
     assert json.loads((tmp_path / "gen.json").read_text())["points"] == before
+
+    # guidance intervals are one more sweep dimension: the points guided at every step are kept, the new ones added
+    generation.main([*argv, "--allow-few-samples", "--guidance-interval", "all", "0.5,1"])
+    report = json.loads((tmp_path / "gen.json").read_text())
+    assert report["points"][:8] == before and len(report["points"]) == 16
+    pts = {(q["dit"], q["guidance"], tuple(q["interval"] or ()), q["seed"]): q["gfd"] for q in report["points"]}
+    # one Euler step evaluates only t = 0, outside [0.5, 1]: unguided there, whatever the scale
+    for dit, seed in itertools.product("ab", (0, 1)):
+        assert pts[(dit, 3.0, (0.5, 1.0), seed)] == pts[(dit, 1.0, (), seed)]
+    s = report["summary"]
+    assert [(r["guidance"], r["interval"]) for r in s["table"]["a"]] == [(1.0, None), (1.0, [0.5, 1.0]),
+                                                                         (3.0, None), (3.0, [0.5, 1.0])]
+    best = min(s["table"]["a"], key=lambda r: r["gfd"]["mean"])
+    assert (s["default_guidance"]["a"], s["default_interval"]["a"]) == (best["guidance"], best["interval"])
+    assert "t in [0.5, 1]" in (tmp_path / "gen.md").read_text()
+    for bad in ("0.5", "0.9,0.1", "late"):
+        with pytest.raises(SystemExit):
+            generation.parse_args([*argv, "--guidance-interval", bad])

@@ -7,14 +7,14 @@ them apart, and a figure a person can judge.
         --guidance 1.5 2 3 4 6 --sample-steps 10 25 --seeds 0 1 2 --num-samples 2000 \
         --output assets/eval/generation-imagenette128 --figure assets/eval/generation-imagenette128.png
 
-For every DiT, guidance scale, sampler step count and seed: `--num-samples` class-balanced samples (labels and
-noise drawn per seed, the same for every DiT at a seed: `hieratok.sample_plan`), their Fréchet distance to all
-`--data` images in the classifier's features (gFD-cls; refused below the feature dimension) and the classifier's
-accuracy on them. Reported: per point the mean and 95% t-interval over seeds; DiT against DiT, the difference
-paired by seed; and each DiT's default guidance by the rule the README states -- the guidance with the lowest mean
-gFD-cls at the app's step count (`--default-steps`). Every point is written as it finishes and skipped when the
-output already holds it, so an interrupted sweep resumes. `--figure`: ten classes x `--figure-per-class` samples
-of every DiT side by side at its default guidance, the same noise for each DiT.
+For every DiT, guidance scale, guidance interval, sampler step count and seed: `--num-samples` class-balanced
+samples (labels and noise drawn per seed, the same for every DiT at a seed: `hieratok.sample_plan`), their Fréchet
+distance to all `--data` images in the classifier's features (gFD-cls; refused below the feature dimension) and the
+classifier's accuracy on them. Reported: per point the mean and 95% t-interval over seeds; DiT against DiT, the
+difference paired by seed; and each DiT's default guidance by the rule the README states -- the guidance (and
+interval) with the lowest mean gFD-cls at the app's step count (`--default-steps`). Every point is written as it
+finishes and skipped when the output already holds it, so an interrupted sweep resumes. `--figure`: ten classes x
+`--figure-per-class` samples of every DiT side by side at its default guidance, the same noise for each DiT.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, generate, to_pil
+from hieratok.dit import check_guidance_interval
 from hieratok.classifier import Classifier, FeatureExtractor
 from hieratok.evaluation import check_fd_samples, classifier_accuracy, generator_scores, real_fd
 from hieratok.hub import paired_tokenizer
@@ -39,7 +40,27 @@ from hieratok.training.checkpoint import atomic_file, json_text
 from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
 
-POINT_KEYS = ("dit", "guidance", "steps", "seed")
+POINT_KEYS = ("dit", "guidance", "interval", "steps", "seed")
+
+
+def parse_interval(text: str) -> list[float] | None:
+    """'all' (every evaluation guided) -> None; 'LO,HI' -> [lo, hi] (`hieratok.dit.check_guidance_interval`)."""
+    if text in ("all", "full", "none"):
+        return None
+    try:
+        lo, hi = check_guidance_interval([float(v) for v in text.split(",")])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e} (or 'all')") from None
+    return [lo, hi]
+
+
+def interval_text(interval) -> str:
+    return "all steps" if interval is None else f"t in [{interval[0]:g}, {interval[1]:g}]"
+
+
+def point_key(p: dict) -> tuple:
+    """A point's identity (points written before guidance intervals existed guided every step)."""
+    return tuple(tuple(p.get(k)) if k == "interval" and p.get(k) is not None else p.get(k) for k in POINT_KEYS)
 
 
 def parse_args(argv=None):
@@ -52,6 +73,9 @@ def parse_args(argv=None):
                     help="the tokenizer (with latent statistics) whose latents the DiT NAME generates (default: "
                          "the one the DiT's folder ships, DIR/tokenizer)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0, 6.0])
+    ap.add_argument("--guidance-interval", type=parse_interval, nargs="+", default=[None], metavar="LO,HI|all",
+                    help="guide only the velocity evaluations at flow times LO <= t <= HI (0 noise, 1 data; "
+                         "Kynkäänniemi et al. 2024), each one a sweep dimension like --guidance; 'all': every one")
     ap.add_argument("--sample-steps", type=int, nargs="+", default=[10, 25], help="Heun steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-samples", type=int, default=2000)
@@ -88,38 +112,42 @@ def load_pair(dit_path: str, tok_path: str, device) -> tuple[DiT, HieraTok]:
 
 
 def summarize(points: list[dict], default_steps: int) -> dict:
-    """Per DiT and (steps, guidance): gFD-cls and class accuracy over seeds; the first DiT minus each other paired
-    by seed; each DiT's default guidance (lowest mean gFD-cls at `default_steps`)."""
+    """Per DiT and (steps, guidance, interval): gFD-cls and class accuracy over seeds; the first DiT minus each
+    other paired by seed; each DiT's default guidance and interval (lowest mean gFD-cls at `default_steps`)."""
     by = {}
     for p in points:
-        by.setdefault((p["dit"], p["steps"], p["guidance"]), []).append(p)
+        interval = p.get("interval")
+        by.setdefault((p["dit"], p["steps"], p["guidance"], tuple(interval) if interval else ()), []).append(p)
     table = {}
-    for (dit, steps, g), ps in sorted(by.items()):
+    for (dit, steps, g, interval), ps in sorted(by.items()):
         table.setdefault(dit, []).append({
-            "steps": steps, "guidance": g, "seeds": sorted(p["seed"] for p in ps),
+            "steps": steps, "guidance": g, "interval": list(interval) or None, "seeds": sorted(p["seed"] for p in ps),
             "gfd": t_interval([p["gfd"] for p in ps]),
             "class_accuracy": t_interval([p["class_accuracy"]["mean"] for p in ps])})
-    default = {}
+    default, default_interval = {}, {}
     for dit, rows in table.items():
         at = [r for r in rows if r["steps"] == default_steps]
         if at:
-            default[dit] = min(at, key=lambda r: r["gfd"]["mean"])["guidance"]
+            best = min(at, key=lambda r: r["gfd"]["mean"])
+            default[dit], default_interval[dit] = best["guidance"], best["interval"]
     paired = []
     dits = list(table)
     for other in dits[1:]:
-        for (d, steps, g), ps in sorted(by.items()):
+        for (d, steps, g, interval), ps in sorted(by.items()):
             if d != dits[0]:
                 continue
-            theirs = {p["seed"]: p for p in by.get((other, steps, g), [])}
+            theirs = {p["seed"]: p for p in by.get((other, steps, g, interval), [])}
             common = [p for p in ps if p["seed"] in theirs]
             if common:
-                paired.append({"a": dits[0], "b": other, "steps": steps, "guidance": g, "seeds": len(common),
+                paired.append({"a": dits[0], "b": other, "steps": steps, "guidance": g,
+                               "interval": list(interval) or None, "seeds": len(common),
                                "gfd_a_minus_b": t_interval([p["gfd"] - theirs[p["seed"]]["gfd"] for p in common]),
                                "accuracy_a_minus_b": t_interval([p["class_accuracy"]["mean"]
                                                                  - theirs[p["seed"]]["class_accuracy"]["mean"]
                                                                  for p in common])})
-    return {"table": table, "paired": paired, "default_guidance": default,
-            "default_rule": f"the guidance with the lowest mean gFD-cls at {default_steps} Heun steps"}
+    return {"table": table, "paired": paired, "default_guidance": default, "default_interval": default_interval,
+            "default_rule": f"the guidance (and guidance interval) with the lowest mean gFD-cls at {default_steps} "
+                            f"Heun steps"}
 
 
 def markdown(report: dict) -> str:
@@ -130,18 +158,20 @@ def markdown(report: dict) -> str:
              f"{fmt(percent(report['classifier_accuracy']), 1)}%); class accuracy: that classifier's on the samples. "
              f"Mean ± 95% t-interval over seeds (labels and noise drawn per seed, the same for every DiT at a seed). "
              f"Default guidance: {s['default_rule']}.", "",
-             "| DiT | Heun steps | guidance | seeds | gFD-cls | class accuracy (%) |", "|---|---:|---:|---:|---:|---:|"]
+             "| DiT | Heun steps | guidance | guided | seeds | gFD-cls | class accuracy (%) |",
+             "|---|---:|---:|---|---:|---:|---:|"]
     for dit, rows in s["table"].items():
         for r in rows:
-            mark = " (default)" if s["default_guidance"].get(dit) == r["guidance"] and \
-                r["steps"] == report["default_steps"] else ""
-            lines.append(f"| {dit} | {r['steps']} | {r['guidance']:g}{mark} | {len(r['seeds'])} | {fmt(r['gfd'])} "
-                         f"| {fmt(percent(r['class_accuracy']), 1)} |")
+            mark = " (default)" if (s["default_guidance"].get(dit), s.get("default_interval", {}).get(dit)) == (
+                r["guidance"], r.get("interval")) and r["steps"] == report["default_steps"] else ""
+            lines.append(f"| {dit} | {r['steps']} | {r['guidance']:g}{mark} | {interval_text(r.get('interval'))} | "
+                         f"{len(r['seeds'])} | {fmt(r['gfd'])} | {fmt(percent(r['class_accuracy']), 1)} |")
     if s["paired"]:
         lines += ["", "Paired by seed (same labels and noise):", "",
-                  "| a − b | Heun steps | guidance | seeds | Δ gFD-cls | Δ class accuracy (points) |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {p['a']} − {p['b']} | {p['steps']} | {p['guidance']:g} | {p['seeds']} | "
+                  "| a − b | Heun steps | guidance | guided | seeds | Δ gFD-cls | Δ class accuracy (points) |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
+        lines += [f"| {p['a']} − {p['b']} | {p['steps']} | {p['guidance']:g} | {interval_text(p.get('interval'))} | "
+                  f"{p['seeds']} | "
                   f"{fmt(p['gfd_a_minus_b'])} | {fmt(percent(p['accuracy_a_minus_b']), 1)} |" for p in s["paired"]]
     if report.get("figure"):
         lines += ["", f"![samples]({Path(report['figure']).name}) -- {report['figure_note']}"]
@@ -149,7 +179,7 @@ def markdown(report: dict) -> str:
 
 
 @torch.no_grad()
-def figure(args, device, default: dict[str, float], path: Path) -> str:
+def figure(args, device, default: dict[str, float], path: Path, intervals: dict | None = None) -> str:
     """Ten classes (rows) x N samples of every DiT, side by side, at its default guidance; the same noise for each."""
     from PIL import Image, ImageDraw
     panels, names = [], None
@@ -157,11 +187,14 @@ def figure(args, device, default: dict[str, float], path: Path) -> str:
         dit, tok = load_pair(dit_path, args.tokenizers[name], device)
         names = dit.config.class_names or [str(i) for i in range(dit.config.num_classes)]
         labels = torch.arange(dit.config.num_classes).repeat_interleave(args.figure_per_class)
-        _, out = generate(dit, tok, labels, steps=args.default_steps, guidance=default[name], seed=args.figure_seed)
+        _, out = generate(dit, tok, labels, steps=args.default_steps, guidance=default[name], seed=args.figure_seed,
+                          guidance_interval=(intervals or {}).get(name))
         images = [to_pil(x) for x in out.reconstruction.float().clamp(-1, 1).cpu()]
         side = images[0].width
         panel = Image.new("RGB", (side * args.figure_per_class, side * len(names) + 24), "white")
-        ImageDraw.Draw(panel).text((4, 6), f"{name} (guidance {default[name]:g})", fill="black")
+        guided = (intervals or {}).get(name)
+        ImageDraw.Draw(panel).text((4, 6), f"{name} (guidance {default[name]:g}"
+                                   f"{'' if guided is None else ', ' + interval_text(guided)})", fill="black")
         for i, im in enumerate(images):
             panel.paste(im, ((i % args.figure_per_class) * side, 24 + (i // args.figure_per_class) * side))
         panels.append(panel)
@@ -179,7 +212,7 @@ def figure(args, device, default: dict[str, float], path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return (f"rows: classes; {args.figure_per_class} samples per class and DiT, {args.default_steps} Heun steps, "
-            f"each DiT at its default guidance, noise seed {args.figure_seed} (the same for every DiT)")
+            f"each DiT at its default guidance (and interval), noise seed {args.figure_seed} (the same for every DiT)")
 
 
 def main(argv=None):
@@ -203,9 +236,10 @@ def main(argv=None):
     same = (old.get("data"), old.get("samples"), old.get("classifier")) == (args.data, args.num_samples,
                                                                              args.classifier)
     points = [p for p in old.get("points", []) if same and args.dits.get(p["dit"]) == p["dit_path"]]
-    done = {tuple(p[k] for k in POINT_KEYS) for p in points}
-    todo = [(n, g, st, sd) for sd, st, g, n in itertools.product(args.seeds, args.sample_steps, args.guidance,
-                                                                  args.dits) if (n, g, st, sd) not in done]
+    done = {point_key(p) for p in points}
+    todo = [(n, g, gi, st, sd) for sd, st, gi, g, n in itertools.product(
+        args.seeds, args.sample_steps, args.guidance_interval, args.guidance, args.dits)
+        if (n, g, tuple(gi) if gi else None, st, sd) not in done]
     report = {"data": args.data, "images": len(dataset), "samples": args.num_samples, "classifier": args.classifier,
               "classifier_accuracy": None, "feature_dim": dims, "default_steps": args.default_steps,
               "command": " ".join(sys.argv), "points": points}
@@ -215,16 +249,17 @@ def main(argv=None):
         old["classifier_accuracy"] = classifier_accuracy(classifier, eval_loader(dataset, args.batch_size))["accuracy"]
     report["classifier_accuracy"] = old["classifier_accuracy"]
     pairs = {}
-    for name, g, steps, seed in tqdm(todo, desc="points"):
+    for name, g, interval, steps, seed in tqdm(todo, desc="points"):
         if name not in pairs:
             pairs = {name: load_pair(args.dits[name], args.tokenizers[name], device)}  # one DiT in memory
         dit, tok = pairs[name]
         t0 = time.time()
         r = generator_scores(dit, tok, args.num_samples, steps=steps, guidance=g, batch_size=args.batch_size,
-                             seed=seed, fd=real.clone(), classifier=classifier, allow_few=args.allow_few_samples)
+                             seed=seed, fd=real.clone(), classifier=classifier, allow_few=args.allow_few_samples,
+                             guidance_interval=interval)
         points.append({"dit": name, "dit_path": args.dits[name], "tokenizer": args.tokenizers[name], "guidance": g,
-                       "steps": steps, "seed": seed, "gfd": r["gfd"], "class_accuracy": mean_ci(r["correct"]),
-                       "seconds": round(time.time() - t0, 1)})
+                       "interval": interval, "steps": steps, "seed": seed, "gfd": r["gfd"],
+                       "class_accuracy": mean_ci(r["correct"]), "seconds": round(time.time() - t0, 1)})
         write(out, report, args)
     report = write(out, report, args)
     if args.figure:
@@ -232,7 +267,8 @@ def main(argv=None):
         if missing:
             raise SystemExit(f"error: no default guidance for {', '.join(missing)} (no point at {args.default_steps} "
                              f"steps)")
-        report["figure_note"] = figure(args, device, report["summary"]["default_guidance"], Path(args.figure))
+        report["figure_note"] = figure(args, device, report["summary"]["default_guidance"], Path(args.figure),
+                                       report["summary"]["default_interval"])
         report["figure"] = str(args.figure)
         report = write(out, report, args)
     print(markdown(report))
