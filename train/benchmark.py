@@ -31,7 +31,8 @@ import time
 
 import torch
 
-MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit")  # the recipe: the shipped photo tokenizer
+# the recipe (the shipped photo tokenizer), the paper's method, single-scale, the DiT
+MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit")
 PATHS = ("reference", "fast")
 
 
