@@ -206,7 +206,8 @@ class Decoder(nn.Module):
 
     def shared_parameters(self, detach: bool = False) -> dict[str, torch.Tensor]:
         """The parameters the finest image is decoded with, by name: everything but the coarse scales' own heads,
-        linear shortcuts and refiner (`detach`: as detached tensors, for `torch.func.functional_call`)."""
+        linear shortcuts and refiner -- what a `frozen` decode reads as constants (`detach`: as detached tensors,
+        e.g. for `torch.func.functional_call`, the reference the frozen decode is tested against)."""
         coarse = {f"scale_heads.{i}." for i in range(self.layout.num_scales - 1)} | {
             f"shortcut.{i}." for i in range(self.layout.num_scales - 1)} | {"refiner."}
         return {name: p.detach() if detach else p for name, p in self.named_parameters()

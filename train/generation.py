@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, generate, to_pil
-from hieratok.dit import check_guidance_interval
 from hieratok.classifier import Classifier, FeatureExtractor
+from hieratok.dit import check_guidance_interval
 from hieratok.evaluation import check_fd_samples, classifier_accuracy, generator_scores, real_fd
 from hieratok.hub import paired_tokenizer
 from hieratok.metrics import frechet_distance_metric
@@ -45,7 +45,7 @@ POINT_KEYS = ("dit", "guidance", "interval", "steps", "seed")
 
 def parse_interval(text: str) -> list[float] | None:
     """'all' (every evaluation guided) -> None; 'LO,HI' -> [lo, hi] (`hieratok.dit.check_guidance_interval`)."""
-    if text in ("all", "full", "none"):
+    if text in ("all", "full"):
         return None
     try:
         lo, hi = check_guidance_interval([float(v) for v in text.split(",")])
