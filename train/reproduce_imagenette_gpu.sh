@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # The photographs model set on one GPU within a wall-clock budget: HieraTok and the single-scale baseline (stage 1,
-# side by side on the one GPU), then a DiT on each. The multi-scale member trains the project's recipe
-# (MS_VARIANT, default stopgrad-shared-context, stage 1's default; `hieratok` for the paper's method) and is named
-# hieratok-* like the shipped one. With TOKENIZERS="MULTISCALE_DIR SINGLESCALE_DIR" (e.g. the shipped
-# assets/hieratok-imagenette128 and assets/singlescale-imagenette128) stage 1 is skipped and the whole budget goes
-# to the two DiTs, on those tokenizers' latents (the DiTs the app serves must fit the latents it ships). An 80-step probe of each pair measures its speed on this machine
-# and the step counts follow from the budget, so that the cosine schedules end where the time does; --time-limit
-# stops a run that would overrun anyway (checkpointed, resumable). Both members of a pair get the same steps and
-# batch (an equal budget: the slower one's speed sets it). The same recipe as train/reproduce_imagenette.sh (the
-# CPU one) otherwise: the imagenette128 preset, HieraTok's finest scale weighted 1 against 0.25 for the others.
-# The images are decoded once into memory (--cache-images): on the first run, reading files from 6 loader processes
-# per run held each run to 3,300-4,000 images/s.
+# side by side on the one GPU), then a DiT on each. The multi-scale member trains the project's recipe (MS_VARIANT,
+# default stopgrad-shared-context, stage 1's default; `hieratok` for the paper's method) and is named hieratok-* like
+# the shipped one. With TOKENIZERS="MULTISCALE_DIR SINGLESCALE_DIR" (e.g. the shipped assets/hieratok-imagenette128
+# and assets/singlescale-imagenette128) stage 1 is skipped and the whole budget goes to the two DiTs, on those
+# tokenizers' latents (the DiTs the app serves must fit the latents it ships). An 80-step probe of each pair measures
+# its speed on this machine and the step counts follow from the budget, so that the cosine schedules end where the
+# time does; --time-limit stops a run that would overrun anyway (checkpointed, resumable). Both members of a pair get
+# the same steps and batch (an equal budget: the slower one's speed sets it). The same recipe as
+# train/reproduce_imagenette.sh (the CPU one) otherwise: the imagenette128 preset (with MS_VARIANT=hieratok, the
+# finest scale weighted 1 against 0.25 for the others). The images are decoded once into memory (--cache-images): on the first run, reading
+# files from 6 loader processes per run held each run to 3,300-4,000 images/s.
 #   bash train/reproduce_imagenette_gpu.sh TRAIN_DATA RUNS [BUDGET_S] [VAL_DATA]
 # BUDGET_S (default 420) is the training time of both phases together (STAGE1_SHARE percent for stage 1, 0 with
-# TOKENIZERS); startup,
-# probes and exports come on top, about 100 s. With VAL_DATA, `train/quick_eval.py` reads the stage-1 learning
-# curve (exports at 1/4, 1/2 and the end) into RUNS/stage1-curve.txt. With PACK_TO=DIR, each run's folder (weights
-# as float16, no checkpoints or caches) goes into DIR/<run>.tar, for a transfer that limits file sizes.
+# TOKENIZERS); startup, probes and exports come on top, about 100 s. With VAL_DATA, `train/quick_eval.py` reads the
+# stage-1 learning curve (exports at 1/4, 1/2 and the end) into RUNS/stage1-curve.txt. With PACK_TO=DIR, each run's
+# folder (weights as float16, no checkpoints or caches) goes into DIR/<run>.tar, for a transfer that limits file
+# sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=$1
@@ -34,7 +34,9 @@ MS_VARIANT=${MS_VARIANT:-stopgrad-shared-context}
 read -r -a TOKS <<< "${TOKENIZERS:-}"
 if [ ${#TOKS[@]} -gt 0 ]; then
   [ ${#TOKS[@]} -eq 2 ] || { echo "TOKENIZERS: two folders, the multi-scale one and the single-scale one" >&2; exit 2; }
-  for t in "${TOKS[@]}"; do [ -f "$t/config.json" ] || { echo "TOKENIZERS: $t is not a tokenizer folder" >&2; exit 2; }; done
+  for t in "${TOKS[@]}"; do
+    [ -f "$t/config.json" ] || { echo "TOKENIZERS: $t is not a tokenizer folder" >&2; exit 2; }
+  done
   SHARE=0
 fi
 mkdir -p "$R"
