@@ -175,13 +175,30 @@ def set_attention_impl(model: nn.Module, impl: str) -> None:
             m.impl = impl
 
 
+_GELU_A = 2 * math.sqrt(2 / math.pi)  # 0.5 (1 + tanh(z)) = sigmoid(2z)
+_GELU_B = _GELU_A * 0.044715
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation, `F.gelu(x, approximate="tanh")`. Under torch.compile it is written as the
+    same function through a sigmoid, x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)): inductor's vectorised tanh
+    was the slowest element-wise kernel of a compiled DiT block on an AVX512 CPU (forward + backward of a
+    (8192, 1024) bf16 activation: 17.8 ms through tanh, 8.7 through the sigmoid; the two agree to 1e-15 in fp64
+    and to one bf16 rounding step in bf16). Eagerly, ATen's fused GELU kernel is the faster one."""
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(x * (_GELU_A + _GELU_B * x * x))
+    return F.gelu(x, approximate="tanh")
+
+
 class Mlp(nn.Module):
+    """fc2(gelu_tanh(fc1(x)))."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x, frozen: bool = False):
-        return call(self.fc2, self.act(call(self.fc1, x, frozen)), frozen)
+        return call(self.fc2, gelu_tanh(call(self.fc1, x, frozen)), frozen)
 
 
 class SwiGLU(nn.Module):

@@ -172,6 +172,26 @@ def test_compiled_blocks_compute_what_eager_blocks_do(caplog):
                 assert (a - b).abs().max() <= 0.1 * a.abs().max() + 1e-6
 
 
+@needs_compile
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float32, 1e-6, 2e-6), (torch.bfloat16, 2 ** -7, 2 ** -7)])
+def test_the_compiled_gelu_is_the_tanh_gelu_in_value_and_gradient(dtype, rtol, atol):
+    """Compiled, `gelu_tanh` is written through a sigmoid (faster there); it must stay F.gelu(approximate="tanh"):
+    values and gradients within fp32 rounding, within one bf16 rounding step in bf16."""
+    from hieratok.layers import gelu_tanh
+    x = torch.linspace(-8, 4, 4099).to(dtype)
+    compiled = torch.compile(gelu_tanh, dynamic=False)
+    grads = []
+    for fn in (compiled, lambda t: F.gelu(t, approximate="tanh")):
+        xi = x.clone().requires_grad_()
+        out = fn(xi)
+        out.backward(torch.ones_like(out))
+        grads.append((out.detach().float(), xi.grad.float()))
+    (got, got_grad), (ref, ref_grad) = grads
+    torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(got_grad, ref_grad, rtol=rtol, atol=atol)
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))  # eagerly: ATen's kernel itself
+
+
 def test_a_compiled_block_that_computes_nonsense_falls_back_to_eager(monkeypatch, caplog):
     """The first call of each compiled block is checked against eager: a compiler that returns NaN costs speed
     (a warning, that block eager from then on), never the run."""
