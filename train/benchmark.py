@@ -8,8 +8,10 @@ FLOP/s and as a fraction of the same machine's GEMM.
 A step is forward + loss + backward + AdamW on random data (data loading excluded): stage 1's multi-scale loss for a
 tokenizer, the rectified-flow loss for a DiT. Paths:
 
-- `reference`: SDPA attention, eager, glibc's default allocator (the training path before hieratok.perf);
-- `fast`: what the trainers do by default (`--attention auto`, `--compile` on, the allocator tuned).
+- `reference`: SDPA attention, eager, glibc's default allocator, AdamW's default per-tensor loop (the training
+  path before hieratok.perf);
+- `fast`: what the trainers do by default (`--attention auto`, `--compile` on, the allocator tuned, the fused
+  AdamW).
 
 Each (model, path) runs in its own resident process (the allocator setting is process-wide) and warms up,
 compiling where its path does; then the processes take turns, one step each, `--repeats` rounds, so that a machine
@@ -93,6 +95,7 @@ def serve(spec: str, path: str, args) -> None:
 
     from hieratok.layers import set_attention_impl
     from hieratok.perf import compile_blocks, tune_allocator
+    from hieratok.training.optim import fused_supported
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if path == "fast" and device.type == "cpu":
         tune_allocator()
@@ -100,7 +103,8 @@ def serve(spec: str, path: str, args) -> None:
     torch.manual_seed(0)
     model, loss, cfg = build(spec, args.preset, args.batch_size if spec.startswith("tokenizer")
                              else args.dit_batch_size, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # the fast path steps the optimizer as the trainers do (fused where supported: hieratok.training.optim)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=path == "fast" and fused_supported(model.parameters()))
 
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

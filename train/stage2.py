@@ -19,7 +19,7 @@ from hieratok.losses import (PatchGANDiscriminator, ReconstructionLoss, adaptive
                              training_lpips)
 from hieratok.training.cli import base_parser, init_from, setup_logging
 from hieratok.training.data import training_dataset
-from hieratok.training.optim import adamw, schedule
+from hieratok.training.optim import adamw, fused_supported, schedule
 from hieratok.training.run import Run
 from hieratok.training.samples import sample_reconstructions
 
@@ -65,7 +65,8 @@ def main(argv=None):
     g_sched = schedule(g_opt, args)
     if use_gan:
         disc = PatchGANDiscriminator(cfg.in_channels, args.disc_width, n_layers)
-        d_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9), weight_decay=0.0,
+                                  fused=fused_supported(disc.parameters()))
         d_sched = schedule(d_opt, args)
         model, disc, g_opt, d_opt = run.prepare(model, disc, g_opt, d_opt)
         run.track(model, g_sched, d_sched)
