@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from hieratok.explorer import views
-from hieratok.explorer.models import Catalog
+from hieratok.explorer.models import Catalog, ModelStore
 from hieratok.explorer.server import AppServer
 from hieratok.explorer.components import example_images
+from hieratok.perf import PRECISIONS, native_bf16
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -159,9 +160,9 @@ def report_soak(assets: Path, catalog: Catalog, examples: list[str], minutes: fl
         print("  " + line)
 
 
-def report_app_latency(assets: Path, catalog: Catalog, steps: int) -> None:
+def report_app_latency(assets: Path, catalog: Catalog, steps: int, precision: str) -> None:
     """The first page and Generate through the running app, alone and with 4 users at once."""
-    server = AppServer(assets)
+    server = AppServer(assets, env={"HIERATOK_SAMPLING_PRECISION": precision})
     try:
         print(f"first page after launch: {server.first_page_s:.2f} s (target <= 15)")
         print("\nGenerate through the running app (16 samples, HieraTok), median seconds per request:\n")
@@ -186,12 +187,15 @@ def report_views(label: str, store, examples: list[str], steps: int, repeats: in
             tok.decode(tok.encode(x))
 
     guidance, cls = store.family.guidance, store.class_names()[0]
+    fp32 = ModelStore(store.assets, store.family, "fp32")  # the reference for the app's sampling precision
     rows = [
         ("encode + decode every scale, 1 image", median_time(all_scales, repeats), 0.050),
         ("Reconstruct view (incl. image loading, PSNR, rendering)",
          median_time(lambda: views.reconstruct(store, example), repeats), None),
-        (f"16 samples, {steps} Heun steps, guidance {guidance:g} (Generate view)",
+        (f"16 samples, {steps} Heun steps, guidance {guidance:g} (Generate view, sampling {store.sampling_precision})",
          median_time(lambda: views.generate_samples(store, cls, guidance, steps, 0, 16), max(1, repeats // 2)), 5.0),
+        ("the same, sampling fp32", median_time(lambda: views.generate_samples(fp32, cls, guidance, steps, 0, 16),
+                                                 max(1, repeats // 2)), 5.0),
         ("place an upload in the UMAP (Latent space view)",
          median_time(lambda: views.latent_space(store, "HieraTok", tok.layout.finest, example), repeats), 0.300),
         ("Interpolate view (8 steps between two images, every scale)",
@@ -213,25 +217,27 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps for the generation timing "
                                                              "(default: the app's default)")
+    ap.add_argument("--sampling-precision", default="auto", choices=PRECISIONS,
+                    help="the Generate view's (as app/main.py's flag; auto: bf16 on a CPU with AMX or AVX512-BF16)")
     ap.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                     help="instead of the timings: 4 clients send the mixed load (reconstruct 50%%, latent space 20%%, "
                          "attention 15%%, interpolate 10%%, generate 5%%) for MINUTES; prints the server's RSS series")
     args = ap.parse_args(argv)
     assets = Path(args.assets)
-    catalog = Catalog(assets)
+    catalog = Catalog(assets, args.sampling_precision)
     examples = example_images(assets)
     if not examples:
         raise SystemExit("no example image (install scikit-image / scikit-learn, or put PNGs in assets/examples)")
     import platform
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    print(f"CPU: {cpu}; {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; median of {args.repeats}; "
-          f"assets {assets}")
+    print(f"CPU: {cpu} ({native_bf16('cpu')[1]}); {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; "
+          f"median of {args.repeats}; assets {assets}; DiT sampling {args.sampling_precision}")
     if args.soak:
         report_soak(assets, catalog, examples, args.soak)
         return
     steps = args.steps or views.DEFAULT_STEPS
-    report_app_latency(assets, catalog, steps)
+    report_app_latency(assets, catalog, steps, args.sampling_precision)
     for label in catalog.labels:
         report_views(label, catalog[label], examples, steps, args.repeats)
 

@@ -15,6 +15,7 @@ from .config import DiTConfig
 from .hub import HubCheckpointMixin
 from .layers import MLPS, Attention, init_weights, sincos_2d, timestep_embedding
 from .linear import unpatchify
+from .perf import inference_dtype
 from .rng import Shard, sharded
 
 SAMPLERS = ("euler", "heun")
@@ -139,8 +140,8 @@ class DiT(nn.Module, HubCheckpointMixin,
         if guidance == 1.0:
             return self(x, t, y)
         v_cond, v_null = self(torch.cat([x, x]), torch.cat([t, t]),
-                              torch.cat([y, torch.full_like(y, self.null_class)])).chunk(2)
-        return v_null + guidance * (v_cond - v_null)
+                              torch.cat([y, torch.full_like(y, self.null_class)])).float().chunk(2)
+        return v_null + guidance * (v_cond - v_null)  # in fp32 also under autocast: the difference is amplified
 
     # ---- training objective ---------------------------------------------------------------------------------
     def sample_t(self, batch: int, generator=None, device=None, shard: Shard | None = None) -> torch.Tensor:
@@ -170,7 +171,7 @@ class DiT(nn.Module, HubCheckpointMixin,
     def sample(self, labels: torch.Tensor, *, steps: int = 50, guidance: float = 1.0, sampler: str = "heun",
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                progress: Callable[[int, int], None] | None = None,
-               guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
+               guidance_interval: tuple[float, float] | None = None, precision: str = "fp32") -> torch.Tensor:
         """Integrate the flow from noise (t = 0) to normalised latents (t = 1), (B, C, S, S), for the given labels.
 
         `guidance_interval=(lo, hi)`: guide only the velocity evaluations at lo <= t <= hi, the plain conditional
@@ -178,6 +179,11 @@ class DiT(nn.Module, HubCheckpointMixin,
         distribution quality": guidance near the noise end costs diversity, near the data end it does little);
         None guides every evaluation. `progress(step, steps)` is called after each step (the app drives its
         progress bar with it).
+
+        `precision`: `fp32`, `bf16` (the network under bf16 autocast; the state and the guidance combination stay
+        fp32) or `auto` (bf16 where the device computes it natively, `hieratok.perf.inference_dtype`). bf16 made
+        16 photo samples 1.6x faster on an AVX512-BF16 CPU, at 0.75% relative RMS difference in the latents; the
+        reported evaluations sample in fp32 (docs/app.md, "Sampling precision").
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -187,17 +193,24 @@ class DiT(nn.Module, HubCheckpointMixin,
         if labels.ndim != 1 or ((labels < 0) | (labels > self.null_class)).any():
             raise ValueError(f"labels must be a 1-D tensor of class indices in 0..{self.null_class}")
         lo, hi = check_guidance_interval(guidance_interval)
+        dtype = inference_dtype(precision, labels.device)
         cfg = self.config
         shape = (labels.shape[0], cfg.latent_channels, cfg.latent_size, cfg.latent_size)
         x = noise if noise is not None else torch.randn(shape, generator=generator, device=labels.device)
         ts = torch.linspace(0.0, 1.0, steps + 1, device=labels.device)
         guided = [guidance if lo <= t <= hi else 1.0 for t in ts.tolist()]  # the scale at each time of the grid
+        x = x.float()
+
+        def velocity(x, t, w):
+            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return self.forward_cfg(x, t.expand(shape[0]), labels, w).float()
+
         for i in range(steps):
             t0, t1 = ts[i], ts[i + 1]
-            v0 = self.forward_cfg(x, t0.expand(shape[0]), labels, guided[i])
+            v0 = velocity(x, t0, guided[i])
             if sampler == "heun" and i < steps - 1:
                 x_pred = x + (t1 - t0) * v0
-                v1 = self.forward_cfg(x_pred, t1.expand(shape[0]), labels, guided[i + 1])
+                v1 = velocity(x_pred, t1, guided[i + 1])
                 x = x + (t1 - t0) * 0.5 * (v0 + v1)
             else:  # Euler (Heun's last step is Euler too, as in EDM)
                 x = x + (t1 - t0) * v0

@@ -157,7 +157,7 @@ def real_fd(fd, batches, *, batch_size: int = 100, progress=iter):
 @torch.no_grad()
 def generator_scores(dit, tok, num_samples: int, *, steps: int, guidance: float, batch_size: int = 50,
                      seed: int = 0, fd=None, classifier=None, progress=iter, allow_few: bool = False,
-                     guidance_interval: tuple[float, float] | None = None) -> dict:
+                     guidance_interval: tuple[float, float] | None = None, precision: str = "fp32") -> dict:
     """`num_samples` class-balanced samples of a class-conditional DiT decoded by `tok`
     (`hieratok.latent.score_samples`; labels and noise per `seed`, `hieratok.latent.sample_plan`): their Fréchet
     distance to the real set in `fd` (a `real_fd` clone; None: not measured) and each sample's correctness under
@@ -170,7 +170,7 @@ def generator_scores(dit, tok, num_samples: int, *, steps: int, guidance: float,
         check_fd_samples(num_samples, fd, allow_few)
     correct = score_samples(dit, tok, num_samples, steps=steps, guidance=guidance, batch_size=batch_size,
                             seed=seed, fd=fd, classifier=classifier, batches=progress,
-                            guidance_interval=guidance_interval)
+                            guidance_interval=guidance_interval, precision=precision)
     return {"gfd": float(fd.compute()) if fd is not None else None, "correct": correct, "samples": num_samples}
 
 

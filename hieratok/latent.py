@@ -72,10 +72,12 @@ def compute_latent_stats(tokenizer: HieraTok, images: Iterable[torch.Tensor]) ->
 def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance: float = 2.0,
              sampler: str = "heun", seed: int | None = None,
              progress: Callable[[int, int], None] | None = None,
-             guidance_interval: tuple[float, float] | None = None) -> tuple[torch.Tensor, DecodeOutput]:
+             guidance_interval: tuple[float, float] | None = None,
+             precision: str = "fp32") -> tuple[torch.Tensor, DecodeOutput]:
     """Class-conditional samples: (latents z (B, C, S, S), per-scale decode of those latents).
 
     The DiT models the normalised finest latent; coarse scales are re-derived by the tokenizer's downsampler.
+    `precision` is the DiT's sampling precision (`DiT.sample`); the decode is fp32.
     """
     if (dit.config.latent_channels, dit.config.latent_size) != tokenizer.config.latent_shape[:2]:
         raise ValueError(f"DiT latent ({dit.config.latent_channels}, {dit.config.latent_size}) does not match the "
@@ -84,7 +86,7 @@ def generate(dit: DiT, tokenizer: HieraTok, labels, *, steps: int = 50, guidance
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     labels = torch.as_tensor(labels, dtype=torch.long, device=device)
     z_norm = dit.sample(labels, steps=steps, guidance=guidance, sampler=sampler, generator=generator,
-                        progress=progress, guidance_interval=guidance_interval)
+                        progress=progress, guidance_interval=guidance_interval, precision=precision)
     z = tokenizer.denormalize_latent(z_norm)
     return z, tokenizer.decode(z)
 
@@ -107,11 +109,12 @@ def sample_plan(num_samples: int, num_classes: int, seed: int = 0):
 def score_samples(dit: DiT, tokenizer: HieraTok, num_samples: int, *, steps: int, guidance: float,
                   batch_size: int = 50, seed: int = 0, fd=None, classifier: torch.nn.Module | None = None,
                   batches: Callable[[Iterable], Iterable] = iter,
-                  guidance_interval: tuple[float, float] | None = None) -> torch.Tensor | None:
+                  guidance_interval: tuple[float, float] | None = None,
+                  precision: str = "fp32") -> torch.Tensor | None:
     """Generate `num_samples` class-balanced samples and score them: each decoded image is added to `fd` (a
     torchmetrics Fréchet accumulator holding the real set, as fake) and classified by `classifier`. Returns the
     per-sample correctness (1.0 / 0.0) under `classifier`, or None without one. `batches` may wrap the batch starts
-    (e.g. in a progress bar); `guidance_interval`: see `DiT.sample`.
+    (e.g. in a progress bar); `guidance_interval`, `precision`: see `DiT.sample`.
 
     Every DiT scored with the same `seed` gets the same labels and noise (a paired comparison); each seed gets its
     own (`sample_plan`), so repeating with seeds 0, 1, 2 measures the sampling noise."""
@@ -121,7 +124,7 @@ def score_samples(dit: DiT, tokenizer: HieraTok, num_samples: int, *, steps: int
     for i in batches(range(0, num_samples, batch_size)):
         y = labels[i:i + batch_size]
         _, out = generate(dit, tokenizer, y, steps=steps, guidance=guidance, seed=noise_seed(i),
-                          guidance_interval=guidance_interval)
+                          guidance_interval=guidance_interval, precision=precision)
         images = out.reconstruction.float().clamp(-1, 1)
         if fd is not None:
             fd.update(to_unit(images), real=False)

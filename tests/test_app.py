@@ -259,6 +259,7 @@ def test_benchmark_reports_the_cpu_and_every_view_for_each_model_set(assets):
         assert f"| {family} |" in out and f"### {family}" in out
     for view in ("Reconstruct view", "Interpolate view", "Generate view", "Latent space view", "Attention view"):
         assert out.count(view) == 2, view
+    assert out.count("the same, sampling fp32") == 2  # the app's sampling precision against fp32
 
 
 def test_views_return_named_results(assets, photo):
@@ -348,9 +349,13 @@ def test_a_dit_generates_with_the_tokenizer_it_was_trained_on_after_its_family_t
     store = ModelStore(assets, family)
     assert store.dit_has_own_tokenizer("HieraTok") and store.dit_tokenizer("HieraTok").config.name == "hieratok"
     assert store.tokenizer("HieraTok").config.name == "hieratok-stopgrad-shared"  # the other views: the new one
-    s = views.generate_samples(store, "cat", 2.0, 2, 0, 1)
-    _, want = generate(dit, HieraTok.from_pretrained(assets / "dit-hieratok-cifar10", subfolder="tokenizer"),
-                       torch.full((1,), CLASSES.index("cat")), steps=2, guidance=2.0, seed=0)
-    assert "earlier HieraTok tokenizer (hieratok)" in s.text
     import numpy as np
-    assert np.array_equal(np.asarray(s.scales[-1][0]), np.asarray(views.to_pil(want.images[-1][0], views.DISPLAY)))
+    for precision in ("fp32", "bf16"):  # the store's sampling precision reaches the DiT
+        s = views.generate_samples(ModelStore(assets, family, precision), "cat", 2.0, 2, 0, 1)
+        _, want = generate(dit, HieraTok.from_pretrained(assets / "dit-hieratok-cifar10", subfolder="tokenizer"),
+                           torch.full((1,), CLASSES.index("cat")), steps=2, guidance=2.0, seed=0, precision=precision)
+        assert "earlier HieraTok tokenizer (hieratok)" in s.text
+        assert np.array_equal(np.asarray(s.scales[-1][0]),
+                              np.asarray(views.to_pil(want.images[-1][0], views.DISPLAY)))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ModelStore(assets, family, "fp16")

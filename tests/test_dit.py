@@ -102,6 +102,35 @@ def test_guidance_interval_guides_only_the_evaluations_inside_it():
             run(guidance_interval=bad)
 
 
+def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close_to_fp32(monkeypatch):
+    """precision='bf16': every velocity evaluation under bf16 autocast (the state stays fp32); samples close to
+    fp32's; 'auto' follows the hardware (native_bf16); an unknown precision is a clear error."""
+    from hieratok import perf
+    dit = DiT(dit_config("cifar10", **TINY)).eval()
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    labels = torch.tensor([1, 2, 3])
+
+    def run(precision):
+        return dit.sample(labels, steps=4, guidance=3.0, generator=torch.Generator().manual_seed(7),
+                          precision=precision)
+    seen = []
+    forward = dit.forward
+    dit.forward = lambda x, t, y: (seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                                               else None), forward(x, t, y))[1]
+    fp32, bf16 = run("fp32"), run("bf16")
+    dit.forward = forward
+    assert seen == [None] * 7 + [torch.bfloat16] * 7  # Heun, 4 steps: 7 evaluations each
+    assert fp32.dtype == bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert not torch.equal(fp32, bf16)
+    assert ((bf16 - fp32).norm() / fp32.norm()).item() < 0.05
+    for native, want in ((False, fp32), (True, bf16)):
+        monkeypatch.setattr(perf, "native_bf16", lambda device=None, native=native: (native, "test"))
+        assert torch.equal(run("auto"), want)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        run("fp16")
+
+
 def test_recipe_options_keep_the_size_round_trip_and_bound_the_logits(tmp_path):
     base = DiT(dit_config("imagenette128"))
     new = DiT(dit_config("imagenette128", qk_norm=True, mlp="swiglu")).eval()

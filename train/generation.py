@@ -34,6 +34,7 @@ from hieratok.dit import check_guidance_interval
 from hieratok.evaluation import check_fd_samples, classifier_accuracy, generator_scores, real_fd
 from hieratok.hub import paired_tokenizer
 from hieratok.metrics import frechet_distance_metric
+from hieratok.perf import PRECISIONS
 from hieratok.report import fmt, percent
 from hieratok.stats import mean_ci, t_interval
 from hieratok.training.checkpoint import atomic_file, json_text
@@ -83,6 +84,9 @@ def parse_args(argv=None):
                     help="allow fewer samples than feature dimensions (a singular covariance: tests only)")
     ap.add_argument("--default-steps", type=int, default=10,
                     help="the app's step count: each DiT's default guidance is the one with the lowest gFD-cls here")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="the DiTs' sampling precision (DiT.sample): fp32 (every reported table), bf16 or auto (bf16 "
+                         "where the hardware computes it natively, as the app samples)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--max-images", type=int, default=None, help="fewer real images (tests)")
     ap.add_argument("--output", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -157,7 +161,7 @@ def markdown(report: dict) -> str:
              f"the {report['feature_dim']}-d features of {report['classifier']} (its accuracy on those images "
              f"{fmt(percent(report['classifier_accuracy']), 1)}%); class accuracy: that classifier's on the samples. "
              f"Mean ± 95% t-interval over seeds (labels and noise drawn per seed, the same for every DiT at a seed). "
-             f"Default guidance: {s['default_rule']}.", "",
+             f"Default guidance: {s['default_rule']}. Sampling precision: {report.get('precision', 'fp32')}.", "",
              "| DiT | Heun steps | guidance | guided | seeds | gFD-cls | class accuracy (%) |",
              "|---|---:|---:|---|---:|---:|---:|"]
     for dit, rows in s["table"].items():
@@ -188,7 +192,7 @@ def figure(args, device, default: dict[str, float], path: Path, intervals: dict 
         names = dit.config.class_names or [str(i) for i in range(dit.config.num_classes)]
         labels = torch.arange(dit.config.num_classes).repeat_interleave(args.figure_per_class)
         _, out = generate(dit, tok, labels, steps=args.default_steps, guidance=default[name], seed=args.figure_seed,
-                          guidance_interval=(intervals or {}).get(name))
+                          guidance_interval=(intervals or {}).get(name), precision=args.precision)
         images = [to_pil(x) for x in out.reconstruction.float().clamp(-1, 1).cpu()]
         side = images[0].width
         panel = Image.new("RGB", (side * args.figure_per_class, side * len(names) + 24), "white")
@@ -233,8 +237,8 @@ def main(argv=None):
         raise SystemExit(f"error: {e}") from None
     out = Path(args.output)
     old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
-    same = (old.get("data"), old.get("samples"), old.get("classifier")) == (args.data, args.num_samples,
-                                                                             args.classifier)
+    same = (old.get("data"), old.get("samples"), old.get("classifier"), old.get("precision", "fp32")) == (
+        args.data, args.num_samples, args.classifier, args.precision)
     points = [p for p in old.get("points", []) if same and args.dits.get(p["dit"]) == p["dit_path"]]
     done = {point_key(p) for p in points}
     todo = [(n, g, gi, st, sd) for sd, st, gi, g, n in itertools.product(
@@ -242,6 +246,7 @@ def main(argv=None):
         if (n, g, tuple(gi) if gi else None, st, sd) not in done]
     report = {"data": args.data, "images": len(dataset), "samples": args.num_samples, "classifier": args.classifier,
               "classifier_accuracy": None, "feature_dim": dims, "default_steps": args.default_steps,
+              "precision": args.precision,
               "command": " ".join(sys.argv), "points": points}
     real = real_fd(fd0, eval_loader(dataset, args.batch_size), batch_size=args.batch_size,
                    progress=lambda b: tqdm(b, desc="real features")) if todo else None
@@ -256,7 +261,7 @@ def main(argv=None):
         t0 = time.time()
         r = generator_scores(dit, tok, args.num_samples, steps=steps, guidance=g, batch_size=args.batch_size,
                              seed=seed, fd=real.clone(), classifier=classifier, allow_few=args.allow_few_samples,
-                             guidance_interval=interval)
+                             guidance_interval=interval, precision=args.precision)
         points.append({"dit": name, "dit_path": args.dits[name], "tokenizer": args.tokenizers[name], "guidance": g,
                        "interval": interval, "steps": steps, "seed": seed, "gfd": r["gfd"],
                        "class_accuracy": mean_ci(r["correct"]), "seconds": round(time.time() - t0, 1)})

@@ -10,6 +10,7 @@ from hieratok.classifier import Classifier
 from hieratok.hub import paired_tokenizer
 from hieratok.latent_map import FILE_NAME as LATENT_MAP_FILE
 from hieratok.latent_map import LatentMap
+from hieratok.perf import inference_dtype
 
 DEFAULT_ASSETS = Path("assets")  # relative to the working directory; `app/main.py` passes the repository's
 
@@ -61,8 +62,11 @@ class AppError(RuntimeError):
 class ModelStore:
     """The checkpoints of one family, loaded lazily and once."""
 
-    def __init__(self, assets: Path = DEFAULT_ASSETS, family: Family = FAMILIES[1]):
-        self.assets, self.family = Path(assets), family
+    def __init__(self, assets: Path = DEFAULT_ASSETS, family: Family = FAMILIES[1], sampling_precision: str = "fp32"):
+        """`sampling_precision`: the DiTs' (`DiT.sample`: fp32, bf16, or auto = bf16 where the CPU computes it
+        natively); the app serves with auto, the tokenizer views compute in fp32 whatever it is."""
+        inference_dtype(sampling_precision, "cpu")  # a ValueError now rather than at the first Generate
+        self.assets, self.family, self.sampling_precision = Path(assets), family, sampling_precision
         self._cache: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -174,9 +178,9 @@ def resolve_assets(spec: str) -> Path:
 class Catalog:
     """Every family whose HieraTok tokenizer is in the assets folder (all of them when none is), picker order."""
 
-    def __init__(self, assets: Path = DEFAULT_ASSETS):
+    def __init__(self, assets: Path = DEFAULT_ASSETS, sampling_precision: str = "fp32"):
         self.assets = Path(assets)
-        stores = [ModelStore(self.assets, f) for f in FAMILIES]
+        stores = [ModelStore(self.assets, f, sampling_precision) for f in FAMILIES]
         present = [s for s in stores if s.has_tokenizer(MODELS[0])]
         self.stores = {s.family.label: s for s in (present or stores)}
 

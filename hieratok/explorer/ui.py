@@ -23,7 +23,8 @@ import hieratok
 from hieratok import MASK_KINDS
 from hieratok.image import MAX_BYTES
 
-from hieratok.perf import release_free_memory_every, thread_count, tune_allocator_for_serving
+from hieratok.perf import (PRECISIONS, inference_dtype, native_bf16, release_free_memory_every, thread_count,
+                           tune_allocator_for_serving)
 
 from . import views
 from .components import Number, Radio, Slider, example_images, upload_image, use_atomic_image_cache
@@ -86,7 +87,8 @@ def follow_family(catalog: Catalog, model_set: str) -> dict[str, dict]:
             "att_col": gr.update(**index_range(q)),
             "int_scale": gr.update(choices=["all"] + [f"{s}x{s}" for s in scales], value="all"),
             "gen_class": gr.update(choices=k["classes"], value=k["classes"][0]),
-            "gen_guidance": gr.update(value=k["guidance"]), "gen_model": gr.update(value=MODELS[0]), "lat_scale": gr.update(choices=scales, value=scales[-1]),
+            "gen_guidance": gr.update(value=k["guidance"]), "gen_model": gr.update(value=MODELS[0]),
+            "lat_scale": gr.update(choices=scales, value=scales[-1]),
             "mask_img": gr.update(value=views.mask_image(store, "scale_causal")),
             "mask_kind": gr.update(value="scale_causal")}
 
@@ -306,6 +308,10 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     ap.add_argument("--trim-every", type=float, default=float(os.environ.get("HIERATOK_TRIM_EVERY", 10)),
                     metavar="SECONDS", help="hand the allocator's free memory back to the kernel this often (glibc "
                     "malloc_trim; 0: never; env HIERATOK_TRIM_EVERY)")
+    ap.add_argument("--sampling-precision", default=os.environ.get("HIERATOK_SAMPLING_PRECISION", "auto"),
+                    choices=PRECISIONS, help="the DiTs' precision in Generate: auto (bf16 where the CPU computes "
+                    "it natively: AMX, AVX512-BF16; fp32 elsewhere), fp32 or bf16 (env HIERATOK_SAMPLING_PRECISION); "
+                    "the tokenizer views compute in fp32")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="light requests (reconstruct, latent space) computed at once; the heavy ones (generate, "
                          "attention, interpolate) run one at a time on every core, the rest queue")
@@ -328,7 +334,10 @@ def main(argv=None, default_assets: Path = DEFAULT_ASSETS):
     except AppError as e:
         raise SystemExit(f"error: {e}") from None
     log.info("hieratok %s from %s; assets %s", hieratok.__version__, Path(hieratok.__file__).parent, assets)
-    demo = build_demo(Catalog(assets))
+    dtype = inference_dtype(args.sampling_precision, "cpu")  # the app computes on the CPU
+    log.info("DiT sampling precision: %s (%s; %s)", "bf16" if dtype else "fp32", args.sampling_precision,
+             native_bf16("cpu")[1])
+    demo = build_demo(Catalog(assets, args.sampling_precision))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, max_file_size=MAX_BYTES,
                 show_error=True, footer_links=["api", "settings"])

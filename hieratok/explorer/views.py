@@ -293,7 +293,8 @@ def generate_samples(store: ModelStore, class_name: str, guidance: float, steps:
         raise AppError(f"the tokenizer of the {model} DiT in assets has no latent statistics; ship the one "
                        f"train/dit.py wrote")
     labels = torch.full((count,), names.index(class_name))
-    _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress)
+    _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress,
+                      precision=store.sampling_precision)
     per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s}") for s, im in zip(out.scales, out.images)]
     text = (f"{count} sample{'s' if count != 1 else ''} of **{class_name}** from the {model} DiT: guidance "
             f"{guidance}, {steps} Heun steps, seed {seed}. Right: the first sample's latent decoded at every scale.")

@@ -12,22 +12,7 @@ from torch import nn
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from torch.distributed.tensor import DTensor
 
-
-def native_bf16() -> tuple[bool, str]:
-    """Whether this machine computes bf16 natively, and what was found."""
-    if torch.cuda.is_available():
-        ok = torch.cuda.is_bf16_supported()
-        return ok, f"CUDA {torch.cuda.get_device_name()} ({'with' if ok else 'without'} bf16)"
-    try:
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        return False, "CPU flags unreadable (no /proc/cpuinfo)"
-    found = sorted(flags & {"amx_bf16", "avx512_bf16"})
-    return bool(found), f"CPU with {', '.join(found)}" if found else "CPU without AMX or AVX512-BF16"
+from ..perf import native_bf16
 
 
 def hardware_name() -> str:
