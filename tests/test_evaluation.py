@@ -151,7 +151,7 @@ def test_generation_protocol_sweeps_pairs_resumes_and_draws_the_figure(tiny, ima
             "--dit", f"a={tmp_path / 'dit0'}", "--tokenizer", f"a={tmp_path / 'tok'}",
             "--dit", f"b={tmp_path / 'dit1'}", "--tokenizer", f"b={tmp_path / 'tok'}",
             "--guidance", "1", "3", "--sample-steps", "1", "--default-steps", "1", "--seeds", "0", "1",
-            "--num-samples", "12", "--batch-size", "6", "--output", str(tmp_path / "gen")]
+            "--num-samples", "12", "--batch-size", "6", "--compile", "off", "--output", str(tmp_path / "gen")]
     with pytest.raises(SystemExit, match="covariance is singular"):  # 12 samples, 32-d classifier features
         generation.main(argv)
     generation.main([*argv, "--allow-few-samples", "--figure", str(tmp_path / "gen.png"), "--figure-per-class", "2"])
@@ -172,6 +172,19 @@ def test_generation_protocol_sweeps_pairs_resumes_and_draws_the_figure(tiny, ima
     from PIL import Image
     with Image.open(tmp_path / "gen.png") as im:
         assert im.width > 2 * 2 * 32 and im.height >= 3 * 32
+    # compiled DiT blocks (the default on a CPU) and bf16 sampling score as the eager fp32 ones do; a change of
+    # precision starts the output afresh
+    from hieratok.perf import compile_available
+    if compile_available()[0]:
+        for extra, tol in ((["--compile", "on"], 1e-3), (["--compile", "on", "--precision", "bf16"], 0.2)):
+            base = argv[:argv.index("--compile")]  # argv ends with --compile off --output PREFIX
+            generation.main([*base, "--output", str(tmp_path / "gen-c"), "--allow-few-samples", "--guidance", "3",
+                             "--seeds", "0", *extra])
+            got = {q["dit"]: q["gfd"] for q in json.loads((tmp_path / "gen-c.json").read_text())["points"]}
+            want = {q["dit"]: q["gfd"] for q in report["points"] if q["guidance"] == 3.0 and q["seed"] == 0}
+            assert got.keys() == want.keys() and all(abs(got[k] - want[k]) <= tol * abs(want[k]) for k in got)
+            assert json.loads((tmp_path / "gen-c.json").read_text())["precision"] == (
+                "bf16" if "bf16" in extra else "fp32")
     # a second call finds every point done and computes nothing new
     before = report["points"]
     generation.main([*argv, "--allow-few-samples"])

@@ -34,7 +34,7 @@ from hieratok.dit import check_guidance_interval
 from hieratok.evaluation import check_fd_samples, classifier_accuracy, generator_scores, real_fd
 from hieratok.hub import paired_tokenizer
 from hieratok.metrics import frechet_distance_metric
-from hieratok.perf import PRECISIONS
+from hieratok.perf import PRECISIONS, compile_available, compile_blocks
 from hieratok.report import fmt, percent
 from hieratok.stats import mean_ci, t_interval
 from hieratok.training.checkpoint import atomic_file, json_text
@@ -87,6 +87,10 @@ def parse_args(argv=None):
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="the DiTs' sampling precision (DiT.sample): fp32 (every reported table), bf16 or auto (bf16 "
                          "where the hardware computes it natively, as the app samples)")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                    help="compile the DiT's blocks for sampling (hieratok.perf.compile_blocks); auto: on a CPU where "
+                         "torch.compile works (100 samples, 10 Heun steps: 1.35x in bf16, 1.09x in fp32 on a 2-core "
+                         "EPYC; values as eager's within the precision's rounding)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--max-images", type=int, default=None, help="fewer real images (tests)")
     ap.add_argument("--output", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -107,8 +111,10 @@ def parse_args(argv=None):
     return args
 
 
-def load_pair(dit_path: str, tok_path: str, device) -> tuple[DiT, HieraTok]:
+def load_pair(dit_path: str, tok_path: str, device, compile_dit: bool = False) -> tuple[DiT, HieraTok]:
     dit = DiT.from_pretrained(dit_path).eval().to(device)
+    if compile_dit:
+        compile_blocks(dit)
     tok = HieraTok.from_pretrained(tok_path).eval().to(device)
     if not tok.has_latent_stats:
         raise SystemExit(f"error: {tok_path} has no latent statistics; pass the tokenizer train/dit.py wrote")
@@ -188,7 +194,7 @@ def figure(args, device, default: dict[str, float], path: Path, intervals: dict 
     from PIL import Image, ImageDraw
     panels, names = [], None
     for name, dit_path in args.dits.items():
-        dit, tok = load_pair(dit_path, args.tokenizers[name], device)
+        dit, tok = load_pair(dit_path, args.tokenizers[name], device, args.compile_dit)
         names = dit.config.class_names or [str(i) for i in range(dit.config.num_classes)]
         labels = torch.arange(dit.config.num_classes).repeat_interleave(args.figure_per_class)
         _, out = generate(dit, tok, labels, steps=args.default_steps, guidance=default[name], seed=args.figure_seed,
@@ -222,6 +228,12 @@ def figure(args, device, default: dict[str, float], path: Path, intervals: dict 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.compile_dit = args.compile == "on" or (args.compile == "auto" and device.type == "cpu")
+    if args.compile_dit:
+        ok, note = compile_available()
+        if not ok:
+            print(f"warning: not compiling the DiTs: {note}", file=sys.stderr)
+        args.compile_dit = ok
     from hieratok.config import HieraTokConfig
     size = HieraTokConfig.from_dict(json.loads((Path(next(iter(args.tokenizers.values()))) / "config.json")
                                                .read_text())).image_size
@@ -256,7 +268,7 @@ def main(argv=None):
     pairs = {}
     for name, g, interval, steps, seed in tqdm(todo, desc="points"):
         if name not in pairs:
-            pairs = {name: load_pair(args.dits[name], args.tokenizers[name], device)}  # one DiT in memory
+            pairs = {name: load_pair(args.dits[name], args.tokenizers[name], device, args.compile_dit)}  # one in memory
         dit, tok = pairs[name]
         t0 = time.time()
         r = generator_scores(dit, tok, args.num_samples, steps=steps, guidance=g, batch_size=args.batch_size,
