@@ -210,3 +210,31 @@ def test_a_compiled_block_that_computes_nonsense_falls_back_to_eager(monkeypatch
     assert torch.isfinite(out).all() and torch.allclose(out, ref, atol=1e-5)
     assert caplog.text.count("running this block eagerly") == 3
     torch.testing.assert_close(model(x, sample=False)[0].reconstruction, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_trainers_step_the_fused_adamw_and_it_matches_the_default_loop():
+    """`adamw` asks for torch's fused kernel where the parameters allow it (plain floating-point parameters on a
+    CPU or GPU); ten steps of it land where the default per-tensor loop does, to fp32 rounding."""
+    from types import SimpleNamespace
+
+    from hieratok.training.optim import adamw, fused_supported
+    args = SimpleNamespace(lr=1e-2, weight_decay=0.05)
+    model = HieraTok(tokenizer_config("cifar10", **SMALL))
+    assert fused_supported(model.parameters()) and adamw(list(model.parameters()), args).defaults["fused"]
+    assert not fused_supported([])  # nothing to step
+    assert not fused_supported([torch.zeros(3, requires_grad=True)])  # a bare tensor, not a Parameter: the default
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+                  for g in adamw(list(m.parameters()), args).param_groups]  # adamw's groups, without its settings
+        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=fused)
+        assert bool(opt.param_groups[0]["fused"]) == fused
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(10):
+            m(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        results.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
