@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import platform
 import threading
@@ -115,6 +116,12 @@ def native_bf16(device: torch.device | str | None = None) -> tuple[bool, str]:
         return ok, f"CUDA {torch.cuda.get_device_name()} ({'with' if ok else 'without'} bf16)"
     if kind != "cpu":
         return False, f"{kind}: bf16 not assumed"
+    return _cpu_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_bf16() -> tuple[bool, str]:
+    """`native_bf16` for the CPU, read once: /proc/cpuinfo's bf16 flags (asked at every `DiT.sample` with `auto`)."""
     try:
         flags = set()
         with open("/proc/cpuinfo") as f:
