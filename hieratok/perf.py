@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import platform
 import threading
 import time
@@ -132,7 +133,25 @@ def _cpu_bf16() -> tuple[bool, str]:
     except OSError:
         return False, "CPU flags unreadable (no /proc/cpuinfo)"
     found = sorted(flags & {"amx_bf16", "avx512_bf16"})
-    return bool(found), f"CPU with {', '.join(found)}" if found else "CPU without AMX or AVX512-BF16"
+    if not found:
+        return False, "CPU without AMX or AVX512-BF16"
+    limit = _isa_limit()
+    if limit:  # the hardware has it, but torch was told not to use it
+        return False, f"CPU with {', '.join(found)}, unused: {limit}"
+    return True, f"CPU with {', '.join(found)}"
+
+
+# oneDNN's instruction-set names below AVX512_CORE_BF16: under one of them its bf16 GEMM has no native kernel
+_ONEDNN_NO_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def _isa_limit() -> str:
+    """The environment's limit on oneDNN's instruction sets (ONEDNN_MAX_CPU_ISA), where it rules out its native
+    bf16 GEMM; '' if none. Measured on the AVX512-BF16 EPYC (2048^2 GEMM, 2 cores): bf16 391-413 GFLOP/s, held to
+    AVX512_CORE 76, held to AVX2 under 1 (fp32 128-177 throughout). ATEN_CPU_CAPABILITY (ATen's element-wise
+    kernels) left the bf16 GEMM as fast."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    return f"ONEDNN_MAX_CPU_ISA={isa}" if isa in _ONEDNN_NO_BF16 else ""
 
 
 PRECISIONS = ("fp32", "bf16", "auto")

@@ -114,16 +114,34 @@ def test_allocator_tuning_is_idempotent_and_says_what_it_did():
     assert note == tune_allocator() and ("glibc" in note or "left as is" in note)
 
 
-def test_benchmark_prints_achieved_flops_against_the_gemm(capsys):
+def test_bf16_is_not_native_where_onednn_is_held_below_it(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 takes oneDNN's bf16 GEMM away (under 1 GFLOP/s measured): `auto` must not pick bf16."""
+    from hieratok import perf
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    perf._cpu_bf16.cache_clear()
+    try:
+        native, why = perf.native_bf16("cpu")
+        assert not native and ("ONEDNN_MAX_CPU_ISA=AVX2" in why or "without" in why)
+        assert perf.inference_dtype("auto", "cpu") is None
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        perf._cpu_bf16.cache_clear()
+        assert "unused" not in perf.native_bf16("cpu")[1]
+    finally:
+        perf._cpu_bf16.cache_clear()
+
+
+def test_benchmark_prints_achieved_flops_against_the_gemm(capsys, monkeypatch):
     from train import benchmark
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the workers run with AVX2 kernels, and the header says so
     benchmark.main(["--preset", "cifar10", "--models", "tokenizer:hieratok:enc_dim=32,enc_depth=1,enc_heads=2,"
                     "dec_dim=48,dec_depth=1,dec_heads=3", "dit:dim=64,depth=1,heads=2", "--paths", "reference",
-                    "--batch-size", "4", "--dit-batch-size", "4", "--warmup", "1", "--repeats", "2",
+                    "fast", "--batch-size", "4", "--dit-batch-size", "4", "--warmup", "1", "--repeats", "2",
                     "--precision", "fp32"])
     out = capsys.readouterr().out
     assert "GEMM 2048^2" in out and "% of GEMM" in out
+    assert "ATEN_CPU_CAPABILITY=avx2" in out and "fast path --compile auto" in out
     rows = [line for line in out.splitlines() if line.startswith("| tokenizer") or line.startswith("| dit")]
-    assert len(rows) == 2 and all("reference" in r for r in rows)
+    assert len(rows) == 4 and sum("reference" in r for r in rows) == 2 and sum("| fast |" in r for r in rows) == 2
     with pytest.raises(SystemExit, match="model spec"):
         benchmark.main(["--models", "vae"])
 

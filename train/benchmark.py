@@ -10,8 +10,13 @@ tokenizer, the rectified-flow loss for a DiT. Paths:
 
 - `reference`: SDPA attention, eager, glibc's default allocator, AdamW's default per-tensor loop (the training
   path before hieratok.perf);
-- `fast`: what the trainers do by default (`--attention auto`, `--compile` on, the allocator tuned, the fused
-  AdamW).
+- `fast`: what the trainers do by default (`--attention auto`, the allocator tuned, the fused AdamW, and
+  `--compile auto`: the blocks compiled for bf16 on a CPU, as a long run compiles them; `--compile on|off` forces
+  it, e.g. to ask whether compiling would pay in fp32).
+
+An AVX2-only CPU can be approximated on a newer one by limiting the instruction sets torch uses:
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` (ATen's kernels, inductor's
+generated code, oneDNN's and MKL's GEMMs); the header says so when they are set.
 
 Each (model, path) runs in its own resident process (the allocator setting is process-wide) and warms up,
 compiling where its path does; then the processes take turns, one step each, `--repeats` rounds, so that a machine
@@ -94,7 +99,7 @@ def serve(spec: str, path: str, args) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from hieratok.layers import set_attention_impl
-    from hieratok.perf import compile_blocks, tune_allocator
+    from hieratok.perf import compile_blocks, compile_plan, tune_allocator
     from hieratok.training.optim import fused_supported
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if path == "fast" and device.type == "cpu":
@@ -122,7 +127,9 @@ def serve(spec: str, path: str, args) -> None:
         step()
     if path == "fast":
         set_attention_impl(model, "auto")
-        if device.type == "cpu":
+        compile_on, _ = compile_plan(args.compile, on_cpu=device.type == "cpu", precision=args.precision,
+                                     steps=10 ** 6, warn=lambda m: print(m, file=sys.stderr))
+        if compile_on:
             compile_blocks(model)
     t0 = time.perf_counter()
     for _ in range(args.warmup):
@@ -203,6 +210,13 @@ def table(results: list[dict], batch: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def isa_note() -> str:
+    """The instruction-set limits in force, if any (an AVX2-only CPU approximated on a newer one)."""
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    limits = [f"{k}={os.environ[k]}" for k in names if os.environ.get(k)]
+    return f"instruction sets limited by {' '.join(limits)}; " if limits else ""
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +227,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32, help="tokenizer batch")
     ap.add_argument("--dit-batch-size", type=int, default=128)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                    help="the fast path's compiled blocks; auto: as a long training run decides (bf16 on a CPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
@@ -229,7 +245,8 @@ def main(argv=None):
     from hieratok.training.distributed import hardware_name, native_bf16
     results = measure(args.models, args.paths, argv, args.repeats)
     print(f"{hardware_name()} ({native_bf16()[1]}); torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"{args.precision}; preset {args.preset}; tokenizer batch {args.batch_size}, DiT batch "
+          f"{isa_note()}{args.precision}; fast path --compile {args.compile}; preset {args.preset}; "
+          f"tokenizer batch {args.batch_size}, DiT batch "
           f"{args.dit_batch_size}; median of {args.repeats} interleaved steps; GEMM 2048^2 "
           f"{statistics.median(r['gemm_flops'] for r in results) / 1e9:.0f} GFLOP/s")
     print(table(results, {"tokenizer": args.batch_size, "dit": args.dit_batch_size}))
@@ -241,7 +258,8 @@ def main(argv=None):
                   f"{h['flops'] / s['flops']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"hardware": hardware_name(), "args": vars(args), "results": results}, f, indent=1)
+            json.dump({"hardware": hardware_name(), "isa_limits": isa_note(), "args": vars(args),
+                       "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
