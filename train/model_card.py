@@ -70,8 +70,13 @@ def portable(text: str) -> str:
     return " ".join(one(t) for t in text.split(" "))
 
 
-def command_line(cfg: dict) -> str:
-    args = cfg["args"]
+def command_line(cfg: dict, folder: str | None = None) -> str:
+    """The run's command as a reader can repeat it; with `folder` (the run's folder under runs/, as the card and the
+    shipping step name it), written into that folder, and a note where the run itself wrote elsewhere."""
+    args = dict(cfg["args"])
+    moved = None
+    if folder and args.get("output_dir") and Path(args["output_dir"]).name != folder:
+        moved, args["output_dir"] = args["output_dir"], f"runs/{folder}"
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
     keep = ["preset", "variant", "init_from", "warm_start", "tokenizer", "latent_cache", "data", "output_dir", "steps",
@@ -88,6 +93,8 @@ def command_line(cfg: dict) -> str:
     if last != args["steps"]:  # a run ended early by resuming it with fewer steps: its schedule is the planned one
         line += (f"\n# stopped at step {last}: resumed with --steps {last}, so the learning-rate schedule is the "
                  f"{args['steps']}-step one")
+    if moved:
+        line += f"\n# (this run wrote to {portable(moved)}; its folder was then renamed runs/{folder})"
     return line
 
 
@@ -155,7 +162,7 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
     for i, folder in enumerate(folders):
         summary = json.loads((runs / folder / "summary.json").read_text())
         cfg = configs[folder]
-        commands.append(f"# {folder} ({hardware(cfg)})\n{command_line(cfg)}")
+        commands.append(f"# {folder} ({hardware(cfg)})\n{command_line(cfg, folder)}")
         lead = i == 0
         steps = str(summary["step"])
         if summary.get("stopped_by_time_limit_at"):
