@@ -144,20 +144,26 @@ def test_kill_and_resume_is_bit_identical(image_folder, tmp_path, monkeypatch):
 
 
 def test_the_fast_path_learns_the_reference_paths_loss_curve(image_folder, tmp_path):
-    """200 steps in bf16: the explicit attention path (what --attention auto picks for bf16 training on a CPU)
-    against SDPA. Tolerance: every 20-step mean of the loss within 3% of the reference's (measured: < 1%)."""
+    """200 steps in bf16: the fast path as a long CPU run takes it (--attention auto: the explicit attention;
+    blocks compiled, with the sigmoid GELU; the fused AdamW) against the reference path (SDPA, eager). Tolerance:
+    every 20-step mean of the loss within 3% of the reference's (measured on the AVX512-BF16 EPYC: within 0.1% for
+    the first 80 steps, then 1.3%, and 1.9% lower at the end as the two bf16 trajectories part; the eager explicit
+    path alone was within 1%)."""
+    from hieratok.perf import compile_available
     common = ["--data", image_folder, "--steps", 200, "--batch-size", 8, "--lr", 2e-3, "--variant", "hieratok",
-              *TINY_TOK, "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0, "--ckpt-every", 1000,
-              "--compile", "off"]
+              *TINY_TOK, "--mixed-precision", "bf16", "--log-every", 1, "--sample-every", 0, "--ckpt-every", 1000]
+    compiled = compile_available()[0]
+    paths = {"reference": ["--attention", "sdpa", "--compile", "off"],
+             "fast": ["--attention", "auto", "--compile", "on" if compiled else "off"]}
     curves = {}
-    for path in ("sdpa", "math"):
-        stage1(["--output-dir", tmp_path / path, "--attention", path, *common])
+    for path, flags in paths.items():
+        stage1(["--output-dir", tmp_path / path, *flags, *common])
         curves[path] = np.array([r["loss"] for r in read_metrics(tmp_path / path)])
-    ref, fast = curves["sdpa"].reshape(10, 20).mean(1), curves["math"].reshape(10, 20).mean(1)
+    ref, fast = curves["reference"].reshape(10, 20).mean(1), curves["fast"].reshape(10, 20).mean(1)
     assert ref[-1] < 0.5 * ref[0]  # it learned
     np.testing.assert_allclose(fast, ref, rtol=0.03)
-    speed = json.loads((tmp_path / "math" / "run_config.json").read_text())["speed"]
-    assert speed["attention"] == "math" and speed["compile"] is False
+    speed = json.loads((tmp_path / "fast" / "run_config.json").read_text())["speed"]
+    assert speed["attention"] == "auto" and speed["compile"] is compiled
 
 
 @pytest.mark.skipif(not __import__("hieratok.perf").perf.compile_available()[0], reason="no C++ compiler")
