@@ -193,7 +193,10 @@ def main(argv=None):
             per_class = 8
             classes = torch.arange(cfg.num_classes, device=run.device).repeat_interleave(per_class)
             g = torch.Generator(device=run.device).manual_seed(args.seed)
-            z_norm = ema.sample(classes, steps=args.sample_steps, guidance=args.sample_guidance, generator=g)
+            # the grid samples in the run's precision (bf16 halves its time on a CPU that computes bf16 natively)
+            bf16 = run.run_config["mixed_precision"]["used"] == "bf16"
+            z_norm = ema.sample(classes, steps=args.sample_steps, guidance=args.sample_guidance, generator=g,
+                                precision="bf16" if bf16 else "fp32")
             images = tokenizer.decode(tokenizer.denormalize_latent(z_norm)).reconstruction
             (run.out / "samples").mkdir(parents=True, exist_ok=True)
             save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, run.out / "samples" / f"step-{step + 1:08d}.png",
