@@ -68,9 +68,14 @@ class Classifier(nn.Module, HubCheckpointMixin, library_name="hieratok", tags=["
             nn.AdaptiveMaxPool2d(1), nn.Flatten(),
         )
         self.head = nn.Linear(8 * w, config.num_classes)
+        self.channels_last = True  # a speed setting, not part of the config (see `embed`); False: the NCHW path
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 8 * width) penultimate features."""
+        if self.channels_last and x.device.type == "cpu":
+            # oneDNN's convolutions run faster on channels-last activations (the weights can stay as they are):
+            # the 128-px classifier's training step 1.28x in bf16, 1.21x in fp32 on the AVX512-BF16 EPYC
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

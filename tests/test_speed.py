@@ -114,6 +114,29 @@ def test_allocator_tuning_is_idempotent_and_says_what_it_did():
     assert note == tune_allocator() and ("glibc" in note or "left as is" in note)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_classifier_computes_the_same_on_channels_last_activations(dtype):
+    """The fast path's channels-last convolutions: the same features and weight gradients as NCHW, within rounding."""
+    from hieratok.classifier import Classifier, ClassifierConfig
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig(image_size=32, width=8, stem_stride=2))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3])
+    outs, grads = [], []
+    for fast in (False, True):
+        model.channels_last = fast
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype == torch.bfloat16):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
+        outs.append(logits.float().detach())
+        grads.append(model.features[0][0].weight.grad.clone())
+        assert grads[-1].is_contiguous()  # the weights (and so checkpoints) keep their layout
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(outs[1], outs[0], **tol)
+    torch.testing.assert_close(grads[1], grads[0], **tol)
+
+
 def test_bf16_is_not_native_where_onednn_is_held_below_it(monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 takes oneDNN's bf16 GEMM away (under 1 GFLOP/s measured): `auto` must not pick bf16."""
     from hieratok import perf
@@ -134,14 +157,14 @@ def test_benchmark_prints_achieved_flops_against_the_gemm(capsys, monkeypatch):
     from train import benchmark
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the workers run with AVX2 kernels, and the header says so
     benchmark.main(["--preset", "cifar10", "--models", "tokenizer:hieratok:enc_dim=32,enc_depth=1,enc_heads=2,"
-                    "dec_dim=48,dec_depth=1,dec_heads=3", "dit:dim=64,depth=1,heads=2", "--paths", "reference",
-                    "fast", "--batch-size", "4", "--dit-batch-size", "4", "--warmup", "1", "--repeats", "2",
-                    "--precision", "fp32"])
+                    "dec_dim=48,dec_depth=1,dec_heads=3", "dit:dim=64,depth=1,heads=2", "classifier:width=8",
+                    "--paths", "reference", "fast", "--batch-size", "4", "--dit-batch-size", "4",
+                    "--classifier-batch-size", "4", "--warmup", "1", "--repeats", "2", "--precision", "fp32"])
     out = capsys.readouterr().out
     assert "GEMM 2048^2" in out and "% of GEMM" in out
     assert "ATEN_CPU_CAPABILITY=avx2" in out and "fast path --compile auto" in out
-    rows = [line for line in out.splitlines() if line.startswith("| tokenizer") or line.startswith("| dit")]
-    assert len(rows) == 4 and sum("reference" in r for r in rows) == 2 and sum("| fast |" in r for r in rows) == 2
+    rows = [line for line in out.splitlines() if line.startswith(("| tokenizer", "| dit", "| classifier"))]
+    assert len(rows) == 6 and sum("reference" in r for r in rows) == 3 and sum("| fast |" in r for r in rows) == 3
     with pytest.raises(SystemExit, match="model spec"):
         benchmark.main(["--models", "vae"])
 

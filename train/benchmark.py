@@ -1,16 +1,18 @@
-"""Training step speed: the tokenizer variants and the DiT, the reference path against the fast path, in achieved
-FLOP/s and as a fraction of the same machine's GEMM.
+"""Training step speed: the tokenizer variants, the DiT and the classifier, the reference path against the fast
+path, in achieved FLOP/s and as a fraction of the same machine's GEMM.
 
     python train/benchmark.py --preset imagenette128                  # the shipped photo configs, both paths
     python train/benchmark.py --preset imagenette128 --models dit "dit:dim=384,heads=6" --paths fast
     python train/benchmark.py --preset cifar10 --precision fp32 --threads 2
 
 A step is forward + loss + backward + AdamW on random data (data loading excluded): stage 1's multi-scale loss for a
-tokenizer, the rectified-flow loss for a DiT. Paths:
+tokenizer, the rectified-flow loss for a DiT, cross-entropy for the classifier (the preset's shipped settings).
+Paths:
 
-- `reference`: SDPA attention, eager, glibc's default allocator, AdamW's default per-tensor loop (the training
-  path before hieratok.perf);
-- `fast`: what the trainers do by default (`--attention auto`, the allocator tuned, the fused AdamW, and
+- `reference`: SDPA attention, eager, glibc's default allocator, AdamW's default per-tensor loop, NCHW convolution
+  activations (the training path before hieratok.perf);
+- `fast`: what the trainers do by default (`--attention auto`, the allocator tuned, the fused AdamW, the
+  classifier's convolutions on channels-last activations on a CPU, and
   `--compile auto`: the blocks compiled for bf16 on a CPU, as a long run compiles them; `--compile on|off` forces
   it, e.g. to ask whether compiling would pay in fp32).
 
@@ -38,17 +40,21 @@ import time
 
 import torch
 
-# the recipe (the shipped photo tokenizer), the paper's method, single-scale, the DiT
-MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit")
+# the recipe (the shipped photo tokenizer), the paper's method, single-scale, the DiT, the classifier behind FD-cls
+MODELS = ("tokenizer:stopgrad-shared-context", "tokenizer:hieratok", "tokenizer:singlescale", "dit", "classifier")
+KINDS = ("tokenizer", "dit", "classifier")
+# the shipped classifiers' settings per preset (assets/classifier-*/config.json; width 32 for both)
+CLASSIFIER_PRESETS = {"cifar10": {}, "imagenette128": {"stem_stride": 2}}
 PATHS = ("reference", "fast")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:
-    """'tokenizer:VARIANT[:k=v,...]' or 'dit[:k=v,...]' -> (kind, variant, overrides)."""
+    """'tokenizer:VARIANT[:k=v,...]', 'dit[:k=v,...]' or 'classifier[:k=v,...]' -> (kind, variant, overrides)."""
     parts = spec.split(":")
     kind = parts[0]
-    if kind not in ("tokenizer", "dit"):
-        raise SystemExit(f"error: model spec {spec!r}: expected tokenizer:VARIANT[:k=v,...] or dit[:k=v,...]")
+    if kind not in KINDS:
+        raise SystemExit(f"error: model spec {spec!r}: expected tokenizer:VARIANT[:k=v,...], dit[:k=v,...] or "
+                         f"classifier[:k=v,...]")
     variant = parts[1] if kind == "tokenizer" and len(parts) > 1 else ("hieratok" if kind == "tokenizer" else "")
     rest = parts[2:] if kind == "tokenizer" else parts[1:]
     overrides = {}
@@ -73,6 +79,16 @@ def build(spec: str, preset: str, batch: int, device):
         def loss():
             out, post = model(x)
             return loss_fn(x, out, post).total
+    elif kind == "classifier":
+        from hieratok.classifier import Classifier, ClassifierConfig
+        cfg = ClassifierConfig(image_size=tokenizer_config(preset).image_size,
+                               **{**CLASSIFIER_PRESETS.get(preset, {}), **overrides})
+        model = Classifier(cfg).to(device).train()
+        x = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
+        y = torch.randint(0, cfg.num_classes, (batch,), device=device)
+
+        def loss():
+            return torch.nn.functional.cross_entropy(model(x), y)
     else:
         cfg = dit_config(preset, **overrides)
         model = DiT(cfg).to(device).train()
@@ -106,8 +122,10 @@ def serve(spec: str, path: str, args) -> None:
         tune_allocator()
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     torch.manual_seed(0)
-    model, loss, cfg = build(spec, args.preset, args.batch_size if spec.startswith("tokenizer")
-                             else args.dit_batch_size, device)
+    kind = parse_spec(spec)[0]
+    model, loss, cfg = build(spec, args.preset, batch_sizes(args)[kind], device)
+    if kind == "classifier":  # the reference path: NCHW activations (before channels-last)
+        model.channels_last = path == "fast"
     # the fast path steps the optimizer as the trainers do (fused where supported: hieratok.training.optim)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=path == "fast" and fused_supported(model.parameters()))
 
@@ -203,11 +221,15 @@ def table(results: list[dict], batch: dict[str, int]) -> str:
     for r in results:
         achieved = r["flops"] / r["step_s"]
         speedup = f"{ref[r['spec']] / r['step_s']:.2f}x" if r["spec"] in ref else "--"
-        n = batch["tokenizer" if r["spec"].startswith("tokenizer") else "dit"]
+        n = batch[parse_spec(r["spec"])[0]]
         lines.append(f"| {r['spec']} | {r['path']} | {r['step_s']:.3f} | {n / r['step_s']:.1f} | "
                      f"{r['flops'] / 1e9:.1f} | {achieved / 1e9:.0f} | {100 * r['gemm_fraction']:.1f}% | "
                      f"{speedup} |")
     return "\n".join(lines)
+
+
+def batch_sizes(args) -> dict[str, int]:
+    return {"tokenizer": args.batch_size, "dit": args.dit_batch_size, "classifier": args.classifier_batch_size}
 
 
 def isa_note() -> str:
@@ -226,6 +248,7 @@ def main(argv=None):
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     ap.add_argument("--batch-size", type=int, default=32, help="tokenizer batch")
     ap.add_argument("--dit-batch-size", type=int, default=128)
+    ap.add_argument("--classifier-batch-size", type=int, default=64)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="the fast path's compiled blocks; auto: as a long training run decides (bf16 on a CPU)")
@@ -246,10 +269,10 @@ def main(argv=None):
     results = measure(args.models, args.paths, argv, args.repeats)
     print(f"{hardware_name()} ({native_bf16()[1]}); torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"{isa_note()}{args.precision}; fast path --compile {args.compile}; preset {args.preset}; "
-          f"tokenizer batch {args.batch_size}, DiT batch "
-          f"{args.dit_batch_size}; median of {args.repeats} interleaved steps; GEMM 2048^2 "
+          f"tokenizer batch {args.batch_size}, DiT batch {args.dit_batch_size}, classifier batch "
+          f"{args.classifier_batch_size}; median of {args.repeats} interleaved steps; GEMM 2048^2 "
           f"{statistics.median(r['gemm_flops'] for r in results) / 1e9:.0f} GFLOP/s")
-    print(table(results, {"tokenizer": args.batch_size, "dit": args.dit_batch_size}))
+    print(table(results, batch_sizes(args)))
     by = {(r["spec"], r["path"]): r for r in results}
     for path in args.paths:
         h, s = by.get(("tokenizer:hieratok", path)), by.get(("tokenizer:singlescale", path))
