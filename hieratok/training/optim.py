@@ -44,7 +44,7 @@ def adamw(params, args, betas=(0.9, 0.95), slow=(), slow_lr_scale: float = 1.0):
 def fused_supported(params) -> bool:
     """Whether torch's fused AdamW kernel can take these parameters: plain floating-point tensors on a CPU or a
     GPU. On a CPU the default is a Python loop over the tensors (several small ops each): the fused kernel took
-    the photo DiT's optimizer step from 55 to 15 ms on 2 cores (docs/training.md). The trainers build their
+    the photo DiT's optimizer step from 20.5 to 5.8 ms on 2 cores (docs/training.md). The trainers build their
     optimizer before accelerate shards the model, and the fused kernel then steps FSDP2's sharded parameters too
     (tests/test_train.py, the FSDP tests); parameters that arrive already sharded or of other kinds keep the
     default."""
