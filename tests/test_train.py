@@ -183,6 +183,18 @@ def test_compiled_training_resumes_bit_identically(image_folder, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_an_export_records_the_runs_counters_at_its_step(image_folder, tmp_path):
+    out = tmp_path / "run"
+    stage1(["--data", image_folder, "--steps", 3, "--batch-size", 8, *TINY_TOK, *FAST, "--output-dir", out,
+            "--export-at", 2])
+    export = out / "exports" / "step-00000002"
+    state = json.loads((export / "train_state.json").read_text())
+    assert (state["step"], state["images_seen"], state["planned_steps"]) == (2, 16, 3)
+    final = json.loads((out / "summary.json").read_text())
+    assert 0 < state["wall_s"] <= final["wall_s"]
+    assert HieraTok.from_pretrained(export).config.enc_dim == 32  # still a from_pretrained folder
+
+
 def test_time_limit_stops_exports_and_a_resume_finishes_the_same_schedule(image_folder, tmp_path):
     common = ["--data", image_folder, "--steps", 4, "--batch-size", 8, *TINY_TOK, *FAST]
     stage1(["--output-dir", tmp_path / "straight", *common])

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from .distributed import local
 
 STATE_FILE = "state.json"
+EXPORT_STATE_FILE = "train_state.json"  # beside an export (exports/step-N): the run's counters at that step
 
 
 @contextlib.contextmanager

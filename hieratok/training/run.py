@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 
 from ..layers import set_attention_impl
 from ..perf import compile_blocks, compile_plan, transformer_blocks, tune_allocator
-from .checkpoint import (STATE_FILE, TrainState, load_state, publish_dir, read_state, record_run_config, save_state,
-                         staging_dir, write_dir, write_json)
+from .checkpoint import (EXPORT_STATE_FILE, STATE_FILE, TrainState, load_state, publish_dir, read_state,
+                         record_run_config, save_state, staging_dir, write_dir, write_json)
 from .cli import validate_args
 from .data import StreamBatches, make_loader
 from .distributed import (enable_fsdp_on_cpu, full, gather_whole, hardware_name, local, prepare_fsdp,
@@ -246,12 +246,17 @@ class Run:
 
     def maybe_export(self, step: int):
         """Export the EMA (or model) as `exports/step-N`, a from_pretrained directory, at the `--export-at` steps
-        (every process takes part: under FSDP the shards are gathered)."""
+        (every process takes part: under FSDP the shards are gathered), with the run's counters at that step in
+        `train_state.json` (step, images seen, wall time so far: what a model card says about a shipped export)."""
         if step + 1 not in self.args.export_at:
             return
         model = self.whole(self._models[0], averaged=self.ema is not None)
         if self.is_main:
-            write_dir(self.out / "exports" / f"step-{step + 1:08d}", model.save_pretrained)
+            def write(folder: Path):
+                model.save_pretrained(folder)
+                counters = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1)}
+                write_json(folder / EXPORT_STATE_FILE, {**counters, "planned_steps": self.args.steps})
+            write_dir(self.out / "exports" / f"step-{step + 1:08d}", write)
         self.accelerator.wait_for_everyone()
 
     def maybe_checkpoint(self, step: int):
