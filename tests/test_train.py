@@ -3,8 +3,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +183,21 @@ def test_compiled_training_resumes_bit_identically(image_folder, tmp_path):
     a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "resumed" / "final")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGCONT"), reason="no SIGSTOP/SIGCONT on this platform")
+def test_the_loop_clock_leaves_out_time_the_process_was_stopped():
+    """A run paused with SIGSTOP (to free the cores) and continued: the step it was stopped in counts as long as
+    the step before it, not the pause (summary.json's wall_s is training time)."""
+    from hieratok.training.run import LoopClock
+    clock = LoopClock().install()
+    clock.restart(100.0)
+    assert (clock.tick(102.0), clock.tick(104.5)) == (2.0, 2.5)
+    os.kill(os.getpid(), signal.SIGCONT)  # what `kill -CONT` sends after `kill -STOP`
+    time.sleep(0.05)
+    assert clock.tick(704.5) == 2.5  # a 600-s gap with a continue in it
+    assert clock.tick(706.5) == 2.0  # and the next step is measured again
+    assert LoopClock().install().tick(time.time() + 1.0) == pytest.approx(1.0, abs=0.1)  # one handler, any clock
 
 
 def test_an_export_records_the_runs_counters_at_its_step(image_folder, tmp_path):
@@ -537,6 +554,11 @@ def test_evaluate_produces_every_metric(image_folder, tiny_tokenizer, tmp_path):
     updated = json.loads((tmp_path / "eval.json").read_text())
     assert set(updated["generators"]) == {"tok", "again"} and updated["tokenizers"] == report["tokenizers"]
     assert updated["command"] == f"{report['command']}; {report['command']}"  # (pytest's argv, twice)
+    # --drop takes a stale entry out (an unknown name is refused, the report kept as it was)
+    from train.evaluate import merged
+    assert set(merged(updated, {**updated, "generators": {}}, ("again",))["generators"]) == {"tok"}
+    with pytest.raises(SystemExit, match="--drop: nope not in the report"):
+        merged(updated, updated, ("nope",))
     with pytest.raises(SystemExit, match="was evaluated before"):
         evaluate.main([str(a) for a in ["--data", image_folder, "--max-images", 5, "--classifier",
                                         tmp_path / "cls" / "final", "--output", tmp_path / "eval", "--update"]])
@@ -825,18 +847,48 @@ def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest
     card = tmp_path / "cards" / "cifar10.md"
     card.write_text("# Shipped weights\n\nintro\n\n| checkpoint | params |\n|---|---:|\n"
                     "| hieratok-cifar10 | 1M | x |\n|  |  | y |\n| singlescale-cifar10 | 1M | old |\n\n"
-                    "## Commands\n\n```bash\n# hieratok-s1 (CPU)\npython a\n# hieratok-s2 (CPU)\npython b\n"
+                    "## Commands\n\n```bash\n# hieratok-s1 (CPU)\npython a\n# (a note (on it))\n"
+                    "# hieratok-s2 (CPU)\npython b\n"
                     "# singlescale-s1 (CPU)\npython old\n```\n\ntail\n\n## Evaluation\n\nold numbers\n")
     model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",
                      "singlescale-cifar10"])
     text = card.read_text()
     assert "| hieratok-cifar10 | 1M | x |\n|  |  | y |\n| singlescale-cifar10 |" in text and "| old |" not in text
     assert "| singlescale-s1 | CPU | 10 | 80 | 1.0 min |" in text and "| singlescale-s2 | CPU | 11 |" in text
-    assert "# hieratok-s1 (CPU)\npython a\n# hieratok-s2 (CPU)\npython b\n# singlescale-s1 (CPU)\n" in text
+    kept = "# hieratok-s1 (CPU)\npython a\n# (a note (on it))\n# hieratok-s2 (CPU)\npython b\n# singlescale-s1 (CPU)\n"
+    assert kept in text  # a comment line under a command stays with it
     assert "--warm-start assets/x" in text and "python old" not in text and "old numbers" not in text
     assert "intro" in text and "tail" in text and "## Evaluation" in text
     with pytest.raises(SystemExit, match="not among"):
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-runs", "nothing-cifar10"])
+
+
+def test_model_card_rows_of_a_run_shipped_from_an_export(tmp_path, monkeypatch):
+    """A RUNS entry RUN@STEP ships the run's export at that step while the run goes on: its row and command say
+    so, with the counters the export recorded (train_state.json); an export without them is a clear error."""
+    from hieratok import DiT, dit_config
+    from train import model_card
+    monkeypatch.setitem(model_card.RUNS, "cifar10", [("dit-hieratok-cifar10", ["dit-x@5"])])
+    report = {"data": "val", "images": 10, "command": "train/evaluate.py --x", "tokenizers": {},
+              "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"}}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "cifar10.json").write_text(json.dumps(report))
+    DiT(dit_config("cifar10", dim=32, depth=1, heads=2)).save_pretrained(tmp_path / "dit-hieratok-cifar10")
+    run = tmp_path / "runs" / "dit-x"
+    (run / "exports" / "step-00000005").mkdir(parents=True)
+    args = {"preset": "cifar10", "tokenizer": "t", "data": "d", "output_dir": "/work/runs/dit-x", "steps": 20,
+            "batch_size": 128, "lr": 3e-4, "export_at": [5, 10]}
+    (run / "run_config.json").write_text(json.dumps({"script": "dit", "args": args}))
+    cli = ["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit, match="train_state.json does not exist"):
+        model_card.main(cli)
+    (run / "exports" / "step-00000005" / "train_state.json").write_text(
+        json.dumps({"step": 5, "images_seen": 640, "wall_s": 120.0, "planned_steps": 20}))
+    model_card.main(cli)
+    text = (tmp_path / "cards" / "cifar10.md").read_text()
+    assert "| dit-x | CPU | 5 of 20 (export) | 640 | 2.0 min |" in text
+    assert "# dit-x@5 (CPU)\npython train/dit.py" in text and "--output-dir runs/dit-x --steps 20" in text
+    assert "# shipped: its EMA export at step 5 (runs/dit-x/exports/step-00000005), the run planned for 20" in text
 
 
 def test_report_lists_each_generators_settings_when_they_differ():

@@ -121,8 +121,9 @@ class Evaluator:
                 "seconds": round(time.time() - t0, 1)}
 
 
-def merged(old: dict, new: dict) -> dict:
-    """`new` added to an earlier report of the same images: entries evaluated again replace the old ones."""
+def merged(old: dict, new: dict, drop: tuple[str, ...] = ()) -> dict:
+    """`new` added to an earlier report of the same images: entries evaluated again replace the old ones, entries
+    named in `drop` leave (an unknown name is an error: a typo would silently keep a stale entry)."""
     if (old["data"], old["images"]) != (new["data"], new["images"]):
         raise SystemExit(f"error: --update: {old['data']} ({old['images']} images) was evaluated before, not "
                          f"{new['data']} ({new['images']} images)")
@@ -130,6 +131,12 @@ def merged(old: dict, new: dict) -> dict:
            "command": "; ".join(c for c in (old["command"], new["command"]) if c)}
     for key in ("tokenizers", "generators"):
         out[key] = {**old.get(key, {}), **new.get(key, {})}
+    unknown = [n for n in drop if not any(n in out[key] for key in ("tokenizers", "generators"))]
+    if unknown:
+        raise SystemExit(f"error: --drop: {', '.join(unknown)} not in the report (it has "
+                         f"{', '.join([*out['tokenizers'], *out['generators']])})")
+    for key in ("tokenizers", "generators"):
+        out[key] = {n: v for n, v in out[key].items() if n not in drop}
     if new.get("classifier"):
         out["classifier"] = new["classifier"]
     return out
@@ -168,6 +175,9 @@ def parse_args(argv=None):
     ap.add_argument("--update", action="store_true",
                     help="add to PREFIX.json instead of replacing it: its tokenizers, generators and classifier stay "
                          "unless evaluated again here (same data and image count required); both commands are kept")
+    ap.add_argument("--drop", nargs="+", default=[], metavar="NAME",
+                    help="with --update: remove these tokenizers or generators from the report (e.g. a guidance sweep "
+                         "of a DiT no longer shipped)")
     return ap.parse_args(argv)
 
 
@@ -243,7 +253,9 @@ def main(argv=None):
     report["generators"] = {n: ev.dit(p, dit_toks[n]) for n, p in dits.items()}
     out = Path(args.output)
     if args.update and out.with_suffix(".json").exists():
-        report = merged(json.loads(out.with_suffix(".json").read_text()), report)
+        report = merged(json.loads(out.with_suffix(".json").read_text()), report, tuple(args.drop))
+    elif args.drop:
+        raise SystemExit("error: --drop removes entries from an earlier report: it needs --update and PREFIX.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), report)
     out.with_suffix(".md").write_text(markdown(report))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from hieratok import HieraTok
 from hieratok.cost import cost_of
 from hieratok.report import evaluation_markdown as markdown
+from hieratok.training.checkpoint import EXPORT_STATE_FILE
 from hieratok.training.distributed import cpu_name
 from hieratok.training.distributed import run_hardware as hardware
 
@@ -32,11 +34,12 @@ RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
     ],
     "imagenette128": [
         ("hieratok-imagenette128", ["hieratok-imagenette128-context"]),
-        # the paper recipe's tokenizer, shipped inside the DiT folder that was trained on its latent
-        ("dit-hieratok-imagenette128/tokenizer", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
+        # the paper recipe's tokenizer (the evaluation's hieratok-paper; the app does not serve it)
+        ("hieratok-paper-imagenette128", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
         ("singlescale-imagenette128", ["singlescale-imagenette128-s1", "singlescale-imagenette128-s2rec"]),
-        ("dit-hieratok-imagenette128", ["dit-hieratok-imagenette128", "dit-hieratok-imagenette128-long"]),
-        ("dit-singlescale-imagenette128", ["dit-singlescale-imagenette128"]),
+        # RUN@STEP: the run's export at that step (exports/step-N), shipped while the run goes on
+        ("dit-hieratok-imagenette128", ["dit-hieratok-22k@5500"]),
+        ("dit-singlescale-imagenette128", ["dit-singlescale-22k@5500"]),
         ("classifier-imagenette128", ["classifier-imagenette128"]),
     ],
 }
@@ -68,6 +71,29 @@ def portable(text: str) -> str:
             path = "runs/" + path[i + len("/runs/"):] if i >= 0 else path
         return name + sep + path
     return " ".join(one(t) for t in text.split(" "))
+
+
+def run_folder(entry: str) -> tuple[str, int | None]:
+    """A RUNS entry as (run folder, export step): `RUN` is the run's final export, `RUN@STEP` its exports/step-N."""
+    folder, _, step = entry.partition("@")
+    return folder, int(step) if step else None
+
+
+def export_dir(runs: Path, entry: str) -> Path:
+    """The from_pretrained folder a RUNS entry ships: RUN/final, or RUN/exports/step-N for RUN@N."""
+    folder, step = run_folder(entry)
+    return runs / folder / ("final" if step is None else f"exports/step-{step:08d}")
+
+
+def run_summary(runs: Path, entry: str) -> dict:
+    """The counters the table shows: the finished run's summary.json, or for RUN@N the export's train_state.json
+    (hieratok.training.checkpoint.EXPORT_STATE_FILE)."""
+    folder, step = run_folder(entry)
+    path = runs / folder / "summary.json" if step is None else export_dir(runs, entry) / EXPORT_STATE_FILE
+    if not path.exists():
+        raise SystemExit(f"error: {path} does not exist (" + ("the run has not finished" if step is None else
+                         "an export written before exports recorded their step counters") + ")")
+    return json.loads(path.read_text())
 
 
 def command_line(cfg: dict, folder: str | None = None) -> str:
@@ -159,14 +185,20 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
         model = (DiT if "dit" in name else Classifier).from_pretrained(path)
         params, gflops, tokens = sum(p.numel() for p in model.parameters()), "", ""
     rows, commands = [], []
-    for i, folder in enumerate(folders):
-        summary = json.loads((runs / folder / "summary.json").read_text())
-        cfg = configs[folder]
-        commands.append(f"# {folder} ({hardware(cfg)})\n{command_line(cfg, folder)}")
+    for i, entry in enumerate(folders):
+        summary, cfg = run_summary(runs, entry), configs[entry]
+        folder, at = run_folder(entry)
+        command = command_line(cfg, folder)
+        if at is not None:
+            command += (f"\n# shipped: its EMA export at step {at} (runs/{folder}/exports/step-{at:08d}), the run "
+                        f"planned for {cfg['args']['steps']} steps")
+        commands.append(f"# {entry} ({hardware(cfg)})\n{command}")
         lead = i == 0
         steps = str(summary["step"])
         if summary.get("stopped_by_time_limit_at"):
             steps = f"{steps} of {cfg['args']['steps']} (time limit)"
+        if at is not None:
+            steps = f"{steps} of {cfg['args']['steps']} (export)"
         rows.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
                     f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | "
                     f"{steps} | "
@@ -176,8 +208,8 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
 
 
 def run_configs(runs: Path, family: str, names: list[str] | None = None) -> dict:
-    return {f: json.loads((runs / f / "run_config.json").read_text()) for n, fs in RUNS[family] for f in fs
-            if (names is None or n in names) and (runs / f / "run_config.json").exists()}
+    return {f: json.loads((runs / run_folder(f)[0] / "run_config.json").read_text()) for n, fs in RUNS[family]
+            for f in fs if (names is None or n in names) and (runs / run_folder(f)[0] / "run_config.json").exists()}
 
 
 def updated_training_part(card: str, family: str, names: list[str], runs: Path, assets: Path) -> list[str]:
@@ -201,8 +233,9 @@ def updated_training_part(card: str, family: str, names: list[str], runs: Path, 
     end = head.index("```", start)
     old_cmds, folder = {}, None
     for line in head[start:end]:
-        if line.startswith("# ") and line.endswith(")") and " (" in line:
-            folder = line[2:].split(" (")[0]
+        heading = re.fullmatch(r"# (\S+) \(.+\)", line)  # "# RUN (HARDWARE)"; a comment line has spaces before "("
+        if heading:
+            folder = heading.group(1)
             old_cmds[folder] = [line]
         elif folder is not None:
             old_cmds[folder].append(line)

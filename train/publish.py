@@ -30,6 +30,8 @@ PAPER = "https://arxiv.org/abs/2509.23736"
 DATASETS = {"cifar10": ("CIFAR-10", "cifar10", "32 x 32"), "imagenette128": ("Imagenette", "frgfm/imagenette",
                                                                              "128 x 128")}
 KINDS = {"hieratok": (HieraTok, "the multi-scale tokenizer"), "singlescale": (HieraTok, "the single-scale baseline"),
+         "hieratok-paper": (HieraTok, "the multi-scale tokenizer of the paper's recipe (the evaluation's "
+                                      "hieratok-paper; the app does not serve it)"),
          "dit-hieratok": (DiT, "a class-conditional DiT on the multi-scale tokenizer's latent"),
          "dit-singlescale": (DiT, "a class-conditional DiT on the single-scale baseline's latent"),
          "classifier": (Classifier, "the classifier behind FD-cls and the samples' class accuracy")}
@@ -55,7 +57,7 @@ def training_rows(card: str, name: str) -> list[str]:
 def metrics(kind: str, name: str, report: dict) -> list[str]:
     """Markdown lines of one checkpoint's numbers in an evaluation report (train/evaluate.py's JSON)."""
     where = f"{report['images']:,} images of {report['data']}"
-    if kind in ("hieratok", "singlescale"):
+    if kind in ("hieratok", "hieratok-paper", "singlescale"):
         t = report.get("tokenizers", {}).get(kind)
         if not t:
             return []

@@ -29,6 +29,8 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +57,45 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+_continued = [0]  # SIGCONTs this process has received since LoopClock.install (one handler per process)
+
+
+class LoopClock:
+    """The training loop's time (summary.json's wall_s), without the time the process was stopped: a run paused
+    with SIGSTOP or Ctrl-Z (e.g. to free the cores for an evaluation) and continued counts the step it was stopped
+    in as long as the step before it. `install` registers, once per process and from the main thread only, the
+    SIGCONT handler that notices (a handler already there is still called)."""
+
+    _installed = False
+
+    def __init__(self):
+        self._seen, self._last, self._end = _continued[0], None, time.time()
+
+    def install(self) -> "LoopClock":
+        cls = type(self)
+        if not cls._installed and hasattr(signal, "SIGCONT") and threading.current_thread() is threading.main_thread():
+            before = signal.getsignal(signal.SIGCONT)
+
+            def on_continue(signum, frame):
+                _continued[0] += 1
+                if callable(before):
+                    before(signum, frame)
+            signal.signal(signal.SIGCONT, on_continue)
+            cls._installed = True
+        return self
+
+    def restart(self, now: float | None = None):
+        self._end, self._seen = time.time() if now is None else now, _continued[0]
+
+    def tick(self, now: float) -> float:
+        """The seconds one step took, ending at `now`."""
+        took = now - self._end
+        if _continued[0] != self._seen:
+            self._seen, took = _continued[0], self._last if self._last is not None else 0.0
+        self._end, self._last = now, took
+        return took
 
 
 class Run:
@@ -93,6 +134,7 @@ class Run:
         self._last_log_time, self._last_log_images = time.time(), 0
         self._bar = None
         self.stopped_at: int | None = None  # the step a --time-limit stopped this invocation after
+        self._clock = LoopClock().install()
 
     # ---- set-up -----------------------------------------------------------------------------------------------
     def _speed_setup(self, precision: str):
@@ -274,7 +316,8 @@ class Run:
         self._bar = tqdm(total=self.args.steps, initial=start_step, disable=not self.is_main, dynamic_ncols=True,
                          desc=self.name)
         self._last_log_time, self._last_log_images = time.time(), self.state.images_seen
-        self._step_end = started = time.time()
+        self._clock.restart()
+        started = time.time()
         for step, (x, y, skipped) in zip(range(start_step, self.args.steps), loader):
             # one collective: the skipped count and whether any process lost its whole share, so that every
             # process takes the same decision (one leaving alone would leave the others blocked in a collective)
@@ -294,8 +337,7 @@ class Run:
             self.state.images_seen += self.args.batch_size - skipped_all
             yield step, x.to(self.device, non_blocking=True), y.to(self.device), gen
             now = time.time()
-            self.state.wall_s += now - self._step_end
-            self._step_end = now
+            self.state.wall_s += self._clock.tick(now)
             self._bar.update(1)
             if self.time_is_up(now - started) and step + 1 < self.args.steps:
                 self.stopped_at = step + 1
