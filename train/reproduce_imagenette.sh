@@ -35,12 +35,6 @@ anneal() {
       --output-dir $R/$v-$P-s2rec --steps 400 --batch-size 32 --lr 1e-4 --ema-decay 0.99 --ckpt-every 100 \
       --sample-every 400 --log-every 25
 }
-dit() {  # variant steps sample-every export-at...
-  v=$1 steps=$2 every=$3; shift 3
-  done_ $R/dit-$v-$P || $PY train/dit.py --preset $P --tokenizer $R/$v-$P-s1/final --data $D/train \
-      --output-dir $R/dit-$v-$P --steps $steps --batch-size 128 --ckpt-every 100 --sample-every $every \
-      --log-every 25 --export-at "$@"
-}
 classifier() {
   # ResNet-9 on the full 128 px (a stride-2 stem: a 64-px cost): FD-cls and sample accuracy. The earlier shipped one
   # saw 64-px copies (--image-size 64 --steps 1000): 80.9% val accuracy against this one's 88.1%.
@@ -48,26 +42,28 @@ classifier() {
       --output-dir $R/classifier-$P --steps ${CLS_STEPS:-2000} --batch-size 64 --lr 2e-3 --ema-decay 0.999 \
       --ckpt-every 100 --log-every 50
 }
-# The shipped HieraTok DiT: the 2,400-step run above continued for 3,000 more steps (a new cosine schedule from its
-# final weights, on the same cached latents).
-dit_long() {
-  done_ $R/dit-hieratok-$P-long || $PY train/dit.py --init-from $R/dit-hieratok-$P/final \
-      --tokenizer $R/hieratok-$P-s1/final --latent-cache $R/dit-hieratok-$P/latents.safetensors --data $D/train \
-      --output-dir $R/dit-hieratok-$P-long --steps 3000 --batch-size 128 --ckpt-every 100 --sample-every 1000 \
-      --log-every 25 --export-at 1000 2000
-}
 # The shipped HieraTok tokenizer: the project's recipe (stopgrad-shared-context, docs/experiment.md) warm-started
 # from the single-scale tokenizer (its encoder, decoder and finest head; the coarse scales' parts fresh), 2,000 steps x
 # 32 images on the CPU. The shipped one started from assets/singlescale-$P, the float16 copy of that run's weights.
-# The shipped HieraTok DiT was trained on the paper recipe's tokenizer above (hieratok-$P-s2rec), which ships inside
-# the DiT's folder (assets/dit-hieratok-$P/tokenizer) and decodes its samples.
+# The paper recipe's tokenizer (hieratok-$P-s2rec) ships as assets/hieratok-paper-$P, for the evaluation only.
 recipe() {
   done_ $R/hieratok-$P-context || $PY train/stage1.py --preset $P --variant stopgrad-shared-context \
       --warm-start $R/singlescale-$P-s2rec/final --data $D/train --output-dir $R/hieratok-$P-context --steps 2000 \
       --batch-size 32 --lr 2e-4 --ema-decay 0.999 --ckpt-every 150 --export-at 500 1000 1500
 }
-{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; dit hieratok 2400 800 800 1600; dit_long; } &
-{ chain singlescale; anneal hieratok; anneal singlescale; dit singlescale 1200 600 600; classifier; recipe; } &
+# The shipped DiTs (6 x 256): one 22,000-step run per tokenizer, side by side (about 1.8 s a step each here); what
+# ships is the export train/ship.py names (exports/step-N), taken while the runs go on. The shipped runs were given the
+# float16 copies in assets/ (--tokenizer assets/<variant>-$P, the same weights rounded).
+dit22k() {  # variant tokenizer
+  done_ $R/dit-$1-22k || $PY train/dit.py --preset $P --tokenizer $2 --data $D/train --output-dir $R/dit-$1-22k \
+      --steps 22000 --batch-size 128 --lr 3e-4 --ema-decay 0.9995 --ckpt-every 200 --sample-every 2000 \
+      --export-at 2750 5500 11000 16500
+}
+{ chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; anneal hieratok; } &
+{ chain singlescale; anneal singlescale; classifier; recipe; } &
+wait
+{ dit22k hieratok $R/hieratok-$P-context/final; } &
+{ dit22k singlescale $R/singlescale-$P-s2rec/final; } &
 wait
 
 # What the app ships: fp16 copies (+ assets/expected.json), the latent map (1,200 val images), the evaluation of the
@@ -76,5 +72,17 @@ $PY train/ship.py --family $P --runs $R --assets assets
 $PY train/latent_map.py --data $D/val --num-images 1200 --tokenizer HieraTok=assets/hieratok-$P \
     --tokenizer Single-scale=assets/singlescale-$P --output assets/latent-map-$P
 $PY train/evaluate.py --data $D/val --classifier assets/classifier-$P --tokenizer hieratok=assets/hieratok-$P \
-    --tokenizer hieratok-paper=assets/dit-hieratok-$P/tokenizer --tokenizer singlescale=assets/singlescale-$P \
+    --tokenizer hieratok-paper=assets/hieratok-paper-$P --tokenizer singlescale=assets/singlescale-$P \
     --fit-data $D/train --output assets/eval/$P --update
+# the DiTs: a guidance sweep with three seeds (its lowest mean gFD-cls at 10 Heun steps is the app's default guidance),
+# then the report's entry of each DiT at that guidance
+$PY train/generation.py --data $D/val --classifier assets/classifier-$P \
+    --dit hieratok=assets/dit-hieratok-$P --tokenizer hieratok=assets/hieratok-$P \
+    --dit singlescale=assets/dit-singlescale-$P --tokenizer singlescale=assets/singlescale-$P \
+    --guidance 3 4 6 --sample-steps 10 --default-steps 10 --seeds 0 1 2 --num-samples 500 \
+    --output assets/eval/generation-$P
+for v in hieratok singlescale; do
+  G=$($PY -c "import json; print(json.load(open('assets/eval/generation-$P.json'))['summary']['default_guidance']['$v'])")
+  $PY train/evaluate.py --data $D/val --classifier assets/classifier-$P --dit $v=assets/dit-$v-$P \
+      --dit-tokenizer $v=assets/$v-$P --num-samples 500 --sample-steps 10 --guidance $G --output assets/eval/$P --update
+done

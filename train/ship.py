@@ -35,15 +35,16 @@ FAMILIES = {
         "classifier-cifar10": (Classifier, "classifier/final"),
     },
     "imagenette128": {
-        # the recipe (stopgrad-shared-context), warm-started from the single-scale tokenizer on the CPU
-        "hieratok-imagenette128": (HieraTok, "hieratok-imagenette128-context/final"),
-        # the paper recipe's tokenizer, which the shipped HieraTok DiT was trained on and generates with
-        "dit-hieratok-imagenette128/tokenizer": (HieraTok, "hieratok-imagenette128-s2rec/final",
-                                                 "dit-hieratok-imagenette128/tokenizer"),
-        "singlescale-imagenette128": (HieraTok, "singlescale-imagenette128-s2rec/final",
-                                      "dit-singlescale-imagenette128/tokenizer"),
-        "dit-hieratok-imagenette128": (DiT, "dit-hieratok-imagenette128-long/final"),
-        "dit-singlescale-imagenette128": (DiT, "dit-singlescale-imagenette128/final"),
+        # the recipe (stopgrad-shared-context, run hieratok-imagenette128-context, warm-started from the single-scale
+        # tokenizer on the CPU) and the single-scale tokenizer (stage 2: singlescale-imagenette128-s2rec), each from
+        # the copy its DiT run trained on: the shipped float16 weights with the latent statistics the DiT needs
+        "hieratok-imagenette128": (HieraTok, "dit-hieratok-22k/tokenizer"),
+        "singlescale-imagenette128": (HieraTok, "dit-singlescale-22k/tokenizer"),
+        # the paper recipe's tokenizer (the evaluation's hieratok-paper; the app does not serve it)
+        "hieratok-paper-imagenette128": (HieraTok, "hieratok-imagenette128-s2rec/final"),
+        # the DiTs: exports of the 22,000-step runs (model_card.RUNS names the step)
+        "dit-hieratok-imagenette128": (DiT, "dit-hieratok-22k/exports/step-00005500"),
+        "dit-singlescale-imagenette128": (DiT, "dit-singlescale-22k/exports/step-00005500"),
         "classifier-imagenette128": (Classifier, "classifier-imagenette128/final"),
     },
 }
