@@ -49,8 +49,8 @@ class Family:
         return f"latent-map-{self.suffix}"
 
 
-# the app's model picker, default first. Each family's default guidance is the one with the lowest measured gFD-cls
-# of its HieraTok DiT (the sweep is in assets/eval/<family>.json and the README's results).
+# the app's model picker, default first. `guidance`: the Generate view's default where assets/eval/generation-<suffix>
+# .json (ModelStore.guidance) is not shipped -- the lowest gFD-cls its HieraTok DiT measured (the README's results).
 FAMILIES = (Family("Photos (ImageNet subset, 128 px)", "imagenette128", guidance=4.0),
             Family("CIFAR-10 (32 px)", "cifar10", guidance=2.0))
 
