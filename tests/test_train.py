@@ -935,3 +935,38 @@ def test_model_card_commands_use_paths_a_reader_can_use():
     finally:
         model_card.PATH_MAP.clear()
     assert line == "python a --data ../shared/data/x/train --output-dir runs/gpu/r --tokenizer n=assets/h --lr 0.1"
+
+
+def test_cross_decode_finds_a_shared_latent_and_a_foreign_one(image_folder, tmp_path, capsys):
+    """train/cross_decode.py: a tokenizer against a copy of itself whose decoder alone changed shares its latent
+    (cosine 1, distance 0, the copy's encoder feeds either decoder alike); a freshly initialised one does not."""
+    from hieratok import tokenizer_config
+    from train import cross_decode
+    cfg = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1, dec_heads=3)
+    torch.manual_seed(0)
+    a = HieraTok(tokenizer_config("cifar10", **cfg))
+    b = HieraTok(tokenizer_config("cifar10", **cfg))
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        for p in b.decoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # a fine-tuned decoder, the latent untouched
+    torch.manual_seed(1)
+    c = HieraTok(tokenizer_config("cifar10", **cfg))
+    for name, tok in (("a", a), ("b", b), ("c", c)):
+        tok.save_pretrained(tmp_path / name)
+    out = tmp_path / "x.json"
+    cross_decode.main(["--data", str(image_folder), "--images", "20", "--json", str(out),
+                       *[f"--tokenizer={n}={tmp_path / n}" for n in "abc"]])
+    result = json.loads(out.read_text())
+    assert result["images"] == 20 and set(result["psnr"]) == {"a", "b", "c"}
+    same = result["latents"]["a|b"]
+    assert same["cosine"]["mean"] == pytest.approx(1.0, abs=1e-6) and same["relative_l2"] == 0.0
+    assert result["psnr"]["a"]["b"] == result["psnr"]["b"]["b"]  # the same latent into b's decoder
+    assert result["latents"]["a|c"]["cosine"]["mean"] < 0.9 and result["latents"]["a|c"]["relative_l2"] > 0.1
+    assert "| a vs b | 1.0000" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at least two"):
+        cross_decode.main(["--data", str(image_folder), f"--tokenizer=a={tmp_path / 'a'}"])
+    HieraTok(tokenizer_config("cifar10", **{**cfg, "latent_channels": 8})).save_pretrained(tmp_path / "d")
+    with pytest.raises(SystemExit, match="latents or image sizes differ"):
+        cross_decode.main(["--data", str(image_folder), "--images", "4", f"--tokenizer=a={tmp_path / 'a'}",
+                           f"--tokenizer=d={tmp_path / 'd'}"])
