@@ -891,6 +891,20 @@ def test_model_card_rows_of_a_run_shipped_from_an_export(tmp_path, monkeypatch):
     assert "# shipped: its EMA export at step 5 (runs/dit-x/exports/step-00000005), the run planned for 20" in text
 
 
+def test_the_card_and_the_shipping_step_name_the_same_export():
+    """A checkpoint shipped from a run's export is named twice -- where train/ship.py copies it from and the card's
+    RUN@STEP: a later export shipped in one place and not the other would give the card another run's numbers."""
+    from train import model_card, ship
+    pinned = 0
+    for family, rows in model_card.RUNS.items():
+        for name, entries in rows:
+            for entry in entries:
+                if model_card.run_folder(entry)[1] is not None:
+                    assert ship.FAMILIES[family][name][1] == model_card.export_dir(Path(), entry).as_posix(), name
+                    pinned += 1
+    assert pinned >= 2  # the photo DiTs
+
+
 def test_report_lists_each_generators_settings_when_they_differ():
     from hieratok.report import evaluation_markdown as markdown
     gen = {"gfd": 10.0, "class_accuracy": {"mean": 0.5, "ci95": 0.04}, "samples": 500, "sampler_steps": 10}
