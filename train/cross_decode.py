@@ -21,17 +21,8 @@ import torch.nn.functional as F
 from hieratok import HieraTok
 from hieratok.metrics import psnr
 from hieratok.stats import mean_ci
+from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
-
-
-def parse_named(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"error: --tokenizer wants NAME=PATH, got {item!r}")
-        out[name] = path
-    return out
 
 
 @torch.no_grad()
@@ -80,7 +71,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=1000, help="a fixed random subset of this many images")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
-    paths = parse_named(args.tokenizer)
+    paths = named_paths(args.tokenizer, "--tokenizer")
     if len(paths) < 2:
         raise SystemExit("error: pass at least two --tokenizer NAME=PATH")
     tokenizers = {name: HieraTok.from_pretrained(path).eval() for name, path in paths.items()}
