@@ -130,6 +130,21 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     with pytest.raises(SystemExit, match="no such file"):
         experiment.main([*args[:-3], "--report-only", "--merge", str(tmp_path / "missing.json"), *args[-3:]])
     (tmp_path / "eval" / "experiment.json").write_text(kept)
+
+    # every record names the classifier its rFD-cls was measured with; FD-cls of two classifiers is never mixed
+    ident = report["records"][0]["classifier"]
+    assert all(r["classifier"] == ident for r in report["records"]) and len(ident["sha256"]) == 16
+    assert ident["image_size"] == 32 and f"weights sha256 {ident['sha256']}" in md
+    Classifier(ClassifierConfig(image_size=32, width=6)).save_pretrained(tmp_path / "another")
+    another = [a if a != str(tmp_path / "classifier") else str(tmp_path / "another") for a in args]
+    with pytest.raises(SystemExit, match="FD-cls of different classifiers would be mixed"):
+        experiment.main(another)  # measuring into this file with another classifier: refused before any work
+    assert (tmp_path / "eval" / "experiment.json").read_text() == kept
+    foreign = {**other, "arm": "scale-heads", "classifier": {**ident, "sha256": "0" * 16}}
+    (tmp_path / "other.json").write_text(json.dumps({"records": [foreign]}))
+    with pytest.raises(SystemExit, match="different classifiers"):  # nor by merging, even in --report-only
+        experiment.main([*args[:-3], "--report-only", "--merge", str(tmp_path / "other.json"), *args[-3:]])
+    assert (tmp_path / "eval" / "experiment.json").read_text() == kept
     capsys.readouterr()
 
     # an interrupted run (no final export, no record, its checkpoint kept) resumes from its checkpoint

@@ -25,6 +25,7 @@ claim: 1.38x faster with the multi-scale latent). Records land in the same JSON 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -240,16 +241,31 @@ def write_report(prefix: Path, report: dict) -> None:
         print(f"note: no PNG of the curves ({type(e).__name__}: {e})")
 
 
-def load_classifier(spec: str | None, preset: str) -> Classifier | None:
+def load_classifier(spec: str | None, preset: str) -> tuple[Classifier | None, dict | None]:
+    """The classifier behind FD-cls and class accuracy, and its identity (`classifier_identity`); (None, None)
+    with --classifier none or when the default one is missing."""
     if spec == "none":
-        return None
+        return None, None
     path = Path(spec) if spec else ROOT / "assets" / f"classifier-{preset}"
     if not (path / "model.safetensors").exists():
         if spec:
             raise SystemExit(f"error: --classifier {spec}: no model.safetensors there")
         print(f"note: no classifier at {path}: rFD-cls is not measured")
-        return None
-    return Classifier.from_pretrained(path).eval()
+        return None, None
+    classifier = Classifier.from_pretrained(path).eval()
+    return classifier, classifier_identity(path, classifier)
+
+
+def classifier_identity(path: Path, classifier: Classifier) -> dict:
+    """What a record's FD-cls and class accuracy were measured with: FD in one classifier's features is not
+    comparable with FD in another's, so every record names its classifier by the hash of its weights."""
+    digest = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    path = Path(path).resolve()
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return {"path": str(shown), "sha256": digest.hexdigest()[:16], "image_size": classifier.config.image_size}
 
 
 def parse_args(argv=None):
@@ -269,8 +285,10 @@ def parse_args(argv=None):
     ap.add_argument("--curve-images", type=int, default=None, help="validation images behind each curve point")
     ap.add_argument("--val-images", type=int, default=None, help="final evaluation images (default: all)")
     ap.add_argument("--classifier", default=None,
-                    help="a classifier from_pretrained directory for rFD-cls at the final evaluation (default: "
-                         "assets/classifier-<preset> when it exists; 'none' to skip)")
+                    help="a classifier from_pretrained directory for rFD-cls at the final evaluation and the "
+                         "generation half's FD-cls and class accuracy (default: assets/classifier-<preset> when it "
+                         "exists; 'none' to skip); every record names it, and a results file is not mixed across "
+                         "classifiers")
     ap.add_argument("--launch", default=sys.executable, help='how to start a run, e.g. "accelerate launch"')
     ap.add_argument("--parallel", type=int, default=1,
                     help="train this many runs at once (each with cores / N threads unless OMP_NUM_THREADS is "
@@ -308,10 +326,12 @@ def parse_args(argv=None):
 class Results:
     """The results file: this budget's run records (`records`) and DiT records (`generation`), shared by every
     invocation and by processes writing it at once (other arms in a second process): `merge` adds what the file
-    gained since we last looked, so that no writer drops another's runs. Results of another budget are not mixed in."""
+    gained since we last looked, so that no writer drops another's runs. Results of another budget are not mixed in,
+    nor FD-cls measured with another classifier (`classifier`: this invocation's, None when it measures none): a
+    record names its classifier (`classifier_identity`), and a file whose records name two is refused."""
 
-    def __init__(self, prefix: Path, b: dict, db: dict):
-        self.prefix, self.b, self.db = prefix, b, db
+    def __init__(self, prefix: Path, b: dict, db: dict, classifier: dict | None = None):
+        self.prefix, self.b, self.db, self.classifier = prefix, b, db, classifier
         self.records: list[dict] = []
         self.generation: list[dict] = []
         self.context: dict = {}
@@ -326,6 +346,19 @@ class Results:
                                     lambda r: r["budget"] == self.b and r["dit_budget"] == self.db)):
             have = {(r["arm"], r["seed"]) for r in mine}
             mine += [r for r in theirs if same(r) and (r["arm"], r["seed"]) not in have]
+        self.check_classifier(path)
+
+    def check_classifier(self, source: Path) -> None:
+        """Refuse records whose FD-cls came from two classifiers, or from another one than this invocation's."""
+        named = {r["classifier"]["sha256"]: r["classifier"] for r in self.records + self.generation
+                 if r.get("classifier")}
+        if self.classifier:
+            named.setdefault(self.classifier["sha256"], self.classifier)
+        if len(named) > 1:
+            which = "; ".join(f"{c['path']} (sha256 {sha}, {c['image_size']} px)" for sha, c in named.items())
+            raise SystemExit(f"error: FD-cls of different classifiers would be mixed ({source} and this invocation): "
+                             f"{which}. Pass the classifier the recorded runs used (--classifier DIR) or write "
+                             f"to another --results file.")
 
     def has(self, kind: str, arm: str, seed: int) -> bool:
         self.merge()
@@ -340,7 +373,7 @@ class Results:
         return out
 
     def add(self, kind: str, record: dict) -> None:
-        getattr(self, kind).append(record)
+        getattr(self, kind).append({**record, "classifier": self.classifier})
         write_report(self.prefix, self.report())
 
 
@@ -357,17 +390,18 @@ def main(argv=None):
     b, db = budget(args), dit_budget(args)
     from hieratok import tokenizer_config
     size = tokenizer_config(b["preset"]).image_size
-    store = Results(Path(args.results), b, db)
+    classifier, classifier_id = load_classifier(args.classifier, b["preset"])
+    if args.dit_seeds and classifier is None and not args.report_only:
+        raise SystemExit("error: --dit-seeds needs a classifier (--classifier): FD-cls and class accuracy of the "
+                         "samples are what the generation half measures")
+    # --report-only measures no FD: it checks only that the records agree with each other
+    store = Results(Path(args.results), b, db, None if args.report_only else classifier_id)
     for other in args.merge:
         if not Path(other).is_file():
             raise SystemExit(f"error: --merge {other}: no such file")
         store.merge(Path(other))
     curve_x = load_images(args.val, size, b["curve_images"], args.num_workers)
     val_x = load_images(args.val, size, args.val_images, args.num_workers)
-    classifier = load_classifier(args.classifier, b["preset"])
-    if args.dit_seeds and classifier is None and not args.report_only:
-        raise SystemExit("error: --dit-seeds needs a classifier (--classifier): FD-cls and class accuracy of the "
-                         "samples are what the generation half measures")
     store.context = {"tier": args.tier, "budget": b, "val_images": len(val_x), "command": " ".join(sys.argv),
                      "linear_reference": linear_reference(args, b, curve_x, val_x)}
     if args.report_only:

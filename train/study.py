@@ -169,7 +169,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Controlled experiment ({report['tier']} tier)", "",
              f"Budget per run: {report['budget']['steps']} steps x {report['budget']['batch_size']} images, "
              f"preset {report['budget']['preset']} with {report['budget']['set'] or 'its own sizes'}; final metrics "
-             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.{devices_line(report)}",
+             f"on {report['val_images']} validation images; mean ± 95% t-interval over seeds.{devices_line(report)}"
+             f"{classifier_line(report)}",
              "",
              "| arm | seeds | PSNR finest (dB) | Δ PSNR vs hieratok (paired) | SSIM | latent Gini | latent entropy "
              "| rFD-cls | step (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -227,6 +228,15 @@ def devices_line(report: dict) -> str:
     """' Trained on: <device> (n runs), ...' where the records say (step times compare within a device only)."""
     devices = Counter(r.get("hardware") or "not recorded" for r in report["records"])
     return " Trained on: " + ", ".join(f"{d} ({n} runs)" for d, n in devices.most_common()) + "." if devices else ""
+
+
+def classifier_line(report: dict) -> str:
+    """' FD-cls (...) measured with <classifier>.' where the records name it: FD in another classifier's features
+    is another number."""
+    named = {r["classifier"]["sha256"]: r["classifier"] for r in report["records"] + report.get("generation", [])
+             if r.get("classifier")}
+    return "".join(f" rFD-cls, FD-cls and class accuracy measured with the classifier {c['path']} ({c['image_size']} "
+                   f"px, weights sha256 {sha})." for sha, c in named.items())
 
 
 def generation_markdown(report: dict) -> list[str]:
