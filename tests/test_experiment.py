@@ -217,6 +217,19 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
                                                          "sample_steps": 4, "guidance": 3}, "generation_summary": g,
                                           "val_images": 10, "generation": [{"config": {"num_classes": 10}}]}))
     assert "hieratok <= 100 / singlescale 400 steps, ratio >= 4.00" in text and "a bound, not an estimate" in text
+    # any other arm's DiTs are compared with single-scale's the same way, over the seeds both have
+    g = summarize_generation([rec("hieratok", 0, curve), rec("singlescale", 0, slow), rec("singlescale", 1, slow),
+                              rec("stopgrad-shared-context", 0, slow), rec("stopgrad-shared-context", 1, curve)])
+    assert sorted(g["versus"]) == ["hieratok", "stopgrad-shared-context"] and g["speedup"]["ratio"]["n"] == 1
+    v = g["versus"]["stopgrad-shared-context"]
+    assert [(p["seed"], p["ratio"]) for p in v["speedup"]["per_seed"]] == [(0, 1.0), (1, 2.0)]
+    assert v["speedup"]["per_seed"][1]["steps_stopgrad-shared-context"] == 200.0
+    assert [p["gfd_cls"]["mean"] for p in v["paired"]] == [-5.0, -5.0, -5.0]
+    text = "\n".join(generation_markdown({"dit_budget": {"steps": 400, "batch_size": 8, "set": [], "samples": 10,
+                                                         "sample_steps": 4, "guidance": 3}, "generation_summary": g,
+                                          "val_images": 10, "generation": [{"config": {"num_classes": 10}}]}))
+    assert "singlescale / stopgrad-shared-context = **1.41x**" in text
+    assert "stopgrad-shared-context minus singlescale at 100 / 200 / 400 DiT steps" in text
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811
@@ -259,3 +272,13 @@ def test_bad_seeds_are_refused():
     from train import experiment
     with pytest.raises(SystemExit):
         experiment.parse_args(["--data", "x", "--val", "y", "--output-dir", "z", "--seeds", "1", "1"])
+
+
+def test_dit_arms_take_any_arm_and_refuse_unknown_ones():
+    from train import experiment
+    base = ["--data", "x", "--val", "y", "--output-dir", "z", "--dit-seeds", "0"]
+    assert experiment.parse_args(base).dit_arms == ["hieratok", "singlescale"]
+    assert experiment.parse_args([*base, "--dit-arms", "stopgrad-shared-context"]).dit_arms == [
+        "stopgrad-shared-context"]
+    with pytest.raises(SystemExit):
+        experiment.parse_args([*base, "--dit-arms", "no-such-arm"])

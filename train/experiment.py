@@ -20,7 +20,8 @@ With `--dit-seeds`, the generation half: for each seed a DiT on the latent of th
 fixed points: FD-cls against the validation images and the classifier's accuracy on the samples. From the curves,
 per seed, the steps each DiT needs to reach the worse of the two final FD-cls values, and their ratio (the paper's
 claim: 1.38x faster with the multi-scale latent). Records land in the same JSON under "generation".
-`--dit-arms hieratok` in one process and `--dit-arms singlescale` in another train the two DiTs side by side.
+`--dit-arms hieratok` in one process and `--dit-arms singlescale` in another train the two DiTs side by side;
+`--dit-arms stopgrad-shared-context` (any arm) adds that tokenizer's DiT, compared with single-scale's the same way.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from hieratok.report import FIGURE_HEIGHT, curves_figure  # noqa: E402
 from hieratok.training.checkpoint import write_json  # noqa: E402
 from hieratok.training.data import DataError, build_dataset, eval_loader  # noqa: E402
 from hieratok.training.distributed import run_hardware  # noqa: E402
-from train.study import (ARMS, GEN_ARMS, KEY_ARMS, TIERS, budget, dit_budget,  # noqa: E402
+from train.study import (ARMS, GEN_ARMS, GEN_BASELINE, KEY_ARMS, TIERS, budget, dit_budget,  # noqa: E402
                          export_steps, markdown, summarize, summarize_generation)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -302,11 +303,12 @@ def parse_args(argv=None):
                     help="add the runs another results file recorded at this budget (e.g. arms trained by another "
                          "process or machine into their own file) to --results; runs already there are kept")
     ap.add_argument("--dit-seeds", nargs="*", type=int, default=[],
-                    help="the generation half: for each seed a DiT on the latents of the hieratok and singlescale "
-                         "tokenizers of that seed (default: none)")
-    ap.add_argument("--dit-arms", nargs="+", default=GEN_ARMS, choices=GEN_ARMS,
-                    help="which tokenizers' DiTs this invocation trains (default: both; one arm in each of two "
-                         "processes sharing the results file trains the pair side by side)")
+                    help="the generation half: for each seed a DiT on the latent of each --dit-arms tokenizer of "
+                         "that seed (default: none)")
+    ap.add_argument("--dit-arms", nargs="+", default=GEN_ARMS, choices=ARMS, metavar="ARM",
+                    help=f"which tokenizers' DiTs this invocation trains (default: {' and '.join(GEN_ARMS)}; any arm, "
+                         f"each compared with the {GEN_BASELINE} DiT of the same seed; one arm in each of two "
+                         f"processes sharing the results file trains them side by side)")
     ap.add_argument("--dit-steps", type=int, default=None, help="override the tier's DiT steps")
     ap.add_argument("--dit-batch-size", type=int, default=None, help="override the tier's DiT batch")
     ap.add_argument("--dit-samples", type=int, default=None, help="override the tier's samples per curve point")
@@ -420,8 +422,8 @@ def main(argv=None):
             continue
         store.add("records", run_record(args, b, arm, seed, curve_x, val_x, classifier))
         print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
-    gen = [(arm, seed) for seed in args.dit_seeds for arm in GEN_ARMS
-           if arm in args.dit_arms and not store.has("generation", arm, seed)]
+    gen = [(arm, seed) for seed in args.dit_seeds for arm in dict.fromkeys(args.dit_arms)
+           if not store.has("generation", arm, seed)]
     if gen:  # (a DiT whose tokenizer is missing trains that first)
         train_missing(args, gen, lambda arm, seed: train_dit(args, b, db, arm, seed), dit_dir)
         real = real_fd(fd_metric(classifier), val_x)

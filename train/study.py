@@ -1,7 +1,7 @@
 """The controlled experiment as data and its report: the arms, tiers and budgets `train/experiment.py` runs; the
-per-arm statistics over seeds, paired against `hieratok`; the generation half's comparison of the DiTs on the
-`hieratok` and `singlescale` latents; the Markdown table, written beside the results file (the app shows that file
-and draws the curves with `hieratok.report.curves_figure`).
+per-arm statistics over seeds, paired against `hieratok`; the generation half's comparison of a DiT on each arm's
+latent (by default `hieratok`'s) with one on the `singlescale` latent; the Markdown table, written beside the
+results file (the app shows that file and draws the curves with `hieratok.report.curves_figure`).
 
 A results file holds {"tier", "budget", "val_images", "command", "records": [one per run: arm, variant, seed,
 budget, curve (PSNR etc. at fixed points of the budget), final metrics, step time], "summary": `summarize(records)`}
@@ -41,7 +41,8 @@ CURVE_POINTS = (0.25, 0.5, 1.0)
 # the generation half: one DiT per tokenizer, per tier. The CPU tier is the shipped 128-px DiT's size and first
 # budget (6 x 256, 2,400 steps of 128 latents) at guidance 6: a smaller DiT stayed at chance on these tokenizers
 # (docs/experiment.md has the numbers).
-GEN_ARMS = ["hieratok", "singlescale"]
+GEN_ARMS = ["hieratok", "singlescale"]  # the default pair; `--dit-arms` takes any arm, each compared with:
+GEN_BASELINE = "singlescale"
 DIT_TIERS = {
     "cpu": {"steps": 2400, "batch_size": 128, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 6.0,
             "set": {}},
@@ -128,10 +129,9 @@ def _point(record: dict, step: int) -> dict:
 
 
 def summarize_generation(records: list[dict]) -> dict:
-    """Per tokenizer arm: final FD-cls and class accuracy over seeds; per seed with both arms, the steps each DiT
-    needs to reach the worse of the two final FD-cls values and their ratio singlescale / hieratok (above 1: the
-    multi-scale latent trains the DiT faster); over seeds, the ratios' geometric mean and interval
-    (`ratio_interval`)."""
+    """Per tokenizer arm: final FD-cls and class accuracy over seeds; each arm's DiT against the baseline's
+    (`GEN_BASELINE`, single-scale) in `versus[arm]` (`compare_generation`). `paired` and `speedup` are hieratok's:
+    the paper's claim."""
     arms = {}
     for r in records:
         arms.setdefault(r["arm"], []).append(r)
@@ -139,29 +139,38 @@ def summarize_generation(records: list[dict]) -> dict:
                           "gfd_cls": t_interval([r["final"]["gfd_cls"] for r in rs]),
                           "class_accuracy": t_interval([r["final"]["class_accuracy"] for r in rs]),
                           "step_time_s": t_interval([r["step_time_s"] for r in rs])} for arm, rs in arms.items()}}
-    h = {r["seed"]: r for r in arms.get("hieratok", [])}
-    s = {r["seed"]: r for r in arms.get("singlescale", [])}
+    base = arms.get(GEN_BASELINE, [])
+    out["versus"] = {arm: compare_generation(arm, rs, base) for arm, rs in arms.items() if arm != GEN_BASELINE}
+    out.update(out["versus"].get("hieratok") or compare_generation("hieratok", [], base))
+    return out
+
+
+def compare_generation(arm: str, records: list[dict], baseline: list[dict]) -> dict:
+    """`arm`'s DiTs against the baseline's, over the seeds both have: per seed the steps each DiT needs to reach the
+    worse of the two final FD-cls values and their ratio baseline / arm (above 1: `arm`'s latent trains the DiT
+    faster), over seeds the ratios' geometric mean and interval (`ratio_interval`); and the paired difference
+    arm - baseline at each measured step."""
+    h, s = ({r["seed"]: r for r in rs} for rs in (records, baseline))
     both = sorted(set(h) & set(s))
     per_seed = []
     for seed in both:
         target = max(h[seed]["final"]["gfd_cls"], s[seed]["final"]["gfd_cls"])  # both reach it
         sh, ss = (steps_to_reach(r[seed]["curve"], target, "gfd_cls") for r in (h, s))
         # reached at the first measured point: the true step is at most that, so the ratio is only a bound
-        # (None: an estimate; "lower" / "upper": hieratok's / singlescale's step is bounded; "both": undetermined)
-        early = {arm: r[seed]["curve"][0]["gfd_cls"] <= target for arm, r in (("hieratok", h), ("singlescale", s))}
-        bound = ("both" if early["hieratok"] and early["singlescale"] else "lower" if early["hieratok"]
-                 else "upper" if early["singlescale"] else None)
-        per_seed.append({"seed": seed, "target_gfd_cls": target, "steps_hieratok": sh, "steps_singlescale": ss,
+        # (None: an estimate; "lower" / "upper": the arm's / the baseline's step is bounded; "both": undetermined)
+        early = {k: r[seed]["curve"][0]["gfd_cls"] <= target for k, r in (("arm", h), ("baseline", s))}
+        bound = ("both" if early["arm"] and early["baseline"] else "lower" if early["arm"]
+                 else "upper" if early["baseline"] else None)
+        per_seed.append({"seed": seed, "target_gfd_cls": target, f"steps_{arm}": sh, f"steps_{GEN_BASELINE}": ss,
                          "ratio": ss / sh, "bound": bound})
-    # the same comparison without a target: the paired difference hieratok - singlescale at each measured step
-    out["paired"] = [{"step": pt["step"], **{key: t_interval([_point(h[seed], pt["step"])[key]
-                                                              - _point(s[seed], pt["step"])[key] for seed in both])
-                                             for key in ("gfd_cls", "class_accuracy")}}
-                     for pt in (h[both[0]]["curve"] if both else [])]
-    out["speedup"] = {"per_seed": per_seed,
-                      "ratio": ratio_interval([p["ratio"] for p in per_seed]) if per_seed else None,
-                      "censored": any(p["bound"] for p in per_seed)}
-    return out
+    # the same comparison without a target: the paired difference arm - baseline at each measured step
+    paired = [{"step": pt["step"], **{key: t_interval([_point(h[seed], pt["step"])[key]
+                                                       - _point(s[seed], pt["step"])[key] for seed in both])
+                                      for key in ("gfd_cls", "class_accuracy")}}
+              for pt in (h[both[0]]["curve"] if both else [])]
+    return {"paired": paired,
+            "speedup": {"per_seed": per_seed, "ratio": ratio_interval([p["ratio"] for p in per_seed]) if per_seed
+                        else None, "censored": any(p["bound"] for p in per_seed)}}
 
 
 def markdown(report: dict) -> str:
@@ -256,29 +265,38 @@ def generation_markdown(report: dict) -> list[str]:
         lines += ["", f"**Every DiT is still near chance ({100 * chance:.0f}%) at this budget**: the samples are not "
                       f"yet class-conditional images, so neither the FD-cls values nor the ratio below can rank the "
                       f"latents; a larger DiT budget (`--dit-steps`, or `--tier gpu`) is what decides."]
-    if g.get("paired"):
+    for arm, versus in g.get("versus", {}).items():
+        lines += versus_markdown(arm, versus)
+    return lines
+
+
+def versus_markdown(arm: str, g: dict) -> list[str]:
+    """One arm's DiTs against the baseline's (`compare_generation`) in words."""
+    lines, base = [], GEN_BASELINE
+    if g["paired"]:
         n = g["paired"][0]["gfd_cls"]["n"]
         diffs = " / ".join(fmt(p["gfd_cls"], 1) for p in g["paired"])
         accs = " / ".join(fmt(percent(p["class_accuracy"]), 1) for p in g["paired"])
         at = " / ".join(f"{p['step']:,}" for p in g["paired"])
-        lines += ["", f"Paired by seed ({n} {'seed' if n == 1 else 'seeds'}), hieratok minus singlescale at "
-                      f"{at} DiT steps: FD-cls {diffs} (below 0: the multi-scale latent's samples are closer to "
+        lines += ["", f"Paired by seed ({n} {'seed' if n == 1 else 'seeds'}), {arm} minus {base} at "
+                      f"{at} DiT steps: FD-cls {diffs} (below 0: the {arm} latent's samples are closer to "
                       f"the data); class accuracy {accs} points."]
     sp = g["speedup"]
     if sp["ratio"]:
-        def steps(p, arm):
-            first = p["bound"] == "both" or p["bound"] == ("lower" if arm == "hieratok" else "upper")
-            return f"{'<= ' if first else ''}{p['steps_' + arm]:.0f}"
+        def steps(p, who):
+            first = p["bound"] == "both" or p["bound"] == ("lower" if who == arm else "upper")
+            return f"{'<= ' if first else ''}{p['steps_' + who]:.0f}"
         ratio_sign = {None: "", "lower": ">= ", "upper": "<= ", "both": "undetermined, "}
-        seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, hieratok {steps(p, 'hieratok')} / "
-                          f"singlescale {steps(p, 'singlescale')} steps, ratio {ratio_sign[p['bound']]}"
+        seeds = "; ".join(f"seed {p['seed']}: target {p['target_gfd_cls']:.1f}, {arm} {steps(p, arm)} / "
+                          f"{base} {steps(p, base)} steps, ratio {ratio_sign[p['bound']]}"
                           f"{p['ratio']:.2f}" for p in sp["per_seed"])
         r = sp["ratio"]
         over = (f"geometric mean over {r['n']} seeds, 95% interval {r['low']:.2f}–{r['high']:.2f}"
                 if defined(r["low"]) else "one seed, no interval")
+        claim = ("The paper claims 1.38x; above" if arm == "hieratok" else "Above")
         lines += ["", f"Steps to reach a common FD-cls (per seed the worse of the two final values, interpolated "
-                      f"between measured points): singlescale / hieratok = **{r['mean']:.2f}x** ({over}; {seeds}). "
-                      f"The paper claims 1.38x; above 1 means the multi-scale latent trains the DiT faster."]
+                      f"between measured points): {base} / {arm} = **{r['mean']:.2f}x** ({over}; {seeds}). "
+                      f"{claim} 1 means the {arm} latent trains the DiT faster than the {base} one."]
         if sp.get("censored"):
             lines += ["", "A DiT that already beats the target at its first measured point only bounds its step "
                           "count (<=), so that seed's ratio is a bound, not an estimate, and the interval above mixes "
