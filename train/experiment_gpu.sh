@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The controlled experiment (train/experiment.py) on one GPU in one go: every arm at seeds 0, 1 and 2, then the
-# generation half (a DiT on the hieratok and on the singlescale latent, seeds 0 and 1). Seed by seed, the arms of a
+# generation half (a DiT on the hieratok and on the singlescale latent, seeds 0 and 1; DIT_ARMS adds others, e.g. the
+# recipe's "hieratok singlescale stopgrad-shared-context"). Seed by seed, the arms of a
 # seed side by side on the GPU, evaluation on the GPU: a time limit leaves whole seeds recorded, and every finished
 # run is in RESULTS.json at once (the runs themselves stay in RUNS). TIER (default cpu) picks the models and the
 # budget: the CPU tier's are the CPU grid's (the same images seen, batch and schedule).
@@ -12,7 +13,8 @@
 # packs unpacked into /tmp/d and the classifier carried as .devdata/classifier:
 #   PYTHON=python3 EXPERIMENT_ARGS="--classifier .devdata/classifier" \
 #       bash train/experiment_gpu.sh /tmp/d/train /tmp/d/val /tmp/x $OUT/experiment-gpu 8
-# Environment: SEEDS (default "0 1 2"), DIT_SEEDS ("0 1"; empty: no generation half), ARMS (all eight), TIER,
+# Environment: SEEDS (default "0 1 2"), DIT_SEEDS ("0 1"; empty: no generation half), DIT_ARMS ("hieratok
+# singlescale": the tokenizers given a DiT, each compared with singlescale's), ARMS (all eight), TIER,
 # WORKERS (loader processes per run, 2), EXPERIMENT_ARGS (more driver options, e.g. a tiny --steps for a dry run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,9 @@ for seed in ${SEEDS-0 1 2}; do
       --stage1-args --cache-images --num-workers "$W"
 done
 if [ -n "${DIT_SEEDS-0 1}" ]; then
+  DA=${DIT_ARMS:-hieratok singlescale}
   # shellcheck disable=SC2086
-  $PY train/experiment.py "${common[@]}" --arms hieratok singlescale --seeds ${DIT_SEEDS-0 1} \
-      --dit-seeds ${DIT_SEEDS-0 1} --dit-args="--num-workers $W" --stage1-args --cache-images --num-workers "$W"
+  $PY train/experiment.py "${common[@]}" --arms $DA --seeds ${DIT_SEEDS-0 1} \
+      --dit-seeds ${DIT_SEEDS-0 1} --dit-arms $DA --dit-args="--num-workers $W" \
+      --stage1-args --cache-images --num-workers "$W"
 fi
