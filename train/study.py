@@ -240,8 +240,8 @@ def devices_line(report: dict) -> str:
 
 
 def classifier_line(report: dict) -> str:
-    """' FD-cls (...) measured with <classifier>.' where the records name it: FD in another classifier's features
-    is another number."""
+    """' rFD-cls, FD-cls and class accuracy measured with <classifier>.' where the records name it: FD in another
+    classifier's features is another number."""
     named = {r["classifier"]["sha256"]: r["classifier"] for r in report["records"] + report.get("generation", [])
              if r.get("classifier")}
     return "".join(f" rFD-cls, FD-cls and class accuracy measured with the classifier {c['path']} ({c['image_size']} "
