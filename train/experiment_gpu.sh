@@ -10,9 +10,9 @@
 # train and all of val at quality 85, 39 + 15 MiB, leave room for the code and the classifier, 3 MB). WebP costs
 # 35-37 dB against the loader's pixels, which moves a 27-dB PSNR by 0.1-0.2 dB: results on packed data are their
 # own table (RESULTS apart from assets/eval/experiment), not more seeds of the CPU grid's. On a lent GPU, with the
-# packs unpacked into /tmp/d and the classifier carried as .devdata/classifier:
+# packs unpacked into a folder D and the classifier carried as .devdata/classifier:
 #   PYTHON=python3 EXPERIMENT_ARGS="--classifier .devdata/classifier" \
-#       bash train/experiment_gpu.sh /tmp/d/train /tmp/d/val /tmp/x $OUT/experiment-gpu 8
+#       bash train/experiment_gpu.sh D/train D/val RUNS $OUT/experiment-gpu 8
 # Environment: SEEDS (default "0 1 2"), DIT_SEEDS ("0 1"; empty: no generation half), DIT_ARMS ("hieratok
 # singlescale": the tokenizers given a DiT, each compared with singlescale's), ARMS (all eight), TIER,
 # WORKERS (loader processes per run, 2), EXPERIMENT_ARGS (more driver options, e.g. a tiny --steps for a dry run).
