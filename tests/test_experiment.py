@@ -230,6 +230,17 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
                                           "val_images": 10, "generation": [{"config": {"num_classes": 10}}]}))
     assert "singlescale / stopgrad-shared-context = **1.41x**" in text
     assert "stopgrad-shared-context minus singlescale at 100 / 200 / 400 DiT steps" in text
+    # ... and with the paper method's (hieratok) over the seeds both have: only seed 0, where the variant's curve is
+    # 10 above hieratok's at every step; the target is the variant's final 30, which hieratok reaches at step 200 and
+    # the variant at 400 -> ratio hieratok / variant = 0.5
+    m = g["versus_method"]["stopgrad-shared-context"]
+    assert sorted(g["versus_method"]) == ["stopgrad-shared-context"] and m["baseline"] == "hieratok"
+    assert [(p["seed"], p["ratio"], p["steps_hieratok"]) for p in m["speedup"]["per_seed"]] == [(0, 0.5, 200.0)]
+    assert [p["gfd_cls"]["mean"] for p in m["paired"]] == [10.0, 10.0, 10.0]
+    assert "stopgrad-shared-context minus hieratok at 100 / 200 / 400 DiT steps: FD-cls 10.0" in text
+    assert "hieratok / stopgrad-shared-context = **0.50x** (one seed, no interval" in text
+    # no hieratok DiTs: nothing to compare with
+    assert summarize_generation([rec("singlescale", 0, slow), rec("interp", 0, curve)])["versus_method"] == {}
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811

@@ -131,7 +131,8 @@ def _point(record: dict, step: int) -> dict:
 def summarize_generation(records: list[dict]) -> dict:
     """Per tokenizer arm: final FD-cls and class accuracy over seeds; each arm's DiT against the baseline's
     (`GEN_BASELINE`, single-scale) in `versus[arm]` (`compare_generation`). `paired` and `speedup` are hieratok's:
-    the paper's claim."""
+    the paper's claim. Every other arm's DiTs also against the paper method's (hieratok) in `versus_method[arm]`:
+    whether a variant keeps that latent's advantage, not only whether it beats the baseline."""
     arms = {}
     for r in records:
         arms.setdefault(r["arm"], []).append(r)
@@ -142,14 +143,17 @@ def summarize_generation(records: list[dict]) -> dict:
     base = arms.get(GEN_BASELINE, [])
     out["versus"] = {arm: compare_generation(arm, rs, base) for arm, rs in arms.items() if arm != GEN_BASELINE}
     out.update(out["versus"].get("hieratok") or compare_generation("hieratok", [], base))
+    method = arms.get("hieratok", [])
+    out["versus_method"] = {arm: compare_generation(arm, rs, method, "hieratok") for arm, rs in arms.items()
+                            if arm not in ("hieratok", GEN_BASELINE) and method}
     return out
 
 
-def compare_generation(arm: str, records: list[dict], baseline: list[dict]) -> dict:
-    """`arm`'s DiTs against the baseline's, over the seeds both have: per seed the steps each DiT needs to reach the
-    worse of the two final FD-cls values and their ratio baseline / arm (above 1: `arm`'s latent trains the DiT
-    faster), over seeds the ratios' geometric mean and interval (`ratio_interval`); and the paired difference
-    arm - baseline at each measured step."""
+def compare_generation(arm: str, records: list[dict], baseline: list[dict], baseline_arm: str = GEN_BASELINE) -> dict:
+    """`arm`'s DiTs against the baseline's (those of `baseline_arm`), over the seeds both have: per seed the steps
+    each DiT needs to reach the worse of the two final FD-cls values and their ratio baseline / arm (above 1: `arm`'s
+    latent trains the DiT faster), over seeds the ratios' geometric mean and interval (`ratio_interval`); and the
+    paired difference arm - baseline at each measured step."""
     h, s = ({r["seed"]: r for r in rs} for rs in (records, baseline))
     both = sorted(set(h) & set(s))
     per_seed = []
@@ -161,14 +165,14 @@ def compare_generation(arm: str, records: list[dict], baseline: list[dict]) -> d
         early = {k: r[seed]["curve"][0]["gfd_cls"] <= target for k, r in (("arm", h), ("baseline", s))}
         bound = ("both" if early["arm"] and early["baseline"] else "lower" if early["arm"]
                  else "upper" if early["baseline"] else None)
-        per_seed.append({"seed": seed, "target_gfd_cls": target, f"steps_{arm}": sh, f"steps_{GEN_BASELINE}": ss,
+        per_seed.append({"seed": seed, "target_gfd_cls": target, f"steps_{arm}": sh, f"steps_{baseline_arm}": ss,
                          "ratio": ss / sh, "bound": bound})
     # the same comparison without a target: the paired difference arm - baseline at each measured step
     paired = [{"step": pt["step"], **{key: t_interval([_point(h[seed], pt["step"])[key]
                                                        - _point(s[seed], pt["step"])[key] for seed in both])
                                       for key in ("gfd_cls", "class_accuracy")}}
               for pt in (h[both[0]]["curve"] if both else [])]
-    return {"paired": paired,
+    return {"baseline": baseline_arm, "paired": paired,
             "speedup": {"per_seed": per_seed, "ratio": ratio_interval([p["ratio"] for p in per_seed]) if per_seed
                         else None, "censored": any(p["bound"] for p in per_seed)}}
 
@@ -265,14 +269,14 @@ def generation_markdown(report: dict) -> list[str]:
         lines += ["", f"**Every DiT is still near chance ({100 * chance:.0f}%) at this budget**: the samples are not "
                       f"yet class-conditional images, so neither the FD-cls values nor the ratio below can rank the "
                       f"latents; a larger DiT budget (`--dit-steps`, or `--tier gpu`) is what decides."]
-    for arm, versus in g.get("versus", {}).items():
+    for arm, versus in list(g.get("versus", {}).items()) + list(g.get("versus_method", {}).items()):
         lines += versus_markdown(arm, versus)
     return lines
 
 
 def versus_markdown(arm: str, g: dict) -> list[str]:
-    """One arm's DiTs against the baseline's (`compare_generation`) in words."""
-    lines, base = [], GEN_BASELINE
+    """One arm's DiTs against another arm's (`compare_generation`) in words."""
+    lines, base = [], g.get("baseline", GEN_BASELINE)
     if g["paired"]:
         n = g["paired"][0]["gfd_cls"]["n"]
         diffs = " / ".join(fmt(p["gfd_cls"], 1) for p in g["paired"])
