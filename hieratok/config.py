@@ -250,7 +250,8 @@ VARIANT_BUILDERS: dict[str, Callable[[HieraTokConfig], HieraTokConfig]] = {
 VARIANTS = tuple(VARIANT_BUILDERS)
 # What `train/stage1.py` trains when no --variant is given: the project's recipe for a multi-scale tokenizer. The
 # controlled experiment (docs/experiment.md, 3 seeds) found it as sharp at the finest scale as single-scale and its
-# coarse prefixes at least as good as the paper recipe's (`hieratok`, which stays the name of the paper's method).
+# coarse prefixes at least as good as the paper recipe's (`hieratok`, which stays the name of the paper's method);
+# its latent, shaped by the finest loss alone, does not speed up a DiT as the paper recipe's does (same document).
 RECIPE_VARIANT = "stopgrad-shared-context"
 
 

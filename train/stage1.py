@@ -6,6 +6,9 @@
 
 Without --variant it trains the project's recipe (hieratok.config.RECIPE_VARIANT, `stopgrad-shared-context`: the
 coarse scales' losses train only their own parts, and the downsampler sees a neighbourhood; docs/experiment.md).
+The recipe reconstructs as well as single-scale at the finest scale, but a DiT trains on its latent no faster than on
+single-scale's; the paper's recipe (`--variant hieratok`) costs ~1 dB there and gives the DiT a latent it learns
+about 2x faster on (docs/experiment.md, generation): choose by what the tokenizer is for.
 
 Loss = sum_s w_s (L1 + MSE)(x_hat_s, downsample_s(x)) + lambda LPIPS(finest) + beta KL (weights in the config).
 """
