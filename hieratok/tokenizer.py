@@ -43,6 +43,19 @@ class ProjectedFork(torch.autograd.Function):
         return g_fine + project_conflict(g_coarse, g_fine)
 
 
+class ScaleGrad(torch.autograd.Function):
+    """z -> z; in backward the gradient is multiplied by `scale` (the coarse losses' share of the encoder's)."""
+
+    @staticmethod
+    def forward(ctx, z, scale: float):
+        ctx.scale = scale
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
 def project_conflict(g: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Per sample (dim 0): `g` minus its component along `ref` where <g, ref> < 0, else `g` unchanged."""
     dot = (g * ref).flatten(1).sum(1)
@@ -413,15 +426,19 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
         loss = self.config.loss
+        scaled = loss.coarse_encoder_grad_scale != 1
         reroute = self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder
-                                                     and not loss.coarse_grad_projection)
+                                                     and not loss.coarse_grad_projection and not scaled)
         z_coarse = z if loss.coarse_grad_to_encoder else z.detach()
         if reroute and loss.coarse_grad_projection and torch.is_grad_enabled():
             z, z_coarse = ProjectedFork.apply(z)
+        if reroute and scaled and torch.is_grad_enabled():
+            z_coarse = ScaleGrad.apply(z_coarse, loss.coarse_encoder_grad_scale)
         out = self.decode(z)
         if reroute:
             # the coarse images again, along a route the coarse losses' gradient may take: from a detached latent
-            # (no gradient into the encoder) or a projected one, and/or through detached shared decoder weights.
+            # (no gradient into the encoder), a projected or a gradient-scaled one, and/or through detached shared
+            # decoder weights.
             # With the scale-causal mask they equal the full decode's coarse images: only the gradient's route changes.
             maps = self.latent_pyramid(z_coarse)[:-1]
             coarse, _ = self.decoder(maps, frozen=not loss.coarse_grad_to_decoder)

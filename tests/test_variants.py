@@ -9,7 +9,8 @@ from hieratok.tokenizer import ProjectedFork, project_conflict
 
 SMALL = dict(enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=2, dec_heads=3)
 NEW = ["stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted", "finest-weighted",
-       "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared", "stopgrad-shared-context"]
+       "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared", "stopgrad-shared-context",
+       "shared-context-enc0.3"]
 
 
 def images(b=4, seed=0):
@@ -213,6 +214,45 @@ def test_projected_shared_sends_the_encoder_only_non_conflicting_coarse_gradient
         for a, b in zip(model(x, sample=False)[0].images, plain(x, sample=False)[0].images):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="coarse_grad_to_encoder"):
+        cfg.replace(coarse_grad_to_encoder=False)
+
+
+def test_scaled_coarse_gradient_reaches_the_encoder_scaled_and_changes_nothing_else():
+    cfg = tokenizer_config("cifar10", "shared-context-enc0.3", **SMALL)
+    assert cfg.loss.coarse_encoder_grad_scale == 0.3 and not cfg.loss.coarse_grad_to_decoder
+    full = cfg.replace(coarse_encoder_grad_scale=1.0)
+    model, plain = HieraTok(cfg).train(), HieraTok(full).train()
+    with torch.no_grad():
+        for head in model.output_heads():
+            head.weight.normal_(std=0.02)
+    plain.load_state_dict(model.state_dict())
+    x = images()
+
+    def grads(m, which):
+        m.zero_grad()
+        out, _ = m(x, sample=False)
+        coarse = sum(im.square().mean() for im in out.images[:-1])
+        (coarse if which == "coarse" else out.reconstruction.square().mean()).backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    scaled, unscaled = grads(model, "coarse"), grads(plain, "coarse")
+    assert scaled.keys() == unscaled.keys()
+    enc = [n for n in scaled if n.startswith("encoder.")]
+    assert enc and any(unscaled[n].abs().sum() > 0 for n in enc)
+    for n in scaled:  # the encoder's share is scaled, the downsampler's and heads' are not
+        torch.testing.assert_close(scaled[n], unscaled[n] * (0.3 if n in enc else 1.0), rtol=1e-4, atol=1e-8)
+    scaled, unscaled = grads(model, "finest"), grads(plain, "finest")
+    assert scaled.keys() == unscaled.keys()
+    for n in scaled:  # the finest loss's gradient is the method's everywhere
+        torch.testing.assert_close(scaled[n], unscaled[n], rtol=1e-5, atol=1e-8)
+    with torch.no_grad():
+        for a, b in zip(model(x, sample=False)[0].images, plain(x, sample=False)[0].images):
+            assert torch.equal(a, b)
+
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="coarse_encoder_grad_scale"):
+            cfg.replace(coarse_encoder_grad_scale=bad)
+    with pytest.raises(ValueError, match="needs coarse_grad_to_encoder=True"):
         cfg.replace(coarse_grad_to_encoder=False)
 
 

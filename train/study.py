@@ -20,12 +20,12 @@ from hieratok.stats import ratio_interval, steps_to_reach, t_interval
 from hieratok.training.cli import parse_overrides
 
 # every arm is the tokenizer variant of its name (hieratok.config.VARIANT_BUILDERS), so `train/stage1.py --variant ARM`
-# trains it outside the study too. The last six test one explanation each of why multi-scale supervision costs the
-# finest scale (docs/experiment.md).
+# trains it outside the study too. The last ones test one explanation each of why multi-scale supervision costs the
+# finest scale, or a remedy (docs/experiment.md).
 ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss", "interp", "full-attn", "independent-attn",
         "finest-weighted", "stopgrad-coarse", "mss-total1", "scale-heads", "stopgrad-finest-weighted",
         "stopgrad-shared", "stopgrad-shared-refiner", "projected-shared",
-        "stopgrad-shared-context"]
+        "stopgrad-shared-context", "shared-context-enc1", "shared-context-enc0.3", "shared-context-enc0.1"]
 assert set(ARMS) <= set(VARIANT_BUILDERS), sorted(set(ARMS) - set(VARIANT_BUILDERS))
 KEY_ARMS = ["hieratok", "singlescale", "singlescale-flopmatched", "no-mss"]
 
