@@ -153,6 +153,21 @@ def test_bf16_is_not_native_where_onednn_is_held_below_it(monkeypatch):
         perf._cpu_bf16.cache_clear()
 
 
+def test_benchmark_precision_auto_follows_the_hardware(monkeypatch):
+    """`--precision auto` (the default) measures what the trainers' `--mixed-precision auto` would train in: fp32
+    where bf16 is not native (here: oneDNN held to AVX2), so an AVX2-only CPU is not timed in emulated bf16."""
+    from hieratok import perf
+    from train import benchmark
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    perf._cpu_bf16.cache_clear()
+    try:
+        assert benchmark.resolve_precision("auto") == ("fp32", " (auto)")
+        assert benchmark.resolve_precision("bf16") == ("bf16", "")
+        assert benchmark.resolve_precision("fp32") == ("fp32", "")
+    finally:
+        perf._cpu_bf16.cache_clear()
+
+
 def test_benchmark_prints_achieved_flops_against_the_gemm(capsys, monkeypatch):
     from train import benchmark
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the workers run with AVX2 kernels, and the header says so
@@ -162,7 +177,7 @@ def test_benchmark_prints_achieved_flops_against_the_gemm(capsys, monkeypatch):
                     "--classifier-batch-size", "4", "--warmup", "1", "--repeats", "2", "--precision", "fp32"])
     out = capsys.readouterr().out
     assert "GEMM 2048^2" in out and "% of GEMM" in out
-    assert "ATEN_CPU_CAPABILITY=avx2" in out and "fast path --compile auto" in out
+    assert "ATEN_CPU_CAPABILITY=avx2" in out and "fast path --compile auto --attention auto" in out
     rows = [line for line in out.splitlines() if line.startswith(("| tokenizer", "| dit", "| classifier"))]
     assert len(rows) == 6 and sum("reference" in r for r in rows) == 3 and sum("| fast |" in r for r in rows) == 3
     with pytest.raises(SystemExit, match="model spec"):

@@ -16,6 +16,10 @@ Paths:
   `--compile auto`: the blocks compiled for bf16 on a CPU, as a long run compiles them; `--compile on|off` forces
   it, e.g. to ask whether compiling would pay in fp32).
 
+Precision: `--precision auto` (the default) times what the trainers' `--mixed-precision auto` trains in on this
+hardware -- bf16 where it is native (a GPU, a CPU with AMX or AVX512-BF16), fp32 elsewhere (an AVX2-only CPU
+emulates bf16, 7-200x slower).
+
 An AVX2-only CPU can be approximated on a newer one by limiting the instruction sets torch uses:
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` (ATen's kernels, inductor's
 generated code, oneDNN's and MKL's GEMMs); the header says so when they are set.
@@ -144,7 +148,7 @@ def serve(spec: str, path: str, args) -> None:
     with FlopCounterMode(display=False) as counter:  # the model's work, counted once on the reference path
         step()
     if path == "fast":
-        set_attention_impl(model, "auto")
+        set_attention_impl(model, args.attention)
         compile_on, _ = compile_plan(args.compile, on_cpu=device.type == "cpu", precision=args.precision,
                                      steps=10 ** 6, warn=lambda m: print(m, file=sys.stderr))
         if compile_on:
@@ -239,6 +243,16 @@ def isa_note() -> str:
     return f"instruction sets limited by {' '.join(limits)}; " if limits else ""
 
 
+def resolve_precision(choice: str) -> tuple[str, str]:
+    """`--precision auto` -> bf16 where the device computes it natively (`hieratok.perf.native_bf16`), else fp32;
+    with the reason, for the header."""
+    if choice != "auto":
+        return choice, ""
+    from hieratok.perf import native_bf16
+    native, why = native_bf16()
+    return ("bf16" if native else "fp32"), " (auto)"
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -249,7 +263,11 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32, help="tokenizer batch")
     ap.add_argument("--dit-batch-size", type=int, default=128)
     ap.add_argument("--classifier-batch-size", type=int, default=64)
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="auto: bf16 where the hardware computes it natively (a GPU, a CPU with AMX or "
+                         "AVX512-BF16), else fp32 -- as the trainers' --mixed-precision auto decides")
+    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math"],
+                    help="the fast path's attention (`hieratok.layers.resolve_attention`; auto: as the trainers)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="the fast path's compiled blocks; auto: as a long training run decides (bf16 on a CPU)")
     ap.add_argument("--threads", type=int, default=None)
@@ -260,6 +278,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.precision, precision_note = resolve_precision(args.precision)
     if args.serve:
         serve(*args.serve, args)
         return
@@ -268,7 +287,8 @@ def main(argv=None):
     from hieratok.training.distributed import hardware_name, native_bf16
     results = measure(args.models, args.paths, argv, args.repeats)
     print(f"{hardware_name()} ({native_bf16()[1]}); torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"{isa_note()}{args.precision}; fast path --compile {args.compile}; preset {args.preset}; "
+          f"{isa_note()}{args.precision}{precision_note}; fast path --compile {args.compile} --attention "
+          f"{args.attention}; preset {args.preset}; "
           f"tokenizer batch {args.batch_size}, DiT batch {args.dit_batch_size}, classifier batch "
           f"{args.classifier_batch_size}; median of {args.repeats} interleaved steps; GEMM 2048^2 "
           f"{statistics.median(r['gemm_flops'] for r in results) / 1e9:.0f} GFLOP/s")
