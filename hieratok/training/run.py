@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers import set_attention_impl
-from ..perf import compile_blocks, compile_plan, transformer_blocks, tune_allocator
+from ..perf import compile_blocks, compile_plan, native_bf16, transformer_blocks, tune_allocator
 from .checkpoint import (EXPORT_STATE_FILE, STATE_FILE, TrainState, load_state, publish_dir, read_state,
                          record_run_config, save_state, staging_dir, write_dir, write_json)
 from .cli import validate_args
@@ -130,6 +130,7 @@ class Run:
                                  "hardware": hardware_name(),
                                  "mixed_precision": {"used": precision, "why": precision_note}}
         self._speed_setup(precision)
+        self._warn_emulated_bf16(precision)
         set_seed(args.seed)
         self._last_log_time, self._last_log_images = time.time(), 0
         self._bar = None
@@ -146,6 +147,16 @@ class Run:
         self.run_config["speed"] = {"allocator": tune_allocator() if on_cpu else "unchanged (not a CPU)",
                                     "attention": getattr(self.args, "attention", "auto"), "compile": self._compile,
                                     "compile_why": why}
+
+    def _warn_emulated_bf16(self, precision: str):
+        """bf16 asked for where it is not native: on an AVX2-only CPU a bf16 GEMM is emulated, 7x slower than fp32
+        on one AMD EPYC and ~200x on another (docs/training.md, "Precision"); say so before the first step."""
+        if precision != "bf16":
+            return
+        native, what = native_bf16(self.accelerator.device)
+        if not native:
+            self.warning(f"warning: --mixed-precision bf16, but bf16 is not native here ({what}): its matmuls are "
+                         f"emulated and can run 7-200x slower than fp32; --mixed-precision auto would train in fp32")
 
     @property
     def is_main(self) -> bool:
