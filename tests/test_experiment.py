@@ -83,7 +83,7 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
                                                    {"1x1", "2x2", "4x4", "8x8", "16x16"})
         assert r["step_time_s"] > 0 and r["final"]["images"] == 36
         assert r["final"]["rfd_cls"] > 0 and r["curve"][0]["rfd_cls"] is None  # FD needs the full set
-        assert r["concurrent_runs"] == 2 and r["hardware"] == "CPU"
+        assert r["concurrent_runs"] == 2 and r["hardware"] == "CPU" and r["precision"] == "no"
     # the two seeds differ (initialisation and data order)
     h = [r for r in report["records"] if r["arm"] == "hieratok"]
     assert h[0]["final"]["psnr"] != h[1]["final"]["psnr"]
@@ -94,7 +94,7 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     ref = report["linear_reference"]  # the patch PCA of the arms' latent size, on the same images
     assert ref["name"] == "linear-pca-C4" and 5 < ref["psnr_final"] < 60 and "| linear-pca-C4 (linear" in md
     assert "| singlescale | 2 |" in md and (tmp_path / "eval" / "experiment-curves.html").exists()
-    assert "Trained on: CPU (4 runs)." in md
+    assert "Trained on: CPU, fp32 (4 runs)." in md  # --mixed-precision no: fp32, whatever the CPU
 
     # the app's Experiment tab reads the same file from an assets folder
     from hieratok.explorer import views

@@ -238,8 +238,13 @@ COARSE_CAVEATS = {"no-mss": "its coarse images are never supervised",
 
 
 def devices_line(report: dict) -> str:
-    """' Trained on: <device> (n runs), ...' where the records say (step times compare within a device only)."""
-    devices = Counter(r.get("hardware") or "not recorded" for r in report["records"])
+    """' Trained on: <device>, <precision> (n runs), ...' where the records say (step times compare within a device
+    only; `--mixed-precision auto` trains in bf16 or fp32 by hardware)."""
+    def precision(r):
+        used = r.get("precision")
+        return {"no": "fp32", None: "precision not recorded"}.get(used, used)
+    devices = Counter(f"{r.get('hardware') or 'not recorded'}, {precision(r)}"
+                      for r in report["records"] + report.get("generation", []))
     return " Trained on: " + ", ".join(f"{d} ({n} runs)" for d, n in devices.most_common()) + "." if devices else ""
 
 
