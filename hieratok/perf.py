@@ -110,7 +110,7 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> str:
 def native_bf16(device: torch.device | str | None = None) -> tuple[bool, str]:
     """Whether `device` (default: the GPU if there is one, else the CPU) computes bf16 natively, and what was found:
     a GPU that supports it, or a CPU with AMX or AVX512-BF16. Elsewhere (e.g. an AVX2-only CPU) bf16 is emulated:
-    7x slower than fp32 on one AVX2-only AMD EPYC, ~200x on another (torch 2.14.1; docs/training.md, "Precision")."""
+    7x slower than fp32 on one AVX2-only AMD EPYC, ~500x on another (torch 2.14.1; docs/training.md, "Precision")."""
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         ok = torch.cuda.is_bf16_supported()

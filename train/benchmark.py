@@ -18,7 +18,7 @@ Paths:
 
 Precision: `--precision auto` (the default) times what the trainers' `--mixed-precision auto` trains in on this
 hardware -- bf16 where it is native (a GPU, a CPU with AMX or AVX512-BF16), fp32 elsewhere (an AVX2-only CPU
-emulates bf16, 7-200x slower).
+emulates bf16, 7-500x slower).
 
 An AVX2-only CPU can be approximated on a newer one by limiting the instruction sets torch uses:
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` (ATen's kernels, inductor's

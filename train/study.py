@@ -245,7 +245,8 @@ def devices_line(report: dict) -> str:
         return {"no": "fp32", None: "precision not recorded"}.get(used, used)
     devices = Counter(f"{r.get('hardware') or 'not recorded'}, {precision(r)}"
                       for r in report["records"] + report.get("generation", []))
-    return " Trained on: " + ", ".join(f"{d} ({n} runs)" for d, n in devices.most_common()) + "." if devices else ""
+    return (" Trained on: " + "; ".join(f"{d} ({n} run{'s' if n != 1 else ''})" for d, n in devices.most_common())
+            + "." if devices else "")
 
 
 def classifier_line(report: dict) -> str:

@@ -27,7 +27,7 @@ def base_parser(description: str, *, steps: int, batch_size: int, lr: float) -> 
     ap.add_argument("--ema-decay", type=float, default=0.999)
     ap.add_argument("--mixed-precision", default="auto", choices=["auto", "bf16", "fp16", "no"],
                     help="autocast dtype; auto: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with "
-                         "AMX or AVX512-BF16), fp32 elsewhere (on AVX2-only CPUs bf16 is emulated, 7-200x slower "
+                         "AMX or AVX512-BF16), fp32 elsewhere (on AVX2-only CPUs bf16 is emulated, 7-500x slower "
                          "than fp32)")
     ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math"],
                     help="attention path: sdpa (PyTorch's kernels), math (explicit softmax, hand-written backward); "

@@ -150,13 +150,13 @@ class Run:
 
     def _warn_emulated_bf16(self, precision: str):
         """bf16 asked for where it is not native: on an AVX2-only CPU a bf16 GEMM is emulated, 7x slower than fp32
-        on one AMD EPYC and ~200x on another (docs/training.md, "Precision"); say so before the first step."""
+        on one AMD EPYC and ~500x on another (docs/training.md, "Precision"); say so before the first step."""
         if precision != "bf16":
             return
         native, what = native_bf16(self.accelerator.device)
         if not native:
             self.warning(f"warning: --mixed-precision bf16, but bf16 is not native here ({what}): its matmuls are "
-                         f"emulated and can run 7-200x slower than fp32; --mixed-precision auto would train in fp32")
+                         f"emulated and can run 7-500x slower than fp32; --mixed-precision auto would train in fp32")
 
     @property
     def is_main(self) -> bool:
