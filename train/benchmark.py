@@ -244,13 +244,12 @@ def isa_note() -> str:
 
 
 def resolve_precision(choice: str) -> tuple[str, str]:
-    """`--precision auto` -> bf16 where the device computes it natively (`hieratok.perf.native_bf16`), else fp32;
-    with the reason, for the header."""
+    """`--precision auto` -> bf16 where the device computes it natively (`hieratok.perf.native_bf16`, whose reason
+    the header prints), else fp32; with a note for the header saying the choice was automatic."""
     if choice != "auto":
         return choice, ""
     from hieratok.perf import native_bf16
-    native, why = native_bf16()
-    return ("bf16" if native else "fp32"), " (auto)"
+    return ("bf16" if native_bf16()[0] else "fp32"), " (auto)"
 
 
 def main(argv=None):
