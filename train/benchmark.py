@@ -244,12 +244,12 @@ def isa_note() -> str:
 
 
 def resolve_precision(choice: str) -> tuple[str, str]:
-    """`--precision auto` -> bf16 where the device computes it natively (`hieratok.perf.native_bf16`, whose reason
-    the header prints), else fp32; with a note for the header saying the choice was automatic."""
+    """`--precision auto` -> what the trainers' `--mixed-precision auto` picks here (bf16 where it is native, else
+    fp32), by the same function; with a note for the header saying the choice was automatic."""
     if choice != "auto":
         return choice, ""
-    from hieratok.perf import native_bf16
-    return ("bf16" if native_bf16()[0] else "fp32"), " (auto)"
+    from hieratok.training.distributed import resolve_mixed_precision
+    return ("bf16" if resolve_mixed_precision("auto")[0] == "bf16" else "fp32"), " (auto)"
 
 
 def main(argv=None):
