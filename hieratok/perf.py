@@ -292,6 +292,52 @@ def thread_count(requested: int | None = None, env: str = "HIERATOK_THREADS") ->
     return available_cpus()
 
 
+
+def training_threads(local_processes: int = 1, root: str = "/sys/fs/cgroup") -> tuple[int | None, str]:
+    """Torch threads for one training process on a CPU, and why: $OMP_NUM_THREADS where it is set (torchrun and
+    `accelerate launch` set it for several processes; a user running runs side by side sets it), else the cores
+    this process may use (`available_cpus`: torch's own default counts a host's cores past a container's cgroup
+    quota) shared among the `local_processes` on this machine. None: leave torch's setting (an unreadable
+    $OMP_NUM_THREADS, which torch itself ignores)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        if env.isdigit() and int(env) > 0:
+            return int(env), "set by $OMP_NUM_THREADS"
+        return None, f"torch's default ($OMP_NUM_THREADS={env!r} is not a number of threads)"
+    n, why = available_cpus(root)
+    share = max(1, n // max(1, local_processes))
+    return share, why + (f", shared by {local_processes} processes" if local_processes > 1 else "")
+
+
+def running_elsewhere(samples: int = 5, interval: float = 0.05, stat: str = "/proc/stat") -> float | None:
+    """How many threads other than the caller are running on the machine now: the median over `samples` readings
+    of /proc/stat's procs_running (runnable threads, the reader's own included) less one; None where unreadable."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open(stat) as f:
+                line = next((ln for ln in f if ln.startswith("procs_running")), None)
+        except OSError:
+            return None
+        if line is None:
+            return None
+        counts.append(int(line.split()[1]) - 1)
+        if i + 1 < samples:
+            time.sleep(interval)
+    return float(sorted(counts)[len(counts) // 2])
+
+
+def oversubscription_warning(threads: int, cores: int, others: float | None) -> str | None:
+    """A warning when `others` running threads plus this run's `threads` exceed the `cores` it may use. OpenMP
+    threads wait for each other at every parallel region, so a shared core slows the whole step: on 2 cores a
+    2-thread DiT step went from 3.4 to ~10 s beside a 2-thread test run, which itself ran 25x slower than the same
+    run with 1 thread beside it (docs/training.md, "Runs side by side")."""
+    if others is None or others < 1 or others + threads <= cores:
+        return None
+    return (f"warning: {others:g} other thread(s) are running on the {cores} core(s) this run may use, and it "
+            f"starts {threads} thread(s): oversubscribed cores slow every process on them several-fold; give runs "
+            f"side by side cores / N threads each (OMP_NUM_THREADS=N)")
+
 def compile_plan(choice: str, *, on_cpu: bool, precision: str, steps: int, fsdp: bool = False,
                  warn=print) -> tuple[bool, str]:
     """Whether a run compiles its transformer blocks (`--compile auto|on|off`) and why. `auto` compiles bf16 runs

@@ -11,7 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads, the machine this suite is sized for, unless $OMP_NUM_THREADS says (the suite beside a training:
+# docs/training.md, "Runs side by side")
+if not os.environ.get("OMP_NUM_THREADS", "").isdigit():
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

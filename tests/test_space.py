@@ -1,4 +1,5 @@
-"""Hosting: the thread count follows the CPU quota, and importing the app writes nothing into the package."""
+"""Hosting and training: the thread count follows the CPU quota and says when the cores are busy, and importing the
+app writes nothing into the package."""
 import os
 import re
 import shutil
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hieratok.perf import available_cpus, cgroup_cpu_limit, thread_count
+from hieratok.perf import (available_cpus, cgroup_cpu_limit, oversubscription_warning, running_elsewhere, thread_count,
+                           training_threads)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +47,43 @@ def test_threads_follow_the_quota_the_flag_and_the_environment(tmp_path, monkeyp
     monkeypatch.setenv("HIERATOK_THREADS", "many")
     with pytest.raises(ValueError, match="whole number"):
         thread_count()
+
+
+def test_training_threads_share_the_quota_among_processes_unless_omp_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    quota3 = cgroup(tmp_path, {"cpu.max": "300000 100000\n"})
+    n, why = training_threads(1, quota3)
+    assert n == min(3, len(os.sched_getaffinity(0))) and why == available_cpus(quota3)[1]
+    n, why = training_threads(2, quota3)
+    assert n == max(1, min(3, len(os.sched_getaffinity(0))) // 2) and why.endswith("shared by 2 processes")
+    assert training_threads(64, quota3)[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert training_threads(1, quota3) == (1, "set by $OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    n, why = training_threads(1, quota3)
+    assert n is None and "'lots' is not a number" in why
+
+
+def test_threads_running_elsewhere_are_counted_and_oversubscription_is_said(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 4\nprocs_blocked 0\n")
+    assert running_elsewhere(samples=3, interval=0, stat=str(stat)) == 3.0  # the reader itself is not counted
+    stat.write_text("cpu  1 2 3\n")
+    assert running_elsewhere(samples=1, stat=str(stat)) is None
+    assert running_elsewhere(samples=1, stat=str(tmp_path / "missing")) is None
+    # a real busy process: seen from here
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        __import__("time").sleep(0.5)
+        assert running_elsewhere() >= 1
+    finally:
+        busy.kill()
+        busy.wait()
+    warning = oversubscription_warning(threads=2, cores=2, others=2.0)
+    assert "2 other thread(s)" in warning and "OMP_NUM_THREADS" in warning
+    assert oversubscription_warning(threads=1, cores=2, others=1.0) is None  # one core each
+    assert oversubscription_warning(threads=2, cores=2, others=0.0) is None
+    assert oversubscription_warning(threads=2, cores=2, others=None) is None  # unknown: nothing said
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")

@@ -93,6 +93,37 @@ def test_stage1_tiny_run_writes_everything(image_folder, tmp_path, caplog, monke
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # none left half-written
 
 
+def test_a_run_takes_the_cores_it_may_use_and_says_when_others_are_busy_on_them(image_folder, tmp_path, caplog,
+                                                                               monkeypatch):
+    """Threads: the cores this process may use (`available_cpus`) unless $OMP_NUM_THREADS says; recorded in
+    run_config.json. A busy process already on the cores: a warning before the first step (oversubscribed OpenMP
+    threads slow each other several-fold), and the run still trains."""
+    from hieratok.perf import available_cpus
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        stage1(["--data", image_folder, "--output-dir", tmp_path / "a", "--steps", 1, "--batch-size", 8, *TINY_TOK,
+                *FAST])
+    finally:
+        busy.kill()
+        busy.wait()
+    speed = json.loads((tmp_path / "a" / "run_config.json").read_text())["speed"]
+    assert (speed["threads"], speed["threads_why"]) == available_cpus()
+    assert [r.levelname for r in caplog.records if "other thread(s) are running" in r.getMessage()] == ["WARNING"]
+    assert (tmp_path / "a" / "final" / "model.safetensors").exists()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        stage1(["--data", image_folder, "--output-dir", tmp_path / "b", "--steps", 1, "--batch-size", 8, *TINY_TOK,
+                *FAST])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    speed = json.loads((tmp_path / "b" / "run_config.json").read_text())["speed"]
+    assert (speed["threads"], speed["threads_why"]) == (1, "set by $OMP_NUM_THREADS")
+
+
 def test_stage1_warm_start_from_a_single_scale_run(image_folder, tmp_path):
     common = ["--data", image_folder, "--steps", 2, "--batch-size", 8, *TINY_TOK, *FAST]
     stage1(["--output-dir", tmp_path / "single", "--variant", "singlescale", *common])

@@ -42,7 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers import set_attention_impl
-from ..perf import compile_blocks, compile_plan, native_bf16, transformer_blocks, tune_allocator
+from ..perf import (available_cpus, compile_blocks, compile_plan, native_bf16, oversubscription_warning,
+                    running_elsewhere, training_threads, transformer_blocks, tune_allocator)
 from .checkpoint import (EXPORT_STATE_FILE, STATE_FILE, TrainState, load_state, publish_dir, read_state,
                          record_run_config, save_state, staging_dir, write_dir, write_json)
 from .cli import validate_args
@@ -139,14 +140,26 @@ class Run:
 
     # ---- set-up -----------------------------------------------------------------------------------------------
     def _speed_setup(self, precision: str):
-        """The CPU allocator, the attention path and whether blocks are compiled (`hieratok.perf.compile_plan`);
-        recorded in run_config.json["speed"]."""
+        """On a CPU: the torch threads (`hieratok.perf.training_threads`; a warning where other threads already
+        run on the cores), the allocator; the attention path and whether blocks are compiled
+        (`hieratok.perf.compile_plan`). Recorded in run_config.json["speed"]."""
         on_cpu = self.accelerator.device.type == "cpu"
+        threads_why = "unchanged (not a CPU)"
+        if on_cpu:
+            local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            threads, threads_why = training_threads(local_processes)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            if local_processes == 1:  # several processes start together: each would count the others
+                warning = oversubscription_warning(torch.get_num_threads(), available_cpus()[0], running_elsewhere())
+                if warning:
+                    self.warning(warning)
         self._compile, why = compile_plan(getattr(self.args, "compile", "off"), on_cpu=on_cpu, precision=precision,
                                           steps=self.args.steps, fsdp=self.fsdp, warn=self.warning)
         self.run_config["speed"] = {"allocator": tune_allocator() if on_cpu else "unchanged (not a CPU)",
                                     "attention": getattr(self.args, "attention", "auto"), "compile": self._compile,
-                                    "compile_why": why}
+                                    "compile_why": why, "threads": torch.get_num_threads(),
+                                    "threads_why": threads_why}
 
     def _warn_emulated_bf16(self, precision: str):
         """bf16 asked for where it is not native: on an AVX2-only CPU a bf16 GEMM is emulated, 7x slower than fp32
