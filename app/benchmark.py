@@ -20,7 +20,7 @@ from hieratok.explorer import views
 from hieratok.explorer.models import Catalog, ModelStore
 from hieratok.explorer.server import AppServer
 from hieratok.explorer.components import example_images
-from hieratok.perf import PRECISIONS, native_bf16
+from hieratok.perf import PRECISIONS, native_bf16, tune_allocator_for_serving
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -223,6 +223,7 @@ def main(argv=None):
                     help="instead of the timings: 4 clients send the mixed load (reconstruct 50%%, latent space 20%%, "
                          "attention 15%%, interpolate 10%%, generate 5%%) for MINUTES; prints the server's RSS series")
     args = ap.parse_args(argv)
+    allocator = tune_allocator_for_serving()  # the in-process timings under the server's allocator (app/main.py)
     assets = Path(args.assets)
     catalog = Catalog(assets, args.sampling_precision)
     examples = example_images(assets)
@@ -232,7 +233,7 @@ def main(argv=None):
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     print(f"CPU: {cpu} ({native_bf16('cpu')[1]}); {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; "
-          f"median of {args.repeats}; assets {assets}; DiT sampling {args.sampling_precision}")
+          f"median of {args.repeats}; assets {assets}; DiT sampling {args.sampling_precision}; {allocator}")
     if args.soak:
         report_soak(assets, catalog, examples, args.soak)
         return

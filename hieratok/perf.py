@@ -48,17 +48,27 @@ def _mallopt(*settings: tuple[int, int]) -> str | None:
     return None if ok else "mallopt refused"
 
 
-def tune_allocator_for_serving(arenas: int = 2, mmap_bytes: int = 4 << 20, trim_bytes: int = 8 << 20) -> str:
-    """Bound a long-running server's memory: at most `arenas` malloc arenas, and a fixed mmap threshold so that
-    large blocks (images, activations) go back to the kernel when freed.
+def tune_allocator_for_serving(arenas: int = 2, mmap_bytes: int | None = None, trim_bytes: int | None = None) -> str:
+    """Bound a long-running server's memory: at most `arenas` malloc arenas; fixed mmap / trim thresholds only
+    where asked for (`mmap_bytes`, `trim_bytes`; None keeps glibc's adaptive ones).
 
-    glibc gives each thread that contends for malloc an arena of its own (up to 8 per core) and raises its mmap
-    threshold after every large free, so the app's worker threads each kept their own fragmented heap of freed
-    tensors and its resident memory crept up under load (measured with `app/benchmark.py --soak`: docs/app.md).
-    Call before the server starts its threads; process-wide."""
-    why = _mallopt((_M_ARENA_MAX, arenas), (_M_MMAP_THRESHOLD, mmap_bytes), (_M_TRIM_THRESHOLD, trim_bytes))
-    return (f"glibc malloc: {arenas} arenas, blocks over {mmap_bytes >> 20} MiB mmap'ed and returned when freed"
-            if why is None else f"allocator left as is ({why})")
+    glibc gives each thread that contends for malloc an arena of its own (up to 8 per core), so the app's worker
+    threads each kept their own fragmented heap of freed tensors and its resident memory crept up under load
+    (measured with `app/benchmark.py --soak`: docs/app.md); the server's free pages go back to the kernel through
+    `release_free_memory_every`. Fixed low thresholds (4 MiB mmap, 8 MiB trim: this function's former defaults) made
+    every large activation fresh, page-faulted memory: Generate (16 samples) ~20% slower in-process on an AVX2-only
+    EPYC (docs/app.md, "Allocator"). Call before the server starts its threads; process-wide."""
+    settings = [(_M_ARENA_MAX, arenas)]
+    if mmap_bytes is not None:
+        settings.append((_M_MMAP_THRESHOLD, mmap_bytes))
+    if trim_bytes is not None:
+        settings.append((_M_TRIM_THRESHOLD, trim_bytes))
+    why = _mallopt(*settings)
+    if why is not None:
+        return f"allocator left as is ({why})"
+    fixed = ", ".join(([f"blocks over {mmap_bytes >> 20} MiB mmap'ed"] if mmap_bytes is not None else [])
+                      + ([f"heap top trimmed above {trim_bytes >> 20} MiB"] if trim_bytes is not None else []))
+    return f"glibc malloc: {arenas} arenas, " + (fixed or "glibc's adaptive mmap and trim thresholds")
 
 
 def release_free_memory() -> bool:
