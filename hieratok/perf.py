@@ -302,7 +302,6 @@ def thread_count(requested: int | None = None, env: str = "HIERATOK_THREADS") ->
     return available_cpus()
 
 
-
 def training_threads(local_processes: int = 1, root: str = "/sys/fs/cgroup") -> tuple[int | None, str]:
     """Torch threads for one training process on a CPU, and why: $OMP_NUM_THREADS where it is set (torchrun and
     `accelerate launch` set it for several processes; a user running runs side by side sets it), else the cores
@@ -347,6 +346,7 @@ def oversubscription_warning(threads: int, cores: int, others: float | None) -> 
     return (f"warning: {others:g} other thread(s) are running on the {cores} core(s) this run may use, and it "
             f"starts {threads} thread(s): oversubscribed cores slow every process on them several-fold; give runs "
             f"side by side cores / N threads each (OMP_NUM_THREADS=N)")
+
 
 def compile_plan(choice: str, *, on_cpu: bool, precision: str, steps: int, fsdp: bool = False,
                  warn=print) -> tuple[bool, str]:
