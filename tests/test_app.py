@@ -291,7 +291,6 @@ def test_the_start_up_log_says_threads_and_the_allocator_bound(app_server):
 
 
 def test_freed_memory_goes_back_to_the_kernel():
-
     from hieratok.perf import release_free_memory, release_free_memory_every
     if platform.libc_ver()[0] != "glibc":
         assert release_free_memory() is False and release_free_memory_every(1) is None
