@@ -318,7 +318,7 @@ def training_threads(local_processes: int = 1, root: str = "/sys/fs/cgroup") -> 
     return share, why + (f", shared by {local_processes} processes" if local_processes > 1 else "")
 
 
-def running_elsewhere(samples: int = 5, interval: float = 0.05, stat: str = "/proc/stat") -> float | None:
+def running_elsewhere(samples: int = 3, interval: float = 0.02, stat: str = "/proc/stat") -> float | None:
     """How many threads other than the caller are running on the machine now: the median over `samples` readings
     of /proc/stat's procs_running (runnable threads, the reader's own included) less one; None where unreadable."""
     counts = []
