@@ -58,17 +58,17 @@ def tune_allocator_for_serving(arenas: int = 2, mmap_bytes: int | None = None, t
     `release_free_memory_every`. Fixed low thresholds (4 MiB mmap, 8 MiB trim: this function's former defaults) made
     every large activation fresh, page-faulted memory: Generate (16 samples) ~20% slower in-process on an AVX2-only
     EPYC (docs/app.md, "Allocator"). Call before the server starts its threads; process-wide."""
-    settings = [(_M_ARENA_MAX, arenas)]
+    settings, fixed = [(_M_ARENA_MAX, arenas)], []
     if mmap_bytes is not None:
         settings.append((_M_MMAP_THRESHOLD, mmap_bytes))
+        fixed.append(f"blocks over {mmap_bytes >> 20} MiB mmap'ed")
     if trim_bytes is not None:
         settings.append((_M_TRIM_THRESHOLD, trim_bytes))
+        fixed.append(f"heap top trimmed above {trim_bytes >> 20} MiB")
     why = _mallopt(*settings)
     if why is not None:
         return f"allocator left as is ({why})"
-    fixed = ", ".join(([f"blocks over {mmap_bytes >> 20} MiB mmap'ed"] if mmap_bytes is not None else [])
-                      + ([f"heap top trimmed above {trim_bytes >> 20} MiB"] if trim_bytes is not None else []))
-    return f"glibc malloc: {arenas} arenas, " + (fixed or "glibc's adaptive mmap and trim thresholds")
+    return f"glibc malloc: {arenas} arenas, " + (", ".join(fixed) or "glibc's adaptive mmap and trim thresholds")
 
 
 def release_free_memory() -> bool:
