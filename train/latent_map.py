@@ -25,7 +25,9 @@ def umap_2d(x: torch.Tensor, seed: int) -> torch.Tensor:
     import umap
     flat = x.flatten(1).double()
     flat = (flat - flat.mean(0)) / flat.std(0).clamp_min(1e-8)
-    emb = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, random_state=seed).fit_transform(flat.numpy())
+    # a seeded UMAP runs on one thread (umap-learn overrides n_jobs and warns); say so and get no warning
+    emb = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, random_state=seed, n_jobs=1).fit_transform(
+        flat.numpy())
     return torch.from_numpy(emb).float()
 
 
