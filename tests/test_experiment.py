@@ -64,6 +64,28 @@ def test_the_cost_table_pairs_finest_with_singlescale_and_coarse_with_hieratok()
     assert "| bad-coarse | 0.00 ± 0.00 | -0.60 ± 0.00 |" in md and md.count("not met") == 1
 
 
+def test_step_times_pool_over_seeds_only_under_the_same_recorded_conditions():
+    """A step time depends on the machine and its threads, not on the seed: runs of one arm measured on different
+    machines, thread counts or without a record of them give a median and range, marked, not an interval."""
+    from train import study
+    def timed(seed, t, **conditions):
+        return {**record("hieratok", seed, [26.0]), "step_time_s": t, "concurrent_runs": 1, **conditions}
+    xeon = dict(machine="Intel Xeon", threads=2)
+    same = study.step_times([timed(0, 1.0, **xeon), timed(1, 1.2, **xeon), timed(2, 1.1, **xeon)])
+    assert same["mean"] == pytest.approx(1.1) and same["ci95"] > 0 and "mixed" not in same
+    for other in (dict(machine="AMD EPYC", threads=2), dict(machine="Intel Xeon", threads=1), {}):
+        m = study.step_times([timed(0, 1.0, **xeon), timed(1, 2.3, **other)])
+        assert m["mixed"] and (m["min"], m["max"], m["median"]) == (1.0, 2.3, pytest.approx(1.65)), other
+        assert study.fmt_step(m) == "1.650 (1.00-2.30)*"
+    side_by_side = timed(1, 2.0, **xeon) | {"concurrent_runs": 2}
+    assert study.step_times([timed(0, 1.0, **xeon), side_by_side])["mixed"]
+    assert study.fmt_step(study.step_times([timed(0, 1.0)])) == "1.000"  # one run: its own time, nothing to pool
+    md = study.markdown({"tier": "cpu", "budget": {"steps": 4, "batch_size": 2, "preset": "cifar10", "set": {}},
+                         "val_images": 8, "records": [timed(0, 1.0, **xeon), timed(1, 2.3)],
+                         "summary": study.summarize([timed(0, 1.0, **xeon), timed(1, 2.3)])})
+    assert "| 1.650 (1.00-2.30)* |" in md and "no cost comparison between arms" in md
+
+
 def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_path, capsys, monkeypatch):  # noqa: F811
     from hieratok.classifier import Classifier, ClassifierConfig
     from train import experiment
@@ -84,12 +106,14 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
         assert r["step_time_s"] > 0 and r["final"]["images"] == 36
         assert r["final"]["rfd_cls"] > 0 and r["curve"][0]["rfd_cls"] is None  # FD needs the full set
         assert r["concurrent_runs"] == 2 and r["hardware"] == "CPU" and r["precision"] == "no"
+        assert r["machine"] and r["threads"] == 1  # two runs side by side on their share of the cores
     # the two seeds differ (initialisation and data order)
     h = [r for r in report["records"] if r["arm"] == "hieratok"]
     assert h[0]["final"]["psnr"] != h[1]["final"]["psnr"]
     s = report["summary"]
     assert s["hieratok"]["psnr"]["n"] == 2 and "psnr_minus_hieratok" in s["singlescale"]
     assert s["singlescale"]["rfd_cls"]["n"] == 2
+    assert s["hieratok"]["step_time_s"]["n"] == 2 and "mixed" not in s["hieratok"]["step_time_s"]  # one machine
     md = (tmp_path / "eval" / "experiment.md").read_text()
     ref = report["linear_reference"]  # the patch PCA of the arms' latent size, on the same images
     assert ref["name"] == "linear-pca-C4" and 5 < ref["psnr_final"] < 60 and "| linear-pca-C4 (linear" in md

@@ -4,13 +4,15 @@ latent (by default `hieratok`'s) with one on the `singlescale` latent; the Markd
 results file (the app shows that file and draws the curves with `hieratok.report.curves_figure`).
 
 A results file holds {"tier", "budget", "val_images", "command", "records": [one per run: arm, variant, seed,
-budget, curve (PSNR etc. at fixed points of the budget), final metrics, step time], "summary": `summarize(records)`}
+budget, curve (PSNR etc. at fixed points of the budget), final metrics, step time and what it was measured on],
+"summary": `summarize(records)`}
 and, for the generation half, "dit_budget", "generation" (one record per DiT: arm of its tokenizer, seed, curve of
 FD-cls and class accuracy) and "generation_summary": `summarize_generation(generation)`.
 """
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -94,7 +96,7 @@ def summarize(records: list[dict]) -> dict:
                "entropy": t_interval([r["final"]["latent_density"]["entropy"] for r in rs]),
                "rfd_cls": (t_interval([r["final"]["rfd_cls"] for r in rs])
                            if all(r["final"].get("rfd_cls") is not None for r in rs) else None),
-               "step_time_s": t_interval([r["step_time_s"] for r in rs])}
+               "step_time_s": step_times(rs)}
         scales = [k for k in rs[0]["final"].get("psnr_scales", {}) if all(k in r["final"]["psnr_scales"] for r in rs)]
         if len(scales) > 1:
             row["psnr_scales"] = {k: t_interval([r["final"]["psnr_scales"][k] for r in rs]) for k in scales}
@@ -128,6 +130,40 @@ def _point(record: dict, step: int) -> dict:
     return next(p for p in record["curve"] if p["step"] == step)
 
 
+def step_times(records: list[dict]) -> dict:
+    """Seconds per training step over an arm's runs. A step time is a property of the machine, its thread count and
+    what ran beside it, not a draw over seeds: a mean and t-interval only where every run recorded the same
+    conditions (`run_conditions`); else the median and range, marked `mixed` (the runs of one arm came from several
+    machines or thread counts, or did not record them)."""
+    values = [r["step_time_s"] for r in records]
+    conditions = {run_conditions(r) for r in records}
+    if len(values) > 1 and (None in conditions or len(conditions) > 1):
+        return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
+                "mixed": True}
+    return t_interval(values)
+
+
+def run_conditions(record: dict) -> tuple | None:
+    """(machine, threads, runs side by side) of a record, or None where it did not record them (records before
+    the machine and thread count were kept)."""
+    if record.get("machine") is None or record.get("threads") is None:
+        return None
+    return record["machine"], record["threads"], record.get("concurrent_runs")
+
+
+def fmt_step(m: dict) -> str:
+    """A `step_times` summary: "mean ± half-width", or "median (min-max)*" over mixed conditions."""
+    if m.get("mixed"):
+        return f"{m['median']:.3f} ({m['min']:.2f}-{m['max']:.2f})*"
+    return fmt(m, 3)
+
+
+STEP_NOTE = ("Step time (s): mean ± 95% interval where all of an arm's runs recorded the same machine, thread count "
+             "and runs side by side; * marks the median (range) of runs measured under different or unrecorded "
+             "conditions (the seeds ran on several machines), which is no cost comparison between arms "
+             "(`train/benchmark.py --models tokenizer:ARM ...` times arms in turn on one machine).")
+
+
 def summarize_generation(records: list[dict]) -> dict:
     """Per tokenizer arm: final FD-cls and class accuracy over seeds; each arm's DiT against the baseline's
     (`GEN_BASELINE`, single-scale) in `versus[arm]` (`compare_generation`). `paired` and `speedup` are hieratok's:
@@ -139,7 +175,7 @@ def summarize_generation(records: list[dict]) -> dict:
     out = {"arms": {arm: {"seeds": sorted(r["seed"] for r in rs),
                           "gfd_cls": t_interval([r["final"]["gfd_cls"] for r in rs]),
                           "class_accuracy": t_interval([r["final"]["class_accuracy"] for r in rs]),
-                          "step_time_s": t_interval([r["step_time_s"] for r in rs])} for arm, rs in arms.items()}}
+                          "step_time_s": step_times(rs)} for arm, rs in arms.items()}}
     base = arms.get(GEN_BASELINE, [])
     out["versus"] = {arm: compare_generation(arm, rs, base) for arm, rs in arms.items() if arm != GEN_BASELINE}
     out.update(out["versus"].get("hieratok") or compare_generation("hieratok", [], base))
@@ -190,13 +226,15 @@ def markdown(report: dict) -> str:
     for arm, row in s.items():
         lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['psnr'])} | {fmt(row.get('psnr_minus_hieratok'))} | "
                      f"{fmt(row['ssim'], 4)} | {fmt(row['gini'], 4)} | {fmt(row['entropy'], 4)} | "
-                     f"{fmt(row.get('rfd_cls'))} | {fmt(row['step_time_s'], 3)} |")
+                     f"{fmt(row.get('rfd_cls'))} | {fmt_step(row['step_time_s'])} |")
     ref = report.get("linear_reference")
     if ref:
         lines.append(f"| {ref['name']} (linear reference) | — | {ref['psnr_final']:.2f} | — | — | — | — | — | — |")
         lines += ["", f"The linear reference is the patch PCA with the arms' latent size ({ref['latent_channels']} "
                       f"channels on {ref['patch_size']} x {ref['patch_size']} patches) that every arm's linear "
                       f"shortcut starts from: a tokenizer has to rise above it."]
+    if any(row["step_time_s"].get("mixed") for row in s.values()):
+        lines += ["", STEP_NOTE]
     lines += scale_table(s)
     if report.get("generation"):
         lines += [""] + generation_markdown(report)
@@ -269,7 +307,9 @@ def generation_markdown(report: dict) -> list[str]:
              "|---|---|---:|---:|---:|"]
     for arm, row in g["arms"].items():
         lines.append(f"| {arm} | {len(row['seeds'])} | {fmt(row['gfd_cls'], 1)} | "
-                     f"{fmt(percent(row['class_accuracy']), 1)}% | {fmt(row['step_time_s'], 3)} |")
+                     f"{fmt(percent(row['class_accuracy']), 1)}% | {fmt_step(row['step_time_s'])} |")
+    if any(row["step_time_s"].get("mixed") for row in g["arms"].values()):
+        lines += ["", STEP_NOTE.replace("Step time (s)", "DiT step time (s)")]
     chance = 1 / report["generation"][0]["config"]["num_classes"]
     if all(row["class_accuracy"]["mean"] < 1.5 * chance for row in g["arms"].values()):
         lines += ["", f"**Every DiT is still near chance ({100 * chance:.0f}%) at this budget**: the samples are not "
