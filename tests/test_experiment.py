@@ -289,6 +289,7 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
         assert [p["step"] for p in r["curve"]] == [1, 2, 4] and r["dit_budget"]["steps"] == 4
         assert r["tokenizer"].endswith(f"{r['arm']}/seed-0/final") and r["config"]["dim"] == 32
         assert all(p["gfd_cls"] > 0 and 0 <= p["class_accuracy"] <= 1 and p["samples"] == 12 for p in r["curve"])
+        assert r["hardware"] == "CPU" and r["machine"] and r["threads"] and r["precision"] in ("no", "bf16")
     assert report["generation_summary"]["speedup"]["per_seed"][0]["seed"] == 0
     assert "## Generation" in (tmp_path / "eval" / "experiment.md").read_text()
     from hieratok.explorer import views

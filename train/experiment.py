@@ -156,27 +156,19 @@ def run_record(args, b: dict, arm: str, seed: int, curve_x: torch.Tensor, val_x:
             "decoder_tokens": cfg.layout.num_tokens, "curve": curve,
             "final": evaluate(out / "final", val_x, classifier=classifier),
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
-            "hardware": trained_on(out), **trained_conditions(out), "precision": trained_precision(out),
-            "path": str(out)}
-
-
-def trained_on(out: Path) -> str:
-    """'CPU' or 'GPU <name>', from the run's run_config.json: runs of one budget on the same data are the same
-    experiment on a CPU or a GPU; their step times are not comparable."""
-    return run_hardware(json.loads((out / "run_config.json").read_text()))
+            **trained_conditions(out), "path": str(out)}
 
 
 def trained_conditions(out: Path) -> dict:
-    """What a run's step time was measured on, from its run_config.json: the machine (CPU model or GPU name) and the
-    threads its processes used (`train/study.py` pools step times over seeds only where these agree)."""
+    """What a run was trained on and in, from its run_config.json: `hardware` ('CPU' or 'GPU <name>': runs of one
+    budget on the same data are the same experiment on either, their step times are not comparable), the `machine`
+    (CPU model or GPU name) and the `threads` its processes used (`train/study.py` pools step times over seeds only
+    where these agree), and the mixed `precision` used ('bf16' or 'no': `--mixed-precision auto` picks by hardware,
+    so two seeds of one arm can differ)."""
     cfg = json.loads((out / "run_config.json").read_text())
-    return {"machine": cfg.get("hardware"), "threads": cfg.get("speed", {}).get("threads")}
-
-
-def trained_precision(out: Path) -> str | None:
-    """The mixed precision a run trained in ('bf16' or 'no', from its run_config.json; `--mixed-precision auto`
-    picks by hardware, so two seeds of one arm can differ)."""
-    return json.loads((out / "run_config.json").read_text()).get("mixed_precision", {}).get("used")
+    return {"hardware": run_hardware(cfg), "machine": cfg.get("hardware"),
+            "threads": cfg.get("speed", {}).get("threads"),
+            "precision": cfg.get("mixed_precision", {}).get("used")}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -221,8 +213,7 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classi
     return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
             "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
-            "hardware": trained_on(out), **trained_conditions(out), "precision": trained_precision(out),
-            "path": str(out)}
+            **trained_conditions(out), "path": str(out)}
 
 
 def linear_reference(args, b: dict, curve_x: torch.Tensor, val_x: torch.Tensor, fit_images: int = 2000) -> dict:
