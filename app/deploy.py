@@ -54,7 +54,7 @@ def entry(models: str | None) -> str:
     if not models:
         return (ROOT / "app" / "main.py").read_text()
     return (f'"""HieraTok Explorer on a Space (staged by app/deploy.py): the weights come from the Hub model repo '
-            f'{models}."""\nfrom hieratok.explorer.ui import main\n\nif __name__ == "__main__":\n'
+            f'{models}."""\nfrom hieratok.explorer.cli import main\n\nif __name__ == "__main__":\n'
             f'    main(default_assets="{models}")\n')
 
 

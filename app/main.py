@@ -8,7 +8,7 @@ looked up beside this file first, then one folder up (the repository's layout).
 """
 from pathlib import Path
 
-from hieratok.explorer.ui import main
+from hieratok.explorer.cli import main
 
 HERE = Path(__file__).resolve().parent
 

@@ -288,8 +288,9 @@ def available_cpus(root: str = "/sys/fs/cgroup") -> tuple[int, str]:
 
 def thread_count(requested: int | None = None, env: str = "HIERATOK_THREADS") -> tuple[int, str]:
     """Torch threads for a server: `requested` (a flag), else $HIERATOK_THREADS, else `available_cpus()`."""
-    import os
-    if requested:
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be at least 1, got {requested}")
         return requested, "set by --threads"
     if os.environ.get(env):
         try:

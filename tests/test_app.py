@@ -281,6 +281,29 @@ def test_views_return_named_results(assets, photo):
     assert e.figure is None and "No results" in e.text
 
 
+CLI_PROBE = """
+import sys
+from hieratok.explorer import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as e:
+    print(e)
+print("gradio imported:", "gradio" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--assets", "no/such/folder"], "--assets no/such/folder: no such folder"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--help"], "--sampling-precision"),
+])
+def test_the_command_line_answers_help_and_bad_arguments_before_importing_gradio(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-c", CLI_PROBE, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert message in proc.stdout and "gradio imported: False" in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_the_start_up_log_says_threads_and_the_allocator_bound(app_server):
     app_server.log.flush()
     text = open(app_server.log.name).read()

@@ -44,6 +44,8 @@ def test_threads_follow_the_quota_the_flag_and_the_environment(tmp_path, monkeyp
     monkeypatch.setenv("HIERATOK_THREADS", "3")
     assert thread_count() == (3, "set by $HIERATOK_THREADS")
     assert thread_count(5)[0] == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        thread_count(0)  # a flag of 0 is refused, not read as "unset"
     monkeypatch.setenv("HIERATOK_THREADS", "many")
     with pytest.raises(ValueError, match="whole number"):
         thread_count()

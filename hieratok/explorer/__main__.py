@@ -1,3 +1,3 @@
-from .ui import main
+from .cli import main
 
 main()
