@@ -16,6 +16,8 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before huggingface_hub and gradio are imported
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import torch  # noqa: E402
+
 import hieratok  # noqa: E402
 from hieratok.perf import (PRECISIONS, inference_dtype, native_bf16, release_free_memory_every, thread_count,
                            tune_allocator_for_serving)
@@ -56,15 +58,17 @@ def main(argv=None, default_assets: Path | str = DEFAULT_ASSETS) -> None:
     # splitting the cores (which would oversubscribe them and slow every request)
     try:
         threads, why = thread_count(args.threads)
-        assets = resolve_assets(args.assets)
-    except (ValueError, AppError) as e:
+    except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    import torch
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
-    log.info("%s", tune_allocator_for_serving())  # before the server's worker threads exist
+    log.info("%s", tune_allocator_for_serving())  # before any worker thread exists (a Hub download starts some)
     if release_free_memory_every(args.trim_every):
         log.info("free memory handed back to the kernel every %g s (malloc_trim)", args.trim_every)
+    try:
+        assets = resolve_assets(args.assets)
+    except AppError as e:
+        raise SystemExit(f"error: {e}") from None
     log.info("hieratok %s from %s; assets %s", hieratok.__version__, Path(hieratok.__file__).parent, assets)
     dtype = inference_dtype(args.sampling_precision, "cpu")  # the app computes on the CPU
     log.info("DiT sampling precision: %s (%s; %s)", "bf16" if dtype else "fp32", args.sampling_precision,
