@@ -56,6 +56,31 @@ def cost_of(cfg: HieraTokConfig) -> Cost:
                 dec.get_total_flops() / 1e9, cfg.layout.num_tokens, cfg.dec_depth, cfg.dec_dim)
 
 
+def forward_gflops(model: torch.nn.Module, *inputs: torch.Tensor) -> float:
+    """GFLOPs of `model(*inputs)` (inputs of batch 1: per image), counted on whatever device they live on (meta: no
+    memory, no weights)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as count:
+        model(*inputs)
+    return count.get_total_flops() / 1e9
+
+
+def dit_gflops(cfg) -> float:
+    """Forward GFLOPs per image of one DiT evaluation (`DiTConfig`): one sampler step without guidance; a Heun step
+    evaluates it twice, classifier-free guidance doubles each evaluation."""
+    from .dit import DiT
+    with torch.device("meta"):
+        model = DiT(cfg)
+        x = torch.empty(1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        return forward_gflops(model, x, torch.empty(1), torch.zeros(1, dtype=torch.long))
+
+
+def classifier_gflops(cfg) -> float:
+    """Forward GFLOPs per image of the evaluation classifier (`ClassifierConfig`)."""
+    from .classifier import Classifier
+    with torch.device("meta"):
+        return forward_gflops(Classifier(cfg), torch.empty(1, 3, cfg.image_size, cfg.image_size))
+
+
 def flop_matched_singlescale(cfg: HieraTokConfig, tolerance: float = 0.05) -> HieraTokConfig:
     """A single-scale config whose decoder is grown (depth, then width) until its forward FLOPs match `cfg`'s.
 

@@ -42,3 +42,19 @@ def test_config_dict_round_trip():
 def test_report_mentions_paper_table():
     text = format_report(["cifar10"])
     assert "singlescale-flopmatched" in text and "341" in text
+
+
+def test_dit_and_classifier_flops_match_a_hand_count():
+    from hieratok.classifier import ClassifierConfig
+    from hieratok.config import DiTConfig
+    from hieratok.cost import classifier_gflops, dit_gflops
+    cfg = DiTConfig(latent_channels=4, latent_size=16, patch_size=2, dim=256, depth=6, heads=4)
+    n, d = 64, 256  # tokens, width
+    # per block: q/k/v/out projections, scores and weighted sum, the 4x MLP, the adaLN modulation (once per image)
+    block = 2 * n * 4 * d * d + 2 * 2 * n * n * d + 2 * n * 2 * d * 4 * d + 2 * d * 6 * d
+    blocks = cfg.depth * block / 1e9
+    g = dit_gflops(cfg)
+    assert blocks < g < 1.02 * blocks  # the rest: patch embedding, timestep MLP, final layer
+    assert dit_gflops(cfg.replace(depth=12)) == pytest.approx(2 * g - (g - blocks), rel=1e-6)
+    small, large = (classifier_gflops(ClassifierConfig(image_size=size)) for size in (32, 64))
+    assert large == pytest.approx(4 * small, rel=0.02)  # a convolutional net: FLOPs grow with the pixels

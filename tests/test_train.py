@@ -948,6 +948,9 @@ def test_model_card_rows_of_a_run_shipped_from_an_export(tmp_path, monkeypatch):
     model_card.main(cli)
     text = (tmp_path / "cards" / "cifar10.md").read_text()
     assert "| dit-x | CPU | 5 of 20 (export) | 640 | 2.0 min |" in text
+    from hieratok.cost import dit_gflops
+    gflops = dit_gflops(dit_config("cifar10", dim=32, depth=1, heads=2))
+    assert gflops > 0 and f"| dit-hieratok-cifar10 | 0.03M | {gflops:.3f} |  | dit-x |" in text  # one denoiser pass
     assert "# dit-x@5 (CPU)\npython train/dit.py" in text and "--output-dir runs/dit-x --steps 20" in text
     assert "# shipped: its EMA export at step 5 (runs/dit-x/exports/step-00000005), the run planned for 20" in text
 

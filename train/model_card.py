@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hieratok import HieraTok
-from hieratok.cost import cost_of
+from hieratok.cost import classifier_gflops, cost_of, dit_gflops
 from hieratok.report import evaluation_markdown as markdown
 from hieratok.training.checkpoint import EXPORT_STATE_FILE
 from hieratok.training.distributed import cpu_name
@@ -183,7 +183,8 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
         from hieratok import DiT
         from hieratok.classifier import Classifier
         model = (DiT if "dit" in name else Classifier).from_pretrained(path)
-        params, gflops, tokens = sum(p.numel() for p in model.parameters()), "", ""
+        gflops = (dit_gflops if "dit" in name else classifier_gflops)(model.config)
+        params, gflops, tokens = sum(p.numel() for p in model.parameters()), f"{gflops:.3f}", ""
     rows, commands = [], []
     for i, entry in enumerate(folders):
         summary, cfg = run_summary(runs, entry), configs[entry]
@@ -293,8 +294,11 @@ def main(argv=None):
         rows, cmds = checkpoint_rows(name, folders, runs, assets, configs)
         lines += rows
         commands += cmds
-    lines += ["", "Wall time is the time spent in the training loop (data, forward, backward, optimizer), summed "
-                  "over resumes; it excludes start-up and the DiT's one-off latent encoding.", "",
+    lines += ["", "GFLOPs / image: one forward pass (a tokenizer's encode + decode; a DiT's one evaluation of the "
+              "denoiser, of which a Heun sampling step takes two and classifier-free guidance doubles each), counted "
+              "by torch's FLOP counter (a multiply-add is 2 FLOPs).",
+              "", "Wall time is the time spent in the training loop (data, forward, backward, optimizer), summed "
+              "over resumes; it excludes start-up and the DiT's one-off latent encoding.", "",
               "## Commands", "", "```bash", *commands, "```", "",
               "All other settings are the scripts' defaults, recorded in each run's `run_config.json`.", "",
               "## What was not available here", "",
