@@ -13,12 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before huggingface_hub and gradio are imported
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+import torch
 
-import torch  # noqa: E402
-
-import hieratok  # noqa: E402
+import hieratok
 from hieratok.perf import (PRECISIONS, inference_dtype, native_bf16, release_free_memory_every, thread_count,
                            tune_allocator_for_serving)
 
