@@ -1,5 +1,6 @@
 """Every endpoint of the live app through gradio_client, and a corpus of bad uploads (the server keeps serving)."""
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -302,6 +303,27 @@ def test_the_command_line_answers_help_and_bad_arguments_before_importing_gradio
                           timeout=120)
     assert message in proc.stdout and "gradio imported: False" in proc.stdout, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+TELEMETRY_PROBE = """
+import os
+import hieratok.explorer.ui
+from huggingface_hub import constants
+print("hub telemetry off:", constants.HF_HUB_DISABLE_TELEMETRY, "gradio analytics:", os.environ["GRADIO_ANALYTICS_ENABLED"])
+"""
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "hub telemetry off: True gradio analytics: False"),
+    ({"HF_HUB_DISABLE_TELEMETRY": "0", "GRADIO_ANALYTICS_ENABLED": "True"},
+     "hub telemetry off: False gradio analytics: True"),
+])
+def test_the_app_sends_no_usage_data_unless_asked(tmp_path, env, expected):
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "GRADIO_ANALYTICS_ENABLED")}
+    proc = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**clean, **env})
+    assert expected in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_the_start_up_log_says_threads_and_the_allocator_bound(app_server):

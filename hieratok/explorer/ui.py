@@ -8,8 +8,15 @@ import os
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
+
+# The app sends no usage data unless its user asks: Gradio's analytics and the Hub's telemetry default to off (an
+# explicit setting of either variable wins). huggingface_hub read its variable when `hieratok` imported it, so its
+# constant is set as well; Gradio reads its own when the Blocks are built.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if not {"HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY"} & os.environ.keys():
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY = True
 
 import gradio as gr
 import torch
