@@ -309,7 +309,8 @@ TELEMETRY_PROBE = """
 import os
 import hieratok.explorer.ui
 from huggingface_hub import constants
-print("hub telemetry off:", constants.HF_HUB_DISABLE_TELEMETRY, "gradio analytics:", os.environ["GRADIO_ANALYTICS_ENABLED"])
+analytics = os.environ["GRADIO_ANALYTICS_ENABLED"]
+print("hub telemetry off:", constants.HF_HUB_DISABLE_TELEMETRY, "gradio analytics:", analytics)
 """
 
 
