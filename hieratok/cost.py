@@ -128,7 +128,8 @@ def format_report(presets=("cifar10", "imagenet256")) -> str:
         rows = cost_table(preset)
         base = rows[0]
         lines += [f"## {preset}", "",
-                  "| model | decoder | params (M) | GFLOPs / image | decoder GFLOPs | decoder tokens | FLOPs vs HieraTok |",
+                  "| model | decoder | params (M) | GFLOPs / image | decoder GFLOPs | decoder tokens "
+                  "| FLOPs vs HieraTok |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in rows:
             lines.append(f"| {r.name} | {r.dec_depth} x {r.dec_dim} | {r.params_m:.2f} | {r.gflops:.3f} | "

@@ -5,8 +5,8 @@
 files, non-images, empty files, files over the byte limit, decompression bombs and extreme aspect ratios raise
 `ImageError` with a message meant for the person who uploaded them.
 
-It is the one loader of the project: the app, training (`hieratok.training.data`) and evaluation all see an image the same
-way. The centred square is cropped *before* anything is converted or resized, so no intermediate is ever larger
+It is the one loader of the project: the app, training (`hieratok.training.data`) and evaluation all see an image the
+same way. The centred square is cropped *before* anything is converted or resized, so no intermediate is ever larger
 than the decoded source, whatever its shape.
 """
 from __future__ import annotations

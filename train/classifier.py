@@ -6,8 +6,8 @@
         --set stem_stride=2 --output-dir runs/classifier-imagenette128   # sees all 128 px at a 64-px cost
 
 Augmentation: random crops (reflect padding of an eighth of the image side: 4 pixels at 32 px, 16 at 128) and
-horizontal flips, both drawn from the per-step generator so that resume stays bit-identical. The exported model is the live one (its BatchNorm statistics
-belong to its own weights), not an EMA.
+horizontal flips, both drawn from the per-step generator so that resume stays bit-identical. The exported model is
+the live one (its BatchNorm statistics belong to its own weights), not an EMA.
 """
 from __future__ import annotations
 
