@@ -125,3 +125,55 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     fig.update_layout(height=FIGURE_HEIGHT, title="Learning curves (mean ± 95% t-interval over seeds)",
                       legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     return fig
+
+
+def front_figure(records: list[dict], generation_summary: dict | None):
+    """The trade-off a results file measures, one point per arm that has DiTs: its tokenizer's finest PSNR on the
+    validation images (x: mean ± 95% t-interval over the seeds that have a DiT) against how much sooner its DiT
+    reached the baseline DiT's final FD-cls (y, log scale: `generation_summary["versus"][arm]["speedup"]`, the
+    geometric mean and 95% interval over seeds; the baseline at 1 by definition). Every seed is also drawn on its
+    own (open markers), since an interval over two seeds is wide. None when no arm has a DiT beside the baseline's."""
+    import plotly.graph_objects as go
+
+    from .stats import t_interval
+    versus = {arm: v for arm, v in ((generation_summary or {}).get("versus") or {}).items()
+              if v["speedup"]["per_seed"]}  # an arm without a seed the baseline also has: nothing to compare
+    if not versus:
+        return None
+    finest = {(r["arm"], r["seed"]): r["final"]["psnr"] for r in records if r.get("final")}
+    fig = go.Figure()
+    baseline = next(iter(versus.values()))["baseline"]
+    base_seeds = sorted({p["seed"] for v in versus.values() for p in v["speedup"]["per_seed"]})
+    points = [(baseline, [(s, 1.0, None) for s in base_seeds], None)]
+    points += [(arm, [(p["seed"], p["ratio"], p["bound"]) for p in v["speedup"]["per_seed"]], v["speedup"]["ratio"])
+               for arm, v in sorted(versus.items())]
+    for arm, seeds, ratio in points:
+        seeds = [(s, y, b) for s, y, b in seeds if (arm, s) in finest]
+        if not seeds:
+            continue
+        xs = [finest[arm, s] for s, _, _ in seeds]
+        x = t_interval(xs) if len(xs) > 1 else {"mean": xs[0], "ci95": None}
+        y = ratio["mean"] if ratio else 1.0
+        up, down = ((ratio["high"] - y, y - ratio["low"]) if ratio and defined(ratio.get("low"))
+                    else (0.0, 0.0))
+        fig.add_trace(go.Scatter(
+            x=[x["mean"]], y=[y], mode="markers+text", text=[f"{arm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"],
+            textposition="bottom center" if arm == baseline else "top center", name=arm, marker=dict(size=10),
+            error_x=dict(type="data", array=[x["ci95"] if defined(x["ci95"]) else 0.0], visible=True),
+            error_y=dict(type="data", array=[up], arrayminus=[down], visible=True),
+            hovertemplate=f"{arm}<br>finest PSNR %{{x:.2f}} dB<br>%{{y:.2f}}x sooner<extra></extra>"))
+        fig.add_trace(go.Scatter(
+            x=xs, y=[r for _, r, _ in seeds], mode="markers", showlegend=False, name=f"{arm}, per seed",
+            marker=dict(size=7, symbol="circle-open", color="#555"),
+            text=[f"seed {s}" + (f" (ratio a {b} bound)" if b else "") for s, _, b in seeds],
+            hovertemplate=f"{arm}, %{{text}}<br>%{{x:.2f}} dB, %{{y:.2f}}x<extra></extra>"))
+    xs = [x for t in fig.data for x in t.x]
+    if not xs:  # DiTs without their tokenizers' records
+        return None
+    fig.update_xaxes(title_text="tokenizer: finest PSNR on the validation images (dB)",
+                     range=[min(xs) - 0.15, max(xs) + 0.25])  # room for the labels
+    fig.update_yaxes(type="log", title_text=f"DiT: {baseline}'s final FD-cls reached ... x sooner")
+    fig.update_layout(height=FIGURE_HEIGHT, showlegend=False,
+                      title=f"The trade-off: each arm's finest scale against its DiT's speed (against {baseline})"
+                            "<br><sup>mean and 95% interval over seeds; open markers: the single seeds</sup>")
+    return fig

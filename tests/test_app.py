@@ -30,7 +30,7 @@ def reconstruct(client, path, model="HieraTok", both=False, family=CIFAR):
 
 
 def test_experiment_tab_says_when_there_are_no_results_yet(client):
-    text, plot = client.predict(api_name="/experiment")
+    text, plot, front = client.predict(api_name="/experiment")
     assert "No results of the controlled experiment yet" in text and "train/experiment.py" in text
     assert plot is None
 
@@ -279,7 +279,7 @@ def test_views_return_named_results(assets, photo):
     m = views.latent_space(store, "HieraTok", 16, photo)
     assert m.figure.data[-1].name == "your image" and "Gini" in m.text
     e = views.experiment(assets)
-    assert e.figure is None and "No results" in e.text
+    assert e.figure is None and e.front is None and "No results" in e.text
 
 
 CLI_PROBE = """

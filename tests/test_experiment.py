@@ -265,6 +265,25 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     assert "hieratok / stopgrad-shared-context = **0.50x** (one seed, no interval" in text
     # no hieratok DiTs: nothing to compare with
     assert summarize_generation([rec("singlescale", 0, slow), rec("interp", 0, curve)])["versus_method"] == {}
+    # the trade-off figure: each arm's tokenizer (finest PSNR over the seeds with a DiT) against its DiT's speed-up
+    from hieratok.report import front_figure
+    psnr = {("singlescale", 0): 27.0, ("singlescale", 1): 27.2, ("hieratok", 0): 26.0, ("hieratok", 1): 99.0,
+            ("stopgrad-shared-context", 0): 27.1, ("stopgrad-shared-context", 1): 27.3}
+    tokenizers = [{"arm": a, "seed": seed, "final": {"psnr": v}} for (a, seed), v in psnr.items()]
+    fig = front_figure(tokenizers, g)
+    arms = {t.name: t for t in fig.data if t.mode == "markers+text"}
+    assert sorted(arms) == ["hieratok", "singlescale", "stopgrad-shared-context"]
+    # hieratok has a DiT at seed 0 only: its seed-1 tokenizer (99 dB) is not in its point
+    assert (arms["hieratok"].x[0], arms["hieratok"].y[0], arms["hieratok"].error_y.array[0]) == (26.0, 2.0, 0.0)
+    assert (arms["singlescale"].x[0], arms["singlescale"].y[0]) == (pytest.approx(27.1), 1.0)
+    sg, r = arms["stopgrad-shared-context"], g["versus"]["stopgrad-shared-context"]["speedup"]["ratio"]
+    assert (sg.x[0], sg.y[0]) == (pytest.approx(27.2), pytest.approx(2 ** 0.5))
+    assert sg.error_x.array[0] == pytest.approx(12.7062 * 0.1 * 2 ** 0.5 / 2 ** 0.5, rel=1e-4)  # t * sd / sqrt(2)
+    assert (sg.y[0] + sg.error_y.array[0], sg.y[0] - sg.error_y.arrayminus[0]) == (pytest.approx(r["high"]),
+                                                                                   pytest.approx(r["low"]))
+    seeds = next(t for t in fig.data if t.name == "stopgrad-shared-context, per seed")
+    assert list(seeds.x) == [27.1, 27.3] and list(seeds.y) == [1.0, 2.0] and fig.layout.yaxis.type == "log"
+    assert front_figure(tokenizers, summarize_generation([rec("singlescale", 0, slow)])) is None
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811
@@ -293,8 +312,10 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
     assert report["generation_summary"]["speedup"]["per_seed"][0]["seed"] == 0
     assert "## Generation" in (tmp_path / "eval" / "experiment.md").read_text()
     from hieratok.explorer import views
-    text, fig = views.experiment(tmp_path)
+    text, fig, front = views.experiment(tmp_path)
     assert "## Generation" in text and {"DiT on hieratok", "DiT on singlescale"} <= {t.name for t in fig.data}
+    assert {"hieratok", "singlescale"} <= {t.name for t in front.data}
+    assert (tmp_path / "eval" / "experiment-front.html").exists()
     # another budget in the same folders is refused, not resumed or recorded as this one
     other = list(args)
     other[other.index("--steps") + 1] = "6"

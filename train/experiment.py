@@ -47,7 +47,7 @@ from hieratok.classifier import Classifier, FeatureExtractor  # noqa: E402
 from hieratok.evaluation import (fit_linear_reference, generator_scores, linear_scores, real_fd,  # noqa: E402
                                  tokenizer_scores)
 from hieratok.metrics import frechet_distance_metric  # noqa: E402
-from hieratok.report import FIGURE_HEIGHT, curves_figure  # noqa: E402
+from hieratok.report import FIGURE_HEIGHT, curves_figure, front_figure  # noqa: E402
 from hieratok.training.checkpoint import write_json  # noqa: E402
 from hieratok.training.data import DataError, build_dataset, eval_loader  # noqa: E402
 from hieratok.training.distributed import run_hardware  # noqa: E402
@@ -239,13 +239,17 @@ def write_report(prefix: Path, report: dict) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     write_json(prefix.with_suffix(".json"), report)
     prefix.with_suffix(".md").write_text(markdown(report))
-    fig = curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
-    fig.write_html(str(prefix.with_name(prefix.name + "-curves.html")), include_plotlyjs="cdn")
-    try:
-        width = 1300 if report.get("generation") else 900  # two panels with the generation half
-        fig.write_image(str(prefix.with_name(prefix.name + "-curves.png")), width=width, height=FIGURE_HEIGHT)
-    except Exception as e:  # kaleido (and a browser) are optional: the HTML and the JSON carry the same data
-        print(f"note: no PNG of the curves ({type(e).__name__}: {e})")
+    figures = {"curves": (curves_figure(report["records"], report.get("linear_reference"), report.get("generation")),
+                          1300 if report.get("generation") else 900),  # two panels with the generation half
+               "front": (front_figure(report["records"], report.get("generation_summary")), 1000)}
+    for name, (fig, width) in figures.items():
+        if fig is None:  # no DiTs beside the baseline's yet: no trade-off to draw
+            continue
+        fig.write_html(str(prefix.with_name(f"{prefix.name}-{name}.html")), include_plotlyjs="cdn")
+        try:
+            fig.write_image(str(prefix.with_name(f"{prefix.name}-{name}.png")), width=width, height=FIGURE_HEIGHT)
+        except Exception as e:  # kaleido (and a browser) are optional: the HTML and the JSON carry the same data
+            print(f"note: no PNG of the {name} figure ({type(e).__name__}: {e})")
 
 
 def load_classifier(spec: str | None, preset: str) -> tuple[Classifier | None, dict | None]:

@@ -279,6 +279,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
                 gr.Markdown("Does multi-scale tokenization help at matched cost? Every arm over several seeds at "
                             "the same images seen; paired differences against HieraTok (docs/experiment.md).")
                 exp_text, exp_plot = gr.Markdown(), gr.Plot(label="Learning curves")
+                exp_front = gr.Plot(label="The trade-off: finest scale against the DiT's speed")
 
         def switch(model_set):
             return {follows[name]: update for name, update in follow_family(catalog, model_set).items()}
@@ -289,7 +290,7 @@ def build_demo(catalog: Catalog) -> gr.Blocks:
         family.change(guarded(switch), family, list(follows.values()), api_visibility="private")
         demo.load(guarded(lambda model_set: views.mask_image(catalog[model_set], "scale_causal")), family,
                   follows["mask_img"], api_visibility="private")
-        demo.load(guarded(experiment), None, [exp_text, exp_plot], api_name="experiment")
+        demo.load(guarded(experiment), None, [exp_text, exp_plot, exp_front], api_name="experiment")
     return demo
 
 

@@ -51,6 +51,7 @@ class LatentMap(NamedTuple):
 class ExperimentView(NamedTuple):
     text: str                  # the results table (or how to produce it)
     figure: go.Figure | None   # learning curves
+    front: go.Figure | None    # each arm's finest PSNR against its DiT's speed-up (None before DiTs of two arms)
 
 
 def _load(store: ModelStore, source, name: str = "HieraTok"):
@@ -360,7 +361,7 @@ def experiment(assets: Path) -> ExperimentView:
     `experiment.json` beside it), read anew on every call (a running grid adds runs to both)."""
     import json
 
-    from hieratok.report import curves_figure
+    from hieratok.report import curves_figure, front_figure
     path = Path(assets) / EXPERIMENT_RESULTS
     try:
         report = json.loads(path.read_text()) if path.exists() else None
@@ -372,13 +373,14 @@ def experiment(assets: Path) -> ExperimentView:
             f"No results of the controlled experiment yet ({path} is missing or empty). Run `python "
             "train/experiment.py --data DATA/train --val DATA/val --output-dir runs/experiment --results "
             f"{Path(assets) / 'eval' / 'experiment'}` (see docs/experiment.md); finished runs appear here as they "
-            "land.", None)
+            "land.", None, None)
     try:
         fig = curves_figure(report["records"], report.get("linear_reference"), report.get("generation"))
+        front = front_figure(report["records"], report.get("generation_summary"))
     except (KeyError, TypeError, IndexError) as e:
         raise AppError(f"the experiment's results file {path} is not in the expected format: {e}") from e
     arms = sorted({r["arm"] for r in report["records"]})
     text = table.replace("# Controlled experiment", "### Controlled experiment", 1)
     text += (f"\n{len(report['records'])} runs so far over {len(arms)} arms; each curve point is the mean over "
              "seeds with a 95% t-interval (no interval with one seed).")
-    return ExperimentView(text, fig)
+    return ExperimentView(text, fig, front)
