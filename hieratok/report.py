@@ -127,49 +127,63 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
     return fig
 
 
-def front_figure(records: list[dict], generation_summary: dict | None):
-    """The trade-off a results file measures, one point per arm that has DiTs: its tokenizer's finest PSNR on the
-    validation images (x: mean ± 95% t-interval over the seeds that have a DiT) against how much sooner its DiT
-    reached the baseline DiT's final FD-cls (y, log scale: `generation_summary["versus"][arm]["speedup"]`, the
-    geometric mean and 95% interval over seeds; the baseline at 1 by definition). Every seed is also drawn on its
-    own (open markers), since an interval over two seeds is wide. None when no arm has a DiT beside the baseline's."""
-    import plotly.graph_objects as go
-
+def front_points(records: list[dict], generation_summary: dict | None) -> list[dict]:
+    """The trade-off a results file measures, one point per arm that has DiTs: {"arm", "seeds": [(seed, finest PSNR of
+    that seed's tokenizer on the validation images, the DiT's speed-up, its bound)], "psnr": mean ± 95% t-interval of
+    those PSNRs, "ratio": the speed-up's geometric mean and interval over seeds, "against": the baseline arm,
+    "baseline": whether this is it}. The speed-up is how much sooner the
+    arm's DiT reached the baseline DiT's final FD-cls (`generation_summary["versus"][arm]["speedup"]`); the baseline
+    is a point at 1 by definition, over the seeds the others were compared on. [] when no arm has a DiT compared with
+    the baseline's."""
     from .stats import t_interval
     versus = {arm: v for arm, v in ((generation_summary or {}).get("versus") or {}).items()
               if v["speedup"]["per_seed"]}  # an arm without a seed the baseline also has: nothing to compare
     if not versus:
-        return None
+        return []
     finest = {(r["arm"], r["seed"]): r["final"]["psnr"] for r in records if r.get("final")}
-    fig = go.Figure()
     baseline = next(iter(versus.values()))["baseline"]
     base_seeds = sorted({p["seed"] for v in versus.values() for p in v["speedup"]["per_seed"]})
-    points = [(baseline, [(s, 1.0, None) for s in base_seeds], None)]
-    points += [(arm, [(p["seed"], p["ratio"], p["bound"]) for p in v["speedup"]["per_seed"]], v["speedup"]["ratio"])
-               for arm, v in sorted(versus.items())]
-    for arm, seeds, ratio in points:
-        seeds = [(s, y, b) for s, y, b in seeds if (arm, s) in finest]
-        if not seeds:
-            continue
-        xs = [finest[arm, s] for s, _, _ in seeds]
-        x = t_interval(xs) if len(xs) > 1 else {"mean": xs[0], "ci95": None}
+    candidates = [(baseline, [(s, 1.0, None) for s in base_seeds], None)]
+    candidates += [(arm, [(p["seed"], p["ratio"], p["bound"]) for p in v["speedup"]["per_seed"]],
+                    v["speedup"]["ratio"]) for arm, v in sorted(versus.items())]
+    points = []
+    for arm, seeds, ratio in candidates:
+        seeds = [(s, finest[arm, s], y, b) for s, y, b in seeds if (arm, s) in finest]
+        if seeds:
+            xs = [x for _, x, _, _ in seeds]
+            points.append({"arm": arm, "against": baseline, "baseline": arm == baseline, "seeds": seeds, "ratio": ratio,
+                           "psnr": t_interval(xs) if len(xs) > 1 else {"mean": xs[0], "ci95": None, "n": 1}})
+    return points
+
+
+def front_figure(records: list[dict], generation_summary: dict | None):
+    """`front_points` drawn: finest PSNR (x, mean ± 95% t-interval over the seeds with a DiT) against the DiT's
+    speed-up over the baseline (y, log scale, geometric mean and 95% interval), every seed also on its own (open
+    markers: an interval over two seeds is wide). None when there is nothing to draw."""
+    import plotly.graph_objects as go
+
+    points = front_points(records, generation_summary)
+    if not points:
+        return None
+    baseline = points[0]["against"]
+    fig = go.Figure()
+    for p in points:
+        arm, seeds, ratio, x = p["arm"], p["seeds"], p["ratio"], p["psnr"]
         y = ratio["mean"] if ratio else 1.0
         up, down = ((ratio["high"] - y, y - ratio["low"]) if ratio and defined(ratio.get("low"))
                     else (0.0, 0.0))
         fig.add_trace(go.Scatter(
             x=[x["mean"]], y=[y], mode="markers+text", text=[f"{arm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"],
-            textposition="bottom center" if arm == baseline else "top center", name=arm, marker=dict(size=10),
+            textposition="bottom center" if p["baseline"] else "top center", name=arm, marker=dict(size=10),
             error_x=dict(type="data", array=[x["ci95"] if defined(x["ci95"]) else 0.0], visible=True),
             error_y=dict(type="data", array=[up], arrayminus=[down], visible=True),
             hovertemplate=f"{arm}<br>finest PSNR %{{x:.2f}} dB<br>%{{y:.2f}}x sooner<extra></extra>"))
         fig.add_trace(go.Scatter(
-            x=xs, y=[r for _, r, _ in seeds], mode="markers", showlegend=False, name=f"{arm}, per seed",
-            marker=dict(size=7, symbol="circle-open", color="#555"),
-            text=[f"seed {s}" + (f" (ratio a {b} bound)" if b else "") for s, _, b in seeds],
+            x=[s[1] for s in seeds], y=[s[2] for s in seeds], mode="markers", showlegend=False,
+            name=f"{arm}, per seed", marker=dict(size=7, symbol="circle-open", color="#555"),
+            text=[f"seed {s}" + (f" (ratio a {b} bound)" if b else "") for s, _, _, b in seeds],
             hovertemplate=f"{arm}, %{{text}}<br>%{{x:.2f}} dB, %{{y:.2f}}x<extra></extra>"))
     xs = [x for t in fig.data for x in t.x]
-    if not xs:  # DiTs without their tokenizers' records
-        return None
     fig.update_xaxes(title_text="tokenizer: finest PSNR on the validation images (dB)",
                      range=[min(xs) - 0.15, max(xs) + 0.25])  # room for the labels
     fig.update_yaxes(type="log", title_text=f"DiT: {baseline}'s final FD-cls reached ... x sooner")

@@ -128,8 +128,9 @@ def test_grid_records_skips_finished_and_resumes_interrupted(image_folder, tmp_p
     assert sorted(t.name for t in fig.data) == ["hieratok", "singlescale"]
     assert [len(t.x) for t in fig.data] == [3, 3]
     assert [shape.line.dash for shape in fig.layout.shapes] == ["dash"]  # the linear reference
-    empty, none = views.experiment(tmp_path / "nothing-here")
-    assert none is None and "No results of the controlled experiment yet" in empty
+    assert view.front is None  # tokenizers only: no DiTs, no trade-off
+    empty = views.experiment(tmp_path / "nothing-here")
+    assert empty.figure is None and empty.front is None and "No results of the controlled experiment yet" in empty.text
 
     # a second call runs nothing; --report-only rewrites the report alone
     capsys.readouterr()
@@ -284,6 +285,21 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     seeds = next(t for t in fig.data if t.name == "stopgrad-shared-context, per seed")
     assert list(seeds.x) == [27.1, 27.3] and list(seeds.y) == [1.0, 2.0] and fig.layout.yaxis.type == "log"
     assert front_figure(tokenizers, summarize_generation([rec("singlescale", 0, slow)])) is None
+    # ... and its rank correlation with the exact permutation p-value. Here PSNR ranks (singlescale, hieratok,
+    # stopgrad) = (2, 1, 3) and speed-up ranks (1, 3, 2): d = (1, -2, 1), rho = 1 - 6 * 6 / (3 * 8) = -0.5; every one
+    # of the 3! orderings has |rho| >= 0.5, so p = 1. Four arms in exactly reversed order: rho = -1, p = 2 / 4! (the
+    # two perfect orderings).
+    from hieratok.report import front_points
+    from train.study import front_correlation, front_markdown
+    c = front_correlation(front_points(tokenizers, g))
+    assert (c["rho"], c["p"], c["arms"], c["exact"]) == (pytest.approx(-0.5), pytest.approx(1.0), 3, True)
+    line = front_markdown({"records": tokenizers, "generation_summary": g})[-1]
+    assert "**ρ = -0.50** (two-sided permutation p = 1.000, exact over the 3! orderings)" in line
+    assert "stopgrad-shared-context 27.20 dB / 1.41x, singlescale 27.10 dB / 1.00x, hieratok 26.00 dB / 2.00x" in line
+    four = [{"psnr": {"mean": 27.0 - i}, "ratio": {"mean": 1.0 + i}} for i in range(4)]
+    c = front_correlation(four)
+    assert (c["rho"], c["p"]) == (pytest.approx(-1.0), pytest.approx(2 / 24))
+    assert front_correlation(four[:2]) is None
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811
