@@ -131,10 +131,9 @@ def front_points(records: list[dict], generation_summary: dict | None) -> list[d
     """The trade-off a results file measures, one point per arm that has DiTs: {"arm", "seeds": [(seed, finest PSNR of
     that seed's tokenizer on the validation images, the DiT's speed-up, its bound)], "psnr": mean ± 95% t-interval of
     those PSNRs, "ratio": the speed-up's geometric mean and interval over seeds, "against": the baseline arm,
-    "baseline": whether this is it}. The speed-up is how much sooner the
-    arm's DiT reached the baseline DiT's final FD-cls (`generation_summary["versus"][arm]["speedup"]`); the baseline
-    is a point at 1 by definition, over the seeds the others were compared on. [] when no arm has a DiT compared with
-    the baseline's."""
+    "baseline": whether this is it}. The speed-up is how much sooner the arm's DiT reached the baseline DiT's final
+    FD-cls (`generation_summary["versus"][arm]["speedup"]`); the baseline is a point at 1 by definition, over the
+    seeds the others were compared on. [] when no arm has a DiT compared with the baseline's."""
     from .stats import t_interval
     versus = {arm: v for arm, v in ((generation_summary or {}).get("versus") or {}).items()
               if v["speedup"]["per_seed"]}  # an arm without a seed the baseline also has: nothing to compare
