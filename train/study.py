@@ -252,9 +252,14 @@ def front_correlation(points: list[dict]) -> dict | None:
     if len(points) < 3:
         return None
     x = [p["psnr"]["mean"] for p in points]
-    y = [p["ratio"]["mean"] if p["ratio"] else 1.0 for p in points]
+    y = stats.rankdata([p["ratio"]["mean"] if p["ratio"] else 1.0 for p in points])
+
+    def rho(a, axis=-1):  # Spearman's rho of every row of `a` with y: Pearson's r of the ranks (ties averaged)
+        ra = stats.rankdata(a, axis=axis)
+        ra, ry = ra - ra.mean(axis=axis, keepdims=True), y - y.mean()
+        return (ra * ry).sum(axis=axis) / np.sqrt((ra ** 2).sum(axis=axis) * (ry ** 2).sum())
     exact = math.factorial(len(x)) <= math.factorial(8)
-    test = stats.permutation_test((x,), lambda a: stats.spearmanr(a, y).statistic, permutation_type="pairings",
+    test = stats.permutation_test((x,), rho, permutation_type="pairings", vectorized=True,
                                   n_resamples=np.inf if exact else 100_000, rng=0)
     return {"rho": float(test.statistic), "p": float(test.pvalue), "arms": len(x), "exact": exact}
 
