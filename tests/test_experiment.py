@@ -300,6 +300,7 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     c = front_correlation(four)
     assert (c["rho"], c["p"]) == (pytest.approx(-1.0), pytest.approx(2 / 24))
     assert front_correlation(four[:2]) is None
+    assert front_correlation([{**q, "ratio": {"mean": 1.5}} for q in four]) is None  # a constant side has no order
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811

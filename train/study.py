@@ -244,14 +244,14 @@ def markdown(report: dict) -> str:
 def front_correlation(points: list[dict]) -> dict | None:
     """Spearman's rank correlation over arms between the tokenizer's finest PSNR and its DiT's speed-up (the means of
     `hieratok.report.front_points`), with its two-sided permutation p-value: exact (every ordering of the arms) up
-    to 8 arms, else from 100,000 random orderings. None with fewer than 3 arms."""
+    to 8 arms, else from 100,000 random orderings. None with fewer than 3 arms or when either side is constant."""
     import math
 
     import numpy as np
     from scipy import stats
-    if len(points) < 3:
-        return None
     x = [p["psnr"]["mean"] for p in points]
+    if len(points) < 3 or len(set(x)) == 1 or len({p["ratio"]["mean"] if p["ratio"] else 1.0 for p in points}) == 1:
+        return None  # too few arms, or one side without any order: no rank correlation
     y = stats.rankdata([p["ratio"]["mean"] if p["ratio"] else 1.0 for p in points])
 
     def rho(a, axis=-1):  # Spearman's rho of every row of `a` with y: Pearson's r of the ranks (ties averaged)
