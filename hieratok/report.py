@@ -130,10 +130,11 @@ def curves_figure(records: list[dict], reference: dict | None = None, generation
 def front_points(records: list[dict], generation_summary: dict | None) -> list[dict]:
     """The trade-off a results file measures, one point per arm that has DiTs: {"arm", "seeds": [(seed, finest PSNR of
     that seed's tokenizer on the validation images, the DiT's speed-up, its bound)], "psnr": mean ± 95% t-interval of
-    those PSNRs, "ratio": the speed-up's geometric mean and interval over seeds, "against": the baseline arm,
-    "baseline": whether this is it}. The speed-up is how much sooner the arm's DiT reached the baseline DiT's final
-    FD-cls (`generation_summary["versus"][arm]["speedup"]`); the baseline is a point at 1 by definition, over the
-    seeds the others were compared on. [] when no arm has a DiT compared with the baseline's."""
+    those PSNRs, "ratio": the speed-up's geometric mean and interval over seeds (None for the baseline), "speedup": its
+    mean (1 for the baseline), "against": the baseline arm, "baseline": whether this is it}. The speed-up is how much
+    sooner the arm's DiT reached the baseline DiT's final FD-cls (`generation_summary["versus"][arm]["speedup"]`); the
+    baseline is a point at 1 by definition, over the seeds the others were compared on. [] when no arm has a DiT
+    compared with the baseline's."""
     from .stats import t_interval
     versus = {arm: v for arm, v in ((generation_summary or {}).get("versus") or {}).items()
               if v["speedup"]["per_seed"]}  # an arm without a seed the baseline also has: nothing to compare
@@ -151,6 +152,7 @@ def front_points(records: list[dict], generation_summary: dict | None) -> list[d
         if seeds:
             xs = [x for _, x, _, _ in seeds]
             points.append({"arm": arm, "against": baseline, "baseline": arm == baseline, "seeds": seeds, "ratio": ratio,
+                           "speedup": ratio["mean"] if ratio else 1.0,
                            "psnr": t_interval(xs) if len(xs) > 1 else {"mean": xs[0], "ci95": None, "n": 1}})
     return points
 
@@ -167,8 +169,7 @@ def front_figure(records: list[dict], generation_summary: dict | None):
     baseline = points[0]["against"]
     fig = go.Figure()
     for p in points:
-        arm, seeds, ratio, x = p["arm"], p["seeds"], p["ratio"], p["psnr"]
-        y = ratio["mean"] if ratio else 1.0
+        arm, seeds, ratio, x, y = p["arm"], p["seeds"], p["ratio"], p["psnr"], p["speedup"]
         up, down = ((ratio["high"] - y, y - ratio["low"]) if ratio and defined(ratio.get("low"))
                     else (0.0, 0.0))
         fig.add_trace(go.Scatter(

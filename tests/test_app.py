@@ -32,7 +32,7 @@ def reconstruct(client, path, model="HieraTok", both=False, family=CIFAR):
 def test_experiment_tab_says_when_there_are_no_results_yet(client):
     text, plot, front = client.predict(api_name="/experiment")
     assert "No results of the controlled experiment yet" in text and "train/experiment.py" in text
-    assert plot is None
+    assert plot is None and front is None
 
 
 def test_the_photo_family_is_the_default_and_every_control_follows_the_picked_family(client, app_server):

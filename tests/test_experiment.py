@@ -296,11 +296,11 @@ def test_steps_to_reach_and_the_speedup_against_hand_computed_curves():
     line = front_markdown({"records": tokenizers, "generation_summary": g})[-1]
     assert "**ρ = -0.50** (two-sided permutation p = 1.000, exact over the 3! orderings)" in line
     assert "stopgrad-shared-context 27.20 dB / 1.41x, singlescale 27.10 dB / 1.00x, hieratok 26.00 dB / 2.00x" in line
-    four = [{"psnr": {"mean": 27.0 - i}, "ratio": {"mean": 1.0 + i}} for i in range(4)]
+    four = [{"psnr": {"mean": 27.0 - i}, "speedup": 1.0 + i} for i in range(4)]
     c = front_correlation(four)
     assert (c["rho"], c["p"]) == (pytest.approx(-1.0), pytest.approx(2 / 24))
     assert front_correlation(four[:2]) is None
-    assert front_correlation([{**q, "ratio": {"mean": 1.5}} for q in four]) is None  # a constant side has no order
+    assert front_correlation([{**q, "speedup": 1.5} for q in four]) is None  # a constant side has no order
 
 
 def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_folder, tmp_path):  # noqa: F811
