@@ -924,6 +924,52 @@ def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-runs", "nothing-cifar10"])
 
 
+def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(tmp_path):
+    """The CIFAR-10 card predates the hardware column and the "(HARDWARE)" in its command headings: --update-runs
+    gives the kept rows the column (those cards were written for CPU-only runs) and keeps their commands; a new run
+    names its CPU and precision."""
+    from hieratok import HieraTok, tokenizer_config
+    from train import model_card
+    report = {"data": "val", "images": 10, "command": "train/evaluate.py --x", "tokenizers": {},
+              "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"}}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "cifar10.json").write_text(json.dumps(report))
+    HieraTok(tokenizer_config("cifar10", "singlescale", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
+                              dec_depth=1, dec_heads=3)).save_pretrained(tmp_path / "singlescale-cifar10")
+    runs = tmp_path / "runs"
+    for folder in ["singlescale-s1", "singlescale-s2"]:
+        (runs / folder).mkdir(parents=True)
+        args = {"preset": "cifar10", "variant": "singlescale", "data": "d", "output_dir": f"runs/{folder}",
+                "steps": 10, "batch_size": 8, "lr": 1e-3}
+        (runs / folder / "run_config.json").write_text(json.dumps(
+            {"script": "stage1", "args": args, "device": "cpu", "hardware": "AMD EPYC",
+             "mixed_precision": {"used": "no", "why": "auto"}}))
+        (runs / folder / "summary.json").write_text(json.dumps({"step": 10, "images_seen": 80, "wall_s": 60}))
+    (tmp_path / "cards").mkdir()
+    card = tmp_path / "cards" / "cifar10.md"
+    card.write_text("# Shipped weights\n\nintro\n\n"
+                    "| checkpoint | params | GFLOPs / image | decoder tokens | run | steps | images seen | wall time | "
+                    "size |\n|---|---:|---:|---:|---|---:|---:|---:|---:|\n"
+                    "| hieratok-cifar10 | 2.65M | 2.104 | 341 | hieratok-s1 | 1000 | 64,000 | 66.1 min | 5.3 MB |\n"
+                    "|  |  |  |  | hieratok-s2 | 300 | 19,200 | 14.8 min |  |\n"
+                    "| singlescale-cifar10 | 2.63M | 1.647 | 256 | singlescale-s1 | 1000 | 64,000 | 50.1 min | 5.3 MB |\n"
+                    "\n## Commands\n\n```bash\n# hieratok-s1\npython a\n# hieratok-s2\npython b\n"
+                    "# singlescale-s1\npython old\n```\n\n## Evaluation\n\nold\n")
+    model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",
+                     "singlescale-cifar10"])
+    lines = card.read_text().splitlines()
+    table = [line for line in lines if line.startswith("|") and "Evaluation" not in line][:6]
+    assert table[0] == ("| checkpoint | params | GFLOPs / image | decoder tokens | run | hardware | steps | "
+                        "images seen | wall time | size |")
+    assert {line.count("|") for line in table} == {11}  # every row has the header's ten columns
+    assert table[2] == "| hieratok-cifar10 | 2.65M | 2.104 | 341 | hieratok-s1 | CPU | 1000 | 64,000 | 66.1 min | 5.3 MB |"
+    assert table[3] == "|  |  |  |  | hieratok-s2 | CPU | 300 | 19,200 | 14.8 min |  |"
+    assert "| singlescale-s1 | CPU (AMD EPYC, fp32) | 10 | 80 | 1.0 min |" in table[4]
+    text = "\n".join(lines)
+    assert "# hieratok-s1\npython a\n# hieratok-s2\npython b\n# singlescale-s1 (CPU (AMD EPYC, fp32))\n" in text
+    assert "python old" not in text
+
+
 def test_model_card_rows_of_a_run_shipped_from_an_export(tmp_path, monkeypatch):
     """A RUNS entry RUN@STEP ships the run's export at that step while the run goes on: its row and command say
     so, with the counters the export recorded (train_state.json); an export without them is a clear error."""

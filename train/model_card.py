@@ -96,6 +96,17 @@ def run_summary(runs: Path, entry: str) -> dict:
     return json.loads(path.read_text())
 
 
+def device(cfg: dict) -> str:
+    """Where a run trained, for the card: `run_hardware`'s 'GPU <name>', or 'CPU' with the CPU's name and the
+    precision its run_config.json recorded, where it did (e.g. 'CPU (AMD EPYC, fp32)')."""
+    where = hardware(cfg)
+    if where != "CPU":
+        return where
+    used = (cfg.get("mixed_precision") or {}).get("used")
+    detail = [d for d in (cfg.get("hardware"), {"no": "fp32"}.get(used, used)) if d]
+    return f"CPU ({', '.join(detail)})" if detail else "CPU"
+
+
 def command_line(cfg: dict, folder: str | None = None) -> str:
     """The run's command as a reader can repeat it; with `folder` (the run's folder under runs/, as the card and the
     shipping step name it), written into that folder, and a note where the run itself wrote elsewhere."""
@@ -193,7 +204,7 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
         if at is not None:
             command += (f"\n# shipped: its EMA export at step {at} (runs/{folder}/exports/step-{at:08d}), the run "
                         f"planned for {cfg['args']['steps']} steps")
-        commands.append(f"# {entry} ({hardware(cfg)})\n{command}")
+        commands.append(f"# {entry} ({device(cfg)})\n{command}")
         lead = i == 0
         steps = str(summary["step"])
         if summary.get("stopped_by_time_limit_at"):
@@ -201,7 +212,7 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
         if at is not None:
             steps = f"{steps} of {cfg['args']['steps']} (export)"
         rows.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
-                    f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {hardware(cfg)} | "
+                    f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {device(cfg)} | "
                     f"{steps} | "
                     f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
                     f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
@@ -225,16 +236,24 @@ def updated_training_part(card: str, family: str, names: list[str], runs: Path, 
     if missing:
         raise SystemExit(f"error: --update-runs: no run_config.json under {runs} for {', '.join(missing)}")
     table = [i for i, line in enumerate(head) if line.startswith("| ") and not line.startswith("| checkpoint ")]
+    header = table[0] - 2
+    upgrade = " run |" in head[header] and " hardware |" not in head[header]
+    if upgrade:  # a card from before the hardware column, written for CPU-only runs ("No GPU was used")
+        head[header] = head[header].replace(" run |", " run | hardware |")
+        head[header + 1] = head[header + 1] + "---|"
     old_rows, owner = {}, None
     for i in table:
-        lead = head[i].split("|")[1].strip()
-        owner = lead or owner
-        old_rows.setdefault(owner, []).append(head[i])
+        cells = head[i].split("|")
+        owner = cells[1].strip() or owner
+        if upgrade:
+            cells.insert(6, " CPU ")
+        old_rows.setdefault(owner, []).append("|".join(cells))
     start = head.index("```bash") + 1
     end = head.index("```", start)
     old_cmds, folder = {}, None
     for line in head[start:end]:
-        heading = re.fullmatch(r"# (\S+) \(.+\)", line)  # "# RUN (HARDWARE)"; a comment line has spaces before "("
+        # "# RUN (HARDWARE)", or "# RUN" in a card from before the hardware; a comment line has spaces before "("
+        heading = re.fullmatch(r"# (\S+)(?: \(.+\))?", line)
         if heading:
             folder = heading.group(1)
             old_cmds[folder] = [line]
