@@ -886,17 +886,22 @@ def test_model_card_update_evaluation_keeps_the_training_part(tmp_path):
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-evaluation"])
 
 
-def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest(tmp_path):
-    """A checkpoint retrained after the others' run folders are gone: its table rows and commands come from its new
-    runs, every other checkpoint's stay as the card has them."""
+def _card_assets(tmp_path):
+    """An assets folder with a minimal cifar10 evaluation and a tiny shipped singlescale-cifar10."""
     from hieratok import HieraTok, tokenizer_config
-    from train import model_card
     report = {"data": "val", "images": 10, "command": "train/evaluate.py --x", "tokenizers": {},
               "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"}}
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "cifar10.json").write_text(json.dumps(report))
     HieraTok(tokenizer_config("cifar10", "singlescale", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
                               dec_depth=1, dec_heads=3)).save_pretrained(tmp_path / "singlescale-cifar10")
+
+
+def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest(tmp_path):
+    """A checkpoint retrained after the others' run folders are gone: its table rows and commands come from its new
+    runs, every other checkpoint's stay as the card has them."""
+    from train import model_card
+    _card_assets(tmp_path)
     runs = tmp_path / "runs"
     for i, folder in enumerate(["singlescale-s1", "singlescale-s2"]):
         (runs / folder).mkdir(parents=True)
@@ -928,14 +933,8 @@ def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(
     """The CIFAR-10 card predates the hardware column and the "(HARDWARE)" in its command headings: --update-runs
     gives the kept rows the column (those cards were written for CPU-only runs) and keeps their commands; a new run
     names its CPU and precision."""
-    from hieratok import HieraTok, tokenizer_config
     from train import model_card
-    report = {"data": "val", "images": 10, "command": "train/evaluate.py --x", "tokenizers": {},
-              "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"}}
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "cifar10.json").write_text(json.dumps(report))
-    HieraTok(tokenizer_config("cifar10", "singlescale", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48,
-                              dec_depth=1, dec_heads=3)).save_pretrained(tmp_path / "singlescale-cifar10")
+    _card_assets(tmp_path)
     runs = tmp_path / "runs"
     for folder in ["singlescale-s1", "singlescale-s2"]:
         (runs / folder).mkdir(parents=True)
@@ -952,7 +951,8 @@ def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(
                     "size |\n|---|---:|---:|---:|---|---:|---:|---:|---:|\n"
                     "| hieratok-cifar10 | 2.65M | 2.104 | 341 | hieratok-s1 | 1000 | 64,000 | 66.1 min | 5.3 MB |\n"
                     "|  |  |  |  | hieratok-s2 | 300 | 19,200 | 14.8 min |  |\n"
-                    "| singlescale-cifar10 | 2.63M | 1.647 | 256 | singlescale-s1 | 1000 | 64,000 | 50.1 min | 5.3 MB |\n"
+                    "| singlescale-cifar10 | 2.63M | 1.647 | 256 | singlescale-s1 | 1000 | 64,000 | 50.1 min | "
+                    "5.3 MB |\n"
                     "\n## Commands\n\n```bash\n# hieratok-s1\npython a\n# hieratok-s2\npython b\n"
                     "# singlescale-s1\npython old\n```\n\n## Evaluation\n\nold\n")
     model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",
@@ -962,7 +962,8 @@ def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(
     assert table[0] == ("| checkpoint | params | GFLOPs / image | decoder tokens | run | hardware | steps | "
                         "images seen | wall time | size |")
     assert {line.count("|") for line in table} == {11}  # every row has the header's ten columns
-    assert table[2] == "| hieratok-cifar10 | 2.65M | 2.104 | 341 | hieratok-s1 | CPU | 1000 | 64,000 | 66.1 min | 5.3 MB |"
+    assert table[2] == ("| hieratok-cifar10 | 2.65M | 2.104 | 341 | hieratok-s1 | CPU | 1000 | 64,000 | 66.1 min | "
+                        "5.3 MB |")
     assert table[3] == "|  |  |  |  | hieratok-s2 | CPU | 300 | 19,200 | 14.8 min |  |"
     assert "| singlescale-s1 | CPU (AMD EPYC, fp32) | 10 | 80 | 1.0 min |" in table[4]
     text = "\n".join(lines)
