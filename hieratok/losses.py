@@ -92,12 +92,19 @@ class ReconstructionLoss(nn.Module):
     With `multiscale_supervision=False` only the finest scale's image is compared.
     """
 
-    def __init__(self, cfg: HieraTokConfig, lpips_module: nn.Module | None = None):
+    def __init__(self, cfg: HieraTokConfig, lpips_module: nn.Module | None = None, coarse_only: bool = False):
+        """`coarse_only`: the finest image is compared and logged but weighs nothing (and LPIPS, on the finest
+        image, is off): the loss of `train/stage1.py --train coarse`, where only the coarse scales' parts learn."""
         super().__init__()
         self.cfg = cfg
         weights = cfg.loss.scale_loss_weights or (1.0,) * len(cfg.scales)
         if not cfg.loss.multiscale_supervision:
             weights = (0.0,) * (len(cfg.scales) - 1) + (weights[-1],)
+        if coarse_only:
+            if len(cfg.scales) < 2 or not any(weights[:-1]):
+                raise ValueError("coarse_only needs a multi-scale tokenizer whose coarse scales are supervised")
+            weights = (*weights[:-1], 0.0)
+            lpips_module = None
         self.scale_weights = weights
         self.lpips = lpips_module
 

@@ -321,6 +321,17 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         extra = [seq[-1] for seq in self.decoder.scale_heads] if self.decoder.scale_heads is not None else []
         return [self.decoder.head, *extra]
 
+    def coarse_parameters(self) -> dict[str, nn.Parameter]:
+        """The coarse scales' own parameters, by name: the downsampler and the decoder's parts no finest image is
+        decoded with (per-scale heads, linear shortcuts, refiner; `Decoder.shared_parameters`). Training only these
+        on the coarse losses (`train/stage1.py --train coarse`) leaves the encoder, and so the latent a DiT learns,
+        untouched; the finest image changes only through the coarse tokens it attends to."""
+        if self.downsampler is None:
+            raise ValueError("a single-scale tokenizer has no coarse scales")
+        shared = set(self.decoder.shared_parameters())
+        return {**{f"downsampler.{n}": p for n, p in self.downsampler.named_parameters()},
+                **{f"decoder.{n}": p for n, p in self.decoder.named_parameters() if n not in shared}}
+
     def shortcut_parameters(self) -> list[nn.Parameter]:
         """The linear shortcuts' parameters (empty without `linear_shortcut`)."""
         if self.encoder.shortcut is None:
@@ -421,14 +432,25 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         return DecodeOutput(images, self.layout.scales[: len(maps)], attns)
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                shard: Shard | None = None):
-        """Training forward: (per-scale DecodeOutput, posterior). `shard`: see `hieratok.rng`."""
+                shard: Shard | None = None, coarse_only: bool = False):
+        """Training forward: (per-scale DecodeOutput, posterior). `shard`: see `hieratok.rng`.
+
+        `coarse_only` (`train/stage1.py --train coarse`): the finest image is decoded without a graph (it is logged,
+        not trained) and the coarse images along their own route, with a graph; the same images, less work."""
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
         loss = self.config.loss
         scaled = loss.coarse_encoder_grad_scale != 1
         reroute = self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder
                                                      and not loss.coarse_grad_projection and not scaled)
+        if coarse_only:
+            if not self.config.is_multiscale:
+                raise ValueError("coarse_only needs a multi-scale tokenizer")
+            with torch.no_grad():
+                out = self.decode(z)
+            maps = self.latent_pyramid(z)[:-1]
+            coarse, _ = self.decoder(maps, frozen=not loss.coarse_grad_to_decoder)
+            return DecodeOutput([*coarse, out.reconstruction], out.scales), post
         z_coarse = z if loss.coarse_grad_to_encoder else z.detach()
         if reroute and loss.coarse_grad_projection and torch.is_grad_enabled():
             z, z_coarse = ProjectedFork.apply(z)

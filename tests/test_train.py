@@ -140,6 +140,35 @@ def test_stage1_warm_start_from_a_single_scale_run(image_folder, tmp_path):
                 tmp_path / "single" / "final", *common])
 
 
+def test_stage1_train_coarse_moves_only_the_coarse_scales_own_parts(image_folder, tmp_path):
+    common = ["--data", image_folder, "--batch-size", 8, "--max-images", 8, *FAST]
+    stage1(["--output-dir", tmp_path / "s1", "--variant", "stopgrad-shared-context", "--steps", 3, *TINY_TOK, *common])
+    start = tmp_path / "s1" / "final"
+    stage1(["--output-dir", tmp_path / "coarse", "--init-from", start, "--train", "coarse", "--steps", 40,
+            "--lr", 3e-3, "--warmup", 2, "--ema-decay", 0, *common])
+    before, after = weights(start), weights(tmp_path / "coarse" / "final")
+    model = HieraTok.from_pretrained(start)
+    coarse = set(model.coarse_parameters())
+    assert coarse and any(k.startswith("downsampler.") for k in coarse) and any("scale_heads" in k for k in coarse)
+    for k in before:
+        if k in coarse:
+            continue
+        assert torch.equal(before[k], after[k]), f"{k} is not a coarse part and must stay frozen"
+    assert all(not torch.equal(before[k], after[k]) for k in coarse if k.endswith("weight") and "context" not in k)
+    rows = read_metrics(tmp_path / "coarse")
+    coarse_loss = [sum(r[f"l1_{s}"] + r[f"mse_{s}"] for s in (1, 2, 4, 8)) for r in rows]
+    assert coarse_loss[-1] < 0.7 * coarse_loss[0], coarse_loss
+    config = json.loads((tmp_path / "coarse" / "run_config.json").read_text())
+    assert config["train"] == "coarse" and config["frozen_tensors"] > 0 and not config["lpips"]
+
+    stage1(["--output-dir", tmp_path / "single", "--variant", "singlescale", "--steps", 1, *TINY_TOK, *common])
+    with pytest.raises(SystemExit, match="single-scale tokenizer has no coarse scales"):
+        stage1(["--output-dir", tmp_path / "bad", "--init-from", tmp_path / "single" / "final", "--train", "coarse",
+                "--steps", 1, *common])
+    with pytest.raises(SystemExit, match="finishes a trained tokenizer"):
+        stage1(["--output-dir", tmp_path / "fresh", "--train", "coarse", "--steps", 1, *TINY_TOK, *common])
+
+
 @pytest.mark.parametrize("variant", ["hieratok", "singlescale"])
 def test_stage1_overfits_a_fixed_batch(image_folder, tmp_path, variant):
     out = tmp_path / variant
@@ -855,11 +884,13 @@ def test_ship_carries_latent_statistics_only_across_an_unchanged_latent(tmp_path
     tuned = HieraTok.from_pretrained(tmp_path / "dit" / "tokenizer")
     tuned.latent_stats_count.zero_()                      # a stage-2 export: no statistics of its own ...
     with torch.no_grad():
-        tuned.decoder.head.weight.add_(0.1)               # ... and a fine-tuned decoder
+        tuned.decoder.head.weight.add_(0.1)               # ... a fine-tuned decoder ...
+        next(tuned.downsampler.parameters()).add_(0.1)    # ... and downsampler (--train coarse): z is unchanged
     tuned.save_pretrained(tmp_path / "s2" / "final")
     shipped = load_entry(tmp_path, (HieraTok, "s2/final", "dit/tokenizer"))
     assert torch.equal(shipped.latent_mean, donor.latent_mean) and int(shipped.latent_stats_count) == 99
     assert torch.equal(shipped.decoder.head.weight, tuned.decoder.head.weight)
+    assert torch.equal(next(shipped.downsampler.parameters()), next(tuned.downsampler.parameters()))
     with torch.no_grad():
         next(tuned.encoder.parameters()).add_(0.1)       # a changed encoder changes every latent
     tuned.save_pretrained(tmp_path / "s2b" / "final")

@@ -23,9 +23,9 @@ from hieratok.explorer.models import dit_tokenizer_path
 from hieratok.metrics import psnr
 
 # family -> assets folder -> (class, folder under --runs[, folder of the latent statistics]); a tokenizer ships from
-# its DiT run's copy, which holds the latent statistics the generator needs, or -- after a stage-2 decoder fine-tune,
-# whose frozen encoder and downsampler keep every latent as it was -- from the stage-2 run, with the statistics of the
-# DiT run's copy (checked: the weights that define the latent must be identical)
+# its DiT run's copy, which holds the latent statistics the generator needs, or -- after a phase that keeps the
+# encoder frozen (a stage-2 decoder fine-tune, a `stage1.py --train coarse` finish), so every finest latent is as it
+# was -- from that run, with the statistics of the DiT run's copy (checked: the encoder must be identical)
 FAMILIES = {
     "cifar10": {
         "hieratok-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
@@ -63,7 +63,9 @@ def fixed_image(size: int = 32) -> torch.Tensor:
     return img * 2 - 1
 
 
-LATENT_DEFINING = ("encoder.", "downsampler.")
+# what defines the latent a DiT generates and the statistics describe: the finest map z, the encoder's output alone
+# (the downsampler derives the coarse maps from z when decoding; `stage1.py --train coarse` and stage 2 leave z as is)
+LATENT_DEFINING = ("encoder.",)
 
 
 def load_entry(runs: Path, entry: tuple):

@@ -38,6 +38,11 @@ def parse_args(argv=None):
                          "e.g. --variant stopgrad-shared --warm-start assets/singlescale-imagenette128")
     ap.add_argument("--shortcut-lr-scale", type=float, default=0.1,
                     help="learning-rate factor of the linear shortcut (no weight decay on it)")
+    ap.add_argument("--train", default="all", choices=("all", "coarse"),
+                    help="coarse: only the coarse scales' own parts learn (downsampler, per-scale heads, shortcuts, "
+                         "refiner), from the coarse losses alone; the encoder and the weights the finest image is "
+                         "decoded with stay frozen, so the latent -- and a DiT trained on it -- is unchanged. A "
+                         "finishing phase after --init-from (e.g. from stage 2's output)")
     ap.add_argument("--linear-fit-images", type=int, default=2000,
                     help="training images the patch-PCA codec is fitted on (models with linear_shortcut)")
     args = ap.parse_args(argv)
@@ -73,6 +78,22 @@ def warm_start(model: HieraTok, path: str, run) -> dict:
     return {"from": str(path), "fresh": fresh}
 
 
+def freeze_all_but_coarse(model: HieraTok, run) -> int:
+    """`--train coarse`: every parameter but the coarse scales' own (`HieraTok.coarse_parameters`) stops learning;
+    returns how many tensors were frozen."""
+    try:
+        coarse = model.coarse_parameters()
+    except ValueError as e:
+        raise SystemExit(f"error: --train coarse: {e}") from None
+    model.requires_grad_(False)
+    for p in coarse.values():
+        p.requires_grad_(True)
+    frozen = sum(1 for p in model.parameters() if not p.requires_grad)
+    run.info(f"--train coarse: {len(coarse)} tensors learn ({sum(p.numel() for p in coarse.values()):,} parameters, "
+             f"the coarse scales' own), {frozen} frozen")
+    return frozen
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
@@ -80,6 +101,9 @@ def main(argv=None):
     if args.init_from and args.warm_start:
         raise SystemExit("error: --init-from and --warm-start cannot be combined (--init-from continues a model of "
                          "the same architecture; --warm-start starts a multi-scale one from a single-scale one)")
+    if args.train == "coarse" and not (args.init_from or args.warm_start):
+        raise SystemExit("error: --train coarse finishes a trained tokenizer: give --init-from DIR (or --warm-start "
+                         "DIR); a fresh encoder and decoder would stay frozen at their initialisation")
     if args.init_from:
         model = init_from(HieraTok, args, LOSS_FIELDS, {"--variant": args.variant_given,
                                                         "--preset": args.preset != "cifar10"})
@@ -92,13 +116,20 @@ def main(argv=None):
         model = HieraTok(cfg)
     dataset = training_dataset(args, cfg.image_size, info=run.info)
 
-    lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)
+    if args.train == "coarse":
+        lpips_module, lpips_note = None, "--train coarse: the finest image is not trained"
+    else:
+        lpips_module, lpips_note = training_lpips(cfg, args.lpips_weights, run.device, run.warning)
 
     if cfg.linear_shortcut and not args.init_from:
         model.init_linear(linear_codec(run, dataset, cfg, args.linear_fit_images))
     warm = warm_start(model, args.warm_start, run) if args.warm_start else None
+    frozen = freeze_all_but_coarse(model, run) if args.train == "coarse" else 0
     model.train()
-    loss_fn = ReconstructionLoss(cfg, lpips_module)
+    try:
+        loss_fn = ReconstructionLoss(cfg, lpips_module, coarse_only=args.train == "coarse")
+    except ValueError as e:
+        raise SystemExit(f"error: --train coarse: {e}") from None
     optimizer = adamw(list(model.parameters()), args, slow=model.shortcut_parameters(),
                       slow_lr_scale=args.shortcut_lr_scale)
     scheduler = schedule(optimizer, args)
@@ -106,13 +137,13 @@ def main(argv=None):
     run.track(model, scheduler)
     start = run.resume()
     run.start({"model": cfg.to_dict(), "lpips": lpips_module is not None, "lpips_note": lpips_note,
-               "warm_start": warm,
+               "warm_start": warm, "train": args.train, "frozen_tensors": frozen,
                "dataset": {"path": args.data, "images": len(dataset), "classes": dataset.classes,
                            "class_names": dataset.class_names}})
 
     for step, x, _, gen in run.batches(dataset, start):
         with run.autocast():
-            out, post = model(x, generator=gen, shard=run.shard)
+            out, post = model(x, generator=gen, shard=run.shard, coarse_only=args.train == "coarse")
             terms = loss_fn(x, out, post)
         run.step(terms.total, optimizer, scheduler, model, step)
         run.log(step, terms.logs, scheduler)
