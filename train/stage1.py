@@ -42,7 +42,8 @@ def parse_args(argv=None):
                     help="coarse: only the coarse scales' own parts learn (downsampler, per-scale heads, shortcuts, "
                          "refiner), from the coarse losses alone; the encoder and the weights the finest image is "
                          "decoded with stay frozen, so the latent -- and a DiT trained on it -- is unchanged. A "
-                         "finishing phase after --init-from (e.g. from stage 2's output)")
+                         "finishing phase after --init-from: from stage 1's output, then stage 2 from it, lets the "
+                         "decoder re-adapt to the new coarse tokens (docs/experiment.md, the recipe on CIFAR-10)")
     ap.add_argument("--linear-fit-images", type=int, default=2000,
                     help="training images the patch-PCA codec is fitted on (models with linear_shortcut)")
     args = ap.parse_args(argv)
