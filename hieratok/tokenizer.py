@@ -440,17 +440,16 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
         loss = self.config.loss
-        scaled = loss.coarse_encoder_grad_scale != 1
-        reroute = self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder
-                                                     and not loss.coarse_grad_projection and not scaled)
         if coarse_only:
             if not self.config.is_multiscale:
                 raise ValueError("coarse_only needs a multi-scale tokenizer")
             with torch.no_grad():
                 out = self.decode(z)
-            maps = self.latent_pyramid(z)[:-1]
-            coarse, _ = self.decoder(maps, frozen=not loss.coarse_grad_to_decoder)
+            coarse, _ = self.decoder(self.latent_pyramid(z)[:-1], frozen=not loss.coarse_grad_to_decoder)
             return DecodeOutput([*coarse, out.reconstruction], out.scales), post
+        scaled = loss.coarse_encoder_grad_scale != 1
+        reroute = self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder
+                                                     and not loss.coarse_grad_projection and not scaled)
         z_coarse = z if loss.coarse_grad_to_encoder else z.detach()
         if reroute and loss.coarse_grad_projection and torch.is_grad_enabled():
             z, z_coarse = ProjectedFork.apply(z)
