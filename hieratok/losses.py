@@ -107,10 +107,14 @@ class ReconstructionLoss(nn.Module):
             lpips_module = None
         self.scale_weights = weights
         self.lpips = lpips_module
+        self.coarse_only = coarse_only
 
     def forward(self, x: torch.Tensor, out: DecodeOutput, post: DiagonalGaussian | None) -> LossTerms:
+        """The loss and its terms (floats, for the log). With `coarse_only`, `out` may hold the coarse scales alone
+        (`HieraTok.forward(coarse_only=True, finest=False)`): the same total, the finest terms not logged."""
         cfg, weights, logs = self.cfg, self.cfg.loss, {}
-        if tuple(out.scales) != tuple(cfg.scales):
+        allowed = (tuple(cfg.scales), tuple(cfg.scales[:-1])) if self.coarse_only else (tuple(cfg.scales),)
+        if tuple(out.scales) not in allowed:
             raise ValueError(f"the loss was built for scales {cfg.scales} but the model decoded {out.scales}: build "
                              f"ReconstructionLoss from the model's own config")
         total = x.new_zeros(())

@@ -432,20 +432,23 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         return DecodeOutput(images, self.layout.scales[: len(maps)], attns)
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                shard: Shard | None = None, coarse_only: bool = False):
+                shard: Shard | None = None, coarse_only: bool = False, finest: bool = True):
         """Training forward: (per-scale DecodeOutput, posterior). `shard`: see `hieratok.rng`.
 
-        `coarse_only` (`train/stage1.py --train coarse`): the finest image is decoded without a graph (it is logged,
-        not trained) and the coarse images along their own route, with a graph; the same images, less work."""
+        `coarse_only` (`train/stage1.py --train coarse`): the coarse images along their own route, with a graph, and
+        the finest image -- logged, not trained -- decoded without one, or, with `finest=False`, not at all (the
+        output then holds the coarse scales only; the full decode is about half of such a step)."""
         post = self.posterior(x)
         z = post.sample(generator, shard) if sample else post.mode()
         loss = self.config.loss
         if coarse_only:
             if not self.config.is_multiscale:
                 raise ValueError("coarse_only needs a multi-scale tokenizer")
+            coarse, _ = self.decoder(self.latent_pyramid(z)[:-1], frozen=not loss.coarse_grad_to_decoder)
+            if not finest:
+                return DecodeOutput(coarse, self.layout.scales[:-1]), post
             with torch.no_grad():
                 out = self.decode(z)
-            coarse, _ = self.decoder(self.latent_pyramid(z)[:-1], frozen=not loss.coarse_grad_to_decoder)
             return DecodeOutput([*coarse, out.reconstruction], out.scales), post
         scaled = loss.coarse_encoder_grad_scale != 1
         reroute = self.config.is_multiscale and not (loss.coarse_grad_to_encoder and loss.coarse_grad_to_decoder

@@ -145,7 +145,7 @@ def test_stage1_train_coarse_moves_only_the_coarse_scales_own_parts(image_folder
     stage1(["--output-dir", tmp_path / "s1", "--variant", "stopgrad-shared-context", "--steps", 3, *TINY_TOK, *common])
     start = tmp_path / "s1" / "final"
     stage1(["--output-dir", tmp_path / "coarse", "--init-from", start, "--train", "coarse", "--steps", 40,
-            "--lr", 3e-3, "--warmup", 2, "--ema-decay", 0, *common])
+            "--lr", 3e-3, "--warmup", 2, "--ema-decay", 0, *common, "--log-every", 4])
     before, after = weights(start), weights(tmp_path / "coarse" / "final")
     model = HieraTok.from_pretrained(start)
     coarse = set(model.coarse_parameters())
@@ -156,6 +156,8 @@ def test_stage1_train_coarse_moves_only_the_coarse_scales_own_parts(image_folder
         assert torch.equal(before[k], after[k]), f"{k} is not a coarse part and must stay frozen"
     assert all(not torch.equal(before[k], after[k]) for k in coarse if k.endswith("weight") and "context" not in k)
     rows = read_metrics(tmp_path / "coarse")
+    # the finest image, decoded only for the log, is in every row
+    assert [r["step"] for r in rows] == list(range(4, 41, 4)) and all("l1_16" in r and "mse_16" in r for r in rows)
     coarse_loss = [sum(r[f"l1_{s}"] + r[f"mse_{s}"] for s in (1, 2, 4, 8)) for r in rows]
     assert coarse_loss[-1] < 0.7 * coarse_loss[0], coarse_loss
     config = json.loads((tmp_path / "coarse" / "run_config.json").read_text())

@@ -367,8 +367,9 @@ def test_loss_config_is_separate_and_old_flat_configs_still_load(tmp_path):
 
 @pytest.mark.parametrize("variant", ["stopgrad-shared-context", "hieratok"])
 def test_coarse_only_forward_is_the_full_forward_with_the_finest_weighted_zero(variant):
-    """`forward(coarse_only=True)` (stage 1 --train coarse) decodes the finest image without a graph: the same
-    images, and the coarse parts get the same gradient as from the full forward with the finest loss weighted 0."""
+    """`forward(coarse_only=True)` (stage 1 --train coarse) decodes the finest image without a graph, or with
+    `finest=False` not at all: the same images, and the coarse parts get the same loss and gradient as from the full
+    forward with the finest loss weighted 0."""
     cfg = tokenizer_config("cifar10", variant, **SMALL)
     model = HieraTok(cfg).train()
     own = model.coarse_parameters()
@@ -377,19 +378,28 @@ def test_coarse_only_forward_is_the_full_forward_with_the_finest_weighted_zero(v
         p.requires_grad_(True)
     x = images()
     loss_fn = ReconstructionLoss(cfg, coarse_only=True)
-    grads, outs = [], []
-    for coarse_only in (False, True):
+    grads, outs, totals, logs = [], [], [], []
+    for coarse_only, finest in ((False, True), (True, True), (True, False)):
         model.zero_grad()
-        out, post = model(x, generator=torch.Generator().manual_seed(0), coarse_only=coarse_only)
-        loss_fn(x, out, post).total.backward()
+        out, post = model(x, generator=torch.Generator().manual_seed(0), coarse_only=coarse_only, finest=finest)
+        terms = loss_fn(x, out, post)
+        terms.total.backward()
         grads.append({n: p.grad.clone() for n, p in own.items() if p.grad is not None})
         outs.append(out)
+        totals.append(terms.total.detach())
+        logs.append(terms.logs)
     assert outs[0].reconstruction.requires_grad and not outs[1].reconstruction.requires_grad
-    for a, b in zip(outs[0].images, outs[1].images):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert grads[0].keys() == grads[1].keys() and any(g.abs().sum() > 0 for g in grads[1].values())
-    for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7)
+    assert tuple(outs[2].scales) == tuple(cfg.scales[:-1]) and len(outs[2].images) == len(cfg.scales) - 1
+    assert "l1_16" in logs[1] and "l1_16" not in logs[2] and logs[1]["l1_8"] == pytest.approx(logs[2]["l1_8"])
+    for other in (1, 2):
+        for a, b in zip(outs[0].images, outs[other].images):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(totals[0], totals[other], rtol=1e-5, atol=1e-7)
+        assert grads[0].keys() == grads[other].keys() and any(g.abs().sum() > 0 for g in grads[other].values())
+        for n in grads[0]:
+            torch.testing.assert_close(grads[0][n], grads[other][n], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="was built for scales"):   # only the coarse-only loss takes a prefix
+        ReconstructionLoss(cfg)(x, outs[2], None)
     assert ReconstructionLoss(cfg, coarse_only=True).scale_weights[-1] == 0.0
     with pytest.raises(ValueError, match="multi-scale"):
         ReconstructionLoss(tokenizer_config("cifar10", "singlescale", **SMALL), coarse_only=True)

@@ -144,7 +144,9 @@ def main(argv=None):
 
     for step, x, _, gen in run.batches(dataset, start):
         with run.autocast():
-            out, post = model(x, generator=gen, shard=run.shard, coarse_only=args.train == "coarse")
+            # --train coarse decodes the untrained finest image only for the log
+            out, post = model(x, generator=gen, shard=run.shard, coarse_only=args.train == "coarse",
+                              finest=run.log_due(step))
             terms = loss_fn(x, out, post)
         run.step(terms.total, optimizer, scheduler, model, step)
         run.log(step, terms.logs, scheduler)

@@ -415,8 +415,12 @@ class Run:
     def autocast(self):
         return self.accelerator.autocast()
 
+    def log_due(self, step: int) -> bool:
+        """Whether `log` writes a row after `step` (every --log-every steps and the last)."""
+        return not (step + 1) % self.args.log_every or step + 1 == self.args.steps
+
     def log(self, step: int, logs: dict, scheduler=None):
-        if (step + 1) % self.args.log_every and step + 1 != self.args.steps:
+        if not self.log_due(step):
             return
         if self.accelerator.num_processes > 1:  # log the mean over processes, not rank 0's share
             keys = sorted(logs)
