@@ -962,6 +962,45 @@ def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-runs", "nothing-cifar10"])
 
 
+def test_model_card_update_runs_keeps_the_card_row_of_a_run_whose_folder_is_gone(tmp_path):
+    """A shipped checkpoint finished by a new run after its first run's folder was lost: the first run's row and
+    command stay as the card has them (under the checkpoint's new size and cost), the new run's come from its folder;
+    a run with neither folder nor card row is a clear error."""
+    from hieratok import tokenizer_config
+    from hieratok.cost import cost_of
+    from train import model_card
+    _card_assets(tmp_path)
+    HieraTok(tokenizer_config("cifar10", "hieratok", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1,
+                              dec_heads=3)).save_pretrained(tmp_path / "hieratok-cifar10")
+    runs = tmp_path / "runs"
+    (runs / "hieratok-s2").mkdir(parents=True)
+    args = {"init_from": "runs/hieratok-s1/final", "data": "d", "output_dir": "runs/hieratok-s2", "steps": 7,
+            "batch_size": 8, "lr": 1e-4}
+    (runs / "hieratok-s2" / "run_config.json").write_text(json.dumps({"script": "stage2", "args": args}))
+    (runs / "hieratok-s2" / "summary.json").write_text(json.dumps({"step": 7, "images_seen": 56, "wall_s": 120}))
+    (tmp_path / "cards").mkdir()
+    card = tmp_path / "cards" / "cifar10.md"
+    head = ("# Shipped weights\n\n| checkpoint | params | GFLOPs / image | decoder tokens | run | hardware | steps | "
+            "images seen | wall time | size |\n|---|---:|---:|---:|---|---|---:|---:|---:|---:|\n"
+            "| hieratok-cifar10 | 9.99M | 9.999 | 341 | hieratok-s1 | CPU | 1000 | 64,000 | 66.1 min | 9.9 MB |\n")
+    card.write_text(head + "\n## Commands\n\n```bash\n# hieratok-s1 (CPU)\npython a\n# (its note)\n```\n\n"
+                           "## Evaluation\n\nold\n")
+    model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",
+                     "hieratok-cifar10"])
+    lines = card.read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| hieratok-cifar10") or line.startswith("|  |  |")]
+    cost = cost_of(HieraTok.from_pretrained(tmp_path / "hieratok-cifar10").config)
+    assert rows[0].startswith(f"| hieratok-cifar10 | {cost.params / 1e6:.2f}M | {cost.gflops:.3f} | 341 | "
+                              "hieratok-s1 | CPU | 1000 | 64,000 | 66.1 min | ") and "9.99M" not in rows[0]
+    assert rows[1] == "|  |  |  |  | hieratok-s2 | CPU | 7 | 56 | 2.0 min |  |"
+    text = "\n".join(lines)
+    assert "# hieratok-s1 (CPU)\npython a\n# (its note)\n# hieratok-s2 (CPU)\npython train/stage2.py" in text
+    card.write_text(head.replace("hieratok-s1", "other-run") + "\n## Commands\n\n```bash\n```\n\n## Evaluation\n")
+    with pytest.raises(SystemExit, match="hieratok-s1 \\(and no row and command"):
+        model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",
+                         "hieratok-cifar10"])
+
+
 def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(tmp_path):
     """The CIFAR-10 card predates the hardware column and the "(HARDWARE)" in its command headings: --update-runs
     gives the kept rows the column (those cards were written for CPU-only runs) and keeps their commands; a new run

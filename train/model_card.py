@@ -181,9 +181,11 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
-                    configs: dict) -> tuple[list[str], list[str]]:
-    """One shipped checkpoint's training-table rows and command entries, from its run folders."""
+def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path, configs: dict,
+                    kept: dict | None = None) -> tuple[list[str], list[str]]:
+    """One shipped checkpoint's training-table rows and command entries, from its run folders; an entry without a
+    run folder takes its run's cells (run, hardware, steps, images, wall time) and command from `kept` (entry ->
+    (row cells, command lines), from the card: a finished checkpoint's earlier run whose folder is gone)."""
     path = assets / name
     if not path.exists():
         return [f"| {name} | not shipped yet | | | | | | | | |"], []
@@ -198,6 +200,14 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
         params, gflops, tokens = sum(p.numel() for p in model.parameters()), f"{gflops:.3f}", ""
     rows, commands = [], []
     for i, entry in enumerate(folders):
+        lead = i == 0
+        if entry not in configs:
+            cells, command = kept[entry]
+            rows.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
+                        f"{gflops if lead else ''} | {tokens if lead else ''} |{'|'.join(cells[5:10])}| "
+                        f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
+            commands.append("\n".join(command))
+            continue
         summary, cfg = run_summary(runs, entry), configs[entry]
         folder, at = run_folder(entry)
         command = command_line(cfg, folder)
@@ -205,7 +215,6 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path,
             command += (f"\n# shipped: its EMA export at step {at} (runs/{folder}/exports/step-{at:08d}), the run "
                         f"planned for {cfg['args']['steps']} steps")
         commands.append(f"# {entry} ({device(cfg)})\n{command}")
-        lead = i == 0
         steps = str(summary["step"])
         if summary.get("stopped_by_time_limit_at"):
             steps = f"{steps} of {cfg['args']['steps']} (time limit)"
@@ -226,28 +235,28 @@ def run_configs(runs: Path, family: str, names: list[str] | None = None) -> dict
 
 def updated_training_part(card: str, family: str, names: list[str], runs: Path, assets: Path) -> list[str]:
     """The card's training part with the table rows and commands of `names` rebuilt from their run folders and
-    every other checkpoint's kept as the card has them (in RUNS order)."""
+    every other checkpoint's kept as the card has them (in RUNS order). A run of `names` whose folder is gone keeps
+    its row and command from the card (a checkpoint finished by new runs after its first one's folder was lost)."""
     head = card.split(EVALUATION)[0].rstrip().splitlines()
     unknown = sorted(set(names) - {n for n, _ in RUNS[family]})
     if unknown:
         raise SystemExit(f"error: --update-runs: {', '.join(unknown)} not among {family}'s checkpoints")
     configs = run_configs(runs, family, names)
-    missing = [f for n, fs in RUNS[family] if n in names for f in fs if f not in configs]
-    if missing:
-        raise SystemExit(f"error: --update-runs: no run_config.json under {runs} for {', '.join(missing)}")
     table = [i for i, line in enumerate(head) if line.startswith("| ") and not line.startswith("| checkpoint ")]
     header = table[0] - 2
     upgrade = " run |" in head[header] and " hardware |" not in head[header]
     if upgrade:  # a card from before the hardware column, written for CPU-only runs ("No GPU was used")
         head[header] = head[header].replace(" run |", " run | hardware |")
         head[header + 1] = head[header + 1] + "---|"
-    old_rows, owner = {}, None
+    old_rows, owner, old_cells = {}, None, {}
     for i in table:
         cells = head[i].split("|")
         owner = cells[1].strip() or owner
         if upgrade:
             cells.insert(6, " CPU ")
         old_rows.setdefault(owner, []).append("|".join(cells))
+        if len(cells) > 10:
+            old_cells[cells[5].strip()] = cells
     start = head.index("```bash") + 1
     end = head.index("```", start)
     old_cmds, folder = {}, None
@@ -259,10 +268,17 @@ def updated_training_part(card: str, family: str, names: list[str], runs: Path, 
             old_cmds[folder] = [line]
         elif folder is not None:
             old_cmds[folder].append(line)
+    # a run's row cells and command, by RUNS entry, where the card has both
+    kept = {f: (old_cells[run_folder(f)[0]], old_cmds[f]) for _, fs in RUNS[family] for f in fs
+            if run_folder(f)[0] in old_cells and f in old_cmds}
+    missing = [f for n, fs in RUNS[family] if n in names for f in fs if f not in configs and f not in kept]
+    if missing:
+        raise SystemExit(f"error: --update-runs: no run_config.json under {runs} for {', '.join(missing)} (and no "
+                         f"row and command for it in the card to keep)")
     rows, commands = [], []
     for name, folders in RUNS[family]:
         if name in names:
-            r, c = checkpoint_rows(name, folders, runs, assets, configs)
+            r, c = checkpoint_rows(name, folders, runs, assets, configs, kept)
             rows += r
             commands += c
         else:
