@@ -77,6 +77,17 @@ def test_the_published_evaluation_tables_are_what_their_results_files_say(name):
     assert (ASSETS / "eval" / f"{name}.md").read_text() == evaluation_markdown(json.loads(results.read_text()))
 
 
+@pytest.mark.parametrize("name", ["cifar10", "imagenette128"])
+def test_each_family_card_carries_its_evaluation_table_and_its_notes_file(name):
+    """The card is written by train/model_card.py from eval/<family>.json and notes/<family>.md: a section edited
+    into the card alone is lost at its next rewrite (edit the notes file, then `model_card.py --update-evaluation`)."""
+    from hieratok.report import evaluation_markdown
+    card = (ASSETS / "cards" / f"{name}.md").read_text()
+    table = evaluation_markdown(json.loads((ASSETS / "eval" / f"{name}.json").read_text())).split("\n", 1)[1]
+    assert table.strip() in card
+    assert card.rstrip().endswith((ASSETS / "notes" / f"{name}.md").read_text().strip())
+
+
 def test_the_cards_commands_hold_no_machine_paths():
     import re
     for card in sorted((ASSETS / "cards").glob("*.md")) + sorted(ASSETS.glob("*/README.md")):
