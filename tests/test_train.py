@@ -995,6 +995,11 @@ def test_model_card_update_runs_keeps_the_card_row_of_a_run_whose_folder_is_gone
     assert rows[1] == "|  |  |  |  | hieratok-s2 | CPU | 7 | 56 | 2.0 min |  |"
     text = "\n".join(lines)
     assert "# hieratok-s1 (CPU)\npython a\n# (its note)\n# hieratok-s2 (CPU)\npython train/stage2.py" in text
+    # a stage-1 run that trained some parts only says so (stage 1's default, every part, goes unsaid)
+    run = {"script": "stage1", "args": {"init_from": "x", "train": "coarse", "data": "d", "steps": 3}}
+    assert "--init-from x --train coarse --data d" in model_card.command_line(run)
+    run["args"]["train"] = "all"
+    assert "--train" not in model_card.command_line(run)
     card.write_text(head.replace("hieratok-s1", "other-run") + "\n## Commands\n\n```bash\n```\n\n## Evaluation\n")
     with pytest.raises(SystemExit, match="hieratok-s1 \\(and no row and command"):
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--runs", str(runs), "--update-runs",

@@ -116,10 +116,12 @@ def command_line(cfg: dict, folder: str | None = None) -> str:
         moved, args["output_dir"] = args["output_dir"], f"runs/{folder}"
     script = {"stage1": "train/stage1.py", "stage2": "train/stage2.py", "dit": "train/dit.py",
               "classifier": "train/classifier.py"}[cfg["script"]]
-    keep = ["preset", "variant", "init_from", "warm_start", "tokenizer", "latent_cache", "data", "output_dir", "steps",
-            "batch_size", "lr", "warmup", "ema_decay", "gan_start", "gan_weight", "image_size", "time_limit"]
+    keep = ["preset", "variant", "init_from", "warm_start", "train", "tokenizer", "latent_cache", "data", "output_dir",
+            "steps", "batch_size", "lr", "warmup", "ema_decay", "gan_start", "gan_weight", "image_size", "time_limit"]
     if args.get("init_from"):  # the architecture (and so the preset) comes from the checkpoint
         keep.remove("preset")
+    if args.get("train") == "all":  # stage 1's default: every part learns
+        keep.remove("train")
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in keep if args.get(k) not in (None, [], "")]
     if args.get("export_at") not in (None, [], "[]"):
         parts.append("--export-at " + " ".join(map(str, args["export_at"])))
