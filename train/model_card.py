@@ -33,7 +33,7 @@ RUNS = {  # family -> (checkpoint shipped, run folders that made it, in order)
         ("classifier-cifar10", ["classifier"]),
     ],
     "imagenette128": [
-        ("hieratok-imagenette128", ["hieratok-imagenette128-context"]),
+        ("hieratok-imagenette128", ["hieratok-imagenette128-context", "hieratok-imagenette128-context-coarse"]),
         # the paper recipe's tokenizer (the evaluation's hieratok-paper; the app does not serve it)
         ("hieratok-paper-imagenette128", ["hieratok-imagenette128-s1", "hieratok-imagenette128-s2rec"]),
         ("singlescale-imagenette128", ["singlescale-imagenette128-s1", "singlescale-imagenette128-s2rec"]),

@@ -51,6 +51,14 @@ recipe() {
       --warm-start $R/singlescale-$P-s2rec/final --data $D/train --output-dir $R/hieratok-$P-context --steps 2000 \
       --batch-size 32 --lr 2e-4 --ema-decay 0.999 --ckpt-every 150 --export-at 500 1000 1500
 }
+# Then its coarse scales' own parts (downsampler, per-scale heads; stage 1 --train coarse), 3,000 steps x 32 at lr 1e-3
+# on the coarse losses, the encoder and the shared decoder frozen: the latent, and so the DiT trained on it, stays
+# as it was. The shipped one started from assets/hieratok-$P, the float16 copy its DiT trained on.
+coarse() {
+  done_ $R/hieratok-$P-context-coarse || $PY train/stage1.py --init-from $R/hieratok-$P-context/final --train coarse \
+      --data $D/train --output-dir $R/hieratok-$P-context-coarse --steps 3000 --batch-size 32 --lr 1e-3 \
+      --ckpt-every 100 --sample-every 1000 --log-every 50
+}
 # The shipped DiTs (6 x 256): one 22,000-step run per tokenizer, side by side (about 1.8 s a step each here); what
 # ships is the export train/ship.py names (exports/step-N), taken while the runs go on. The shipped runs were given the
 # float16 copies in assets/ (--tokenizer assets/<variant>-$P, the same weights rounded).
@@ -60,7 +68,7 @@ dit22k() {  # variant tokenizer
       --export-at 2750 5500 11000 16500
 }
 { chain hieratok --set "scale_loss_weights=[0.25,0.25,0.25,0.25,1.0]"; anneal hieratok; } &
-{ chain singlescale; anneal singlescale; classifier; recipe; } &
+{ chain singlescale; anneal singlescale; classifier; recipe; coarse; } &
 wait
 { dit22k hieratok $R/hieratok-$P-context/final; } &
 { dit22k singlescale $R/singlescale-$P-s2rec/final; } &

@@ -36,9 +36,10 @@ FAMILIES = {
     },
     "imagenette128": {
         # the recipe (stopgrad-shared-context, run hieratok-imagenette128-context, warm-started from the single-scale
-        # tokenizer on the CPU) and the single-scale tokenizer (stage 2: singlescale-imagenette128-s2rec), each from
-        # the copy its DiT run trained on: the shipped float16 weights with the latent statistics the DiT needs
-        "hieratok-imagenette128": (HieraTok, "dit-hieratok-22k/tokenizer"),
+        # tokenizer on the CPU), its coarse scales' own parts then trained further (stage 1 --train coarse, from the
+        # float16 copy the DiT run trained on, whose encoder and latent statistics it keeps), and the single-scale
+        # tokenizer (stage 2: singlescale-imagenette128-s2rec) from the copy its DiT run trained on
+        "hieratok-imagenette128": (HieraTok, "hieratok-imagenette128-context-coarse/final"),
         "singlescale-imagenette128": (HieraTok, "dit-singlescale-22k/tokenizer"),
         # the paper recipe's tokenizer (the evaluation's hieratok-paper; the app does not serve it)
         "hieratok-paper-imagenette128": (HieraTok, "hieratok-imagenette128-s2rec/final"),
