@@ -200,14 +200,13 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path, con
         model = (DiT if "dit" in name else Classifier).from_pretrained(path)
         gflops = (dit_gflops if "dit" in name else classifier_gflops)(model.config)
         params, gflops, tokens = sum(p.numel() for p in model.parameters()), f"{gflops:.3f}", ""
+    lead = [name, f"{params / 1e6:.2f}M", gflops, tokens], f"{size_mb(path):.1f} MB"
     rows, commands = [], []
     for i, entry in enumerate(folders):
-        lead = i == 0
-        if entry not in configs:
+        first, size = lead if i == 0 else (["", "", "", ""], "")   # the checkpoint's own cells on its first row
+        if entry not in configs:   # the run's own cells (run ... wall time) and command as the card has them
             cells, command = kept[entry]
-            rows.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
-                        f"{gflops if lead else ''} | {tokens if lead else ''} |{'|'.join(cells[5:10])}| "
-                        f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
+            rows.append(f"| {' | '.join(first)} |{'|'.join(cells[5:10])}| {size} |")
             commands.append("\n".join(command))
             continue
         summary, cfg = run_summary(runs, entry), configs[entry]
@@ -222,11 +221,8 @@ def checkpoint_rows(name: str, folders: list[str], runs: Path, assets: Path, con
             steps = f"{steps} of {cfg['args']['steps']} (time limit)"
         if at is not None:
             steps = f"{steps} of {cfg['args']['steps']} (export)"
-        rows.append(f"| {name if lead else ''} | {f'{params / 1e6:.2f}M' if lead else ''} | "
-                    f"{gflops if lead else ''} | {tokens if lead else ''} | {folder} | {device(cfg)} | "
-                    f"{steps} | "
-                    f"{summary['images_seen']:,} | {summary['wall_s'] / 60:.1f} min | "
-                    f"{f'{size_mb(path):.1f} MB' if lead else ''} |")
+        rows.append(f"| {' | '.join(first)} | {folder} | {device(cfg)} | {steps} | {summary['images_seen']:,} | "
+                    f"{summary['wall_s'] / 60:.1f} min | {size} |")
     return rows, commands
 
 
