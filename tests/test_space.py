@@ -251,7 +251,9 @@ def test_publish_stages_a_model_set_whose_cards_name_the_json_metrics(tmp_path, 
               "tokenizers": {"hieratok": {"scales": {"16x16": {"pixels": 32, "psnr": ci,
                                                                "ssim": {"mean": 0.95, "ci95": 0.001}}},
                                           "rfd": 3.85, "finest_psnr_minus_linear": {**ci, "mean": -0.18,
-                                                                                    "reference": "linear-pca-C4"}}},
+                                                                                    "reference": "linear-pca-C4"},
+                                          "finest_psnr_minus_baseline": {"mean": 0.1181, "ci95": 0.0121,
+                                                                         "reference": "singlescale"}}},
               "generators": {"hieratok": {"dit": "assets/dit-hieratok-cifar10", "guidance": 2.0, "sampler_steps": 15,
                                           "samples": 500, "gfd": 82.41, "class_accuracy": {"mean": 0.42,
                                                                                            "ci95": 0.043}}}}
@@ -265,6 +267,7 @@ def test_publish_stages_a_model_set_whose_cards_name_the_json_metrics(tmp_path, 
     publish.main(["me/weights", "--family", "cifar10", "--assets", str(assets), "--stage", str(dest), "--dry-run"])
     card = (dest / "hieratok-cifar10" / "README.md").read_text()
     assert "31.23 ± 0.05" in card and "-0.18 ± 0.05" in card and "rFD-cls: 3.85" in card
+    assert "minus the singlescale tokenizer's, paired per image: 0.12 ± 0.01 dB" in card
     assert "| hieratok-s1 |" in card and "| hieratok-s2 |" in card and "dit-hieratok |" not in card
     assert "license: other" in card and "arXiv 2509.23736" in card and "More Information Needed" not in card
     dit_card = (dest / "dit-hieratok-cifar10" / "README.md").read_text()

@@ -919,9 +919,18 @@ def test_model_card_update_evaluation_keeps_the_training_part(tmp_path):
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-evaluation"])
 
 
-def _card_assets(tmp_path):
-    """An assets folder with a minimal cifar10 evaluation and a tiny shipped singlescale-cifar10."""
+# the cifar10 checkpoints and runs the model-card tests below are written for (independent of what ships now)
+CARD_RUNS = [("hieratok-cifar10", ["hieratok-s1", "hieratok-s2"]),
+             ("singlescale-cifar10", ["singlescale-s1", "singlescale-s2"]),
+             ("dit-hieratok-cifar10", ["dit-hieratok", "dit-hieratok-long"])]
+
+
+def _card_assets(tmp_path, monkeypatch):
+    """An assets folder with a minimal cifar10 evaluation and a tiny shipped singlescale-cifar10; the cifar10
+    checkpoints' runs as CARD_RUNS."""
     from hieratok import HieraTok, tokenizer_config
+    from train import model_card
+    monkeypatch.setitem(model_card.RUNS, "cifar10", CARD_RUNS)
     report = {"data": "val", "images": 10, "command": "train/evaluate.py --x", "tokenizers": {},
               "notes": {"fd": "FD-cls", "fd_name": "FD-cls", "lpips": "unavailable"}}
     (tmp_path / "eval").mkdir()
@@ -930,11 +939,11 @@ def _card_assets(tmp_path):
                               dec_depth=1, dec_heads=3)).save_pretrained(tmp_path / "singlescale-cifar10")
 
 
-def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest(tmp_path):
+def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest(tmp_path, monkeypatch):
     """A checkpoint retrained after the others' run folders are gone: its table rows and commands come from its new
     runs, every other checkpoint's stay as the card has them."""
     from train import model_card
-    _card_assets(tmp_path)
+    _card_assets(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
     for i, folder in enumerate(["singlescale-s1", "singlescale-s2"]):
         (runs / folder).mkdir(parents=True)
@@ -962,14 +971,14 @@ def test_model_card_update_runs_rewrites_one_checkpoints_rows_and_keeps_the_rest
         model_card.main(["--family", "cifar10", "--assets", str(tmp_path), "--update-runs", "nothing-cifar10"])
 
 
-def test_model_card_update_runs_keeps_the_card_row_of_a_run_whose_folder_is_gone(tmp_path):
+def test_model_card_update_runs_keeps_the_card_row_of_a_run_whose_folder_is_gone(tmp_path, monkeypatch):
     """A shipped checkpoint finished by a new run after its first run's folder was lost: the first run's row and
     command stay as the card has them (under the checkpoint's new size and cost), the new run's come from its folder;
     a run with neither folder nor card row is a clear error."""
     from hieratok import tokenizer_config
     from hieratok.cost import cost_of
     from train import model_card
-    _card_assets(tmp_path)
+    _card_assets(tmp_path, monkeypatch)
     HieraTok(tokenizer_config("cifar10", "hieratok", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=48, dec_depth=1,
                               dec_heads=3)).save_pretrained(tmp_path / "hieratok-cifar10")
     runs = tmp_path / "runs"
@@ -1006,12 +1015,12 @@ def test_model_card_update_runs_keeps_the_card_row_of_a_run_whose_folder_is_gone
                          "hieratok-cifar10"])
 
 
-def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(tmp_path):
+def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(tmp_path, monkeypatch):
     """The CIFAR-10 card predates the hardware column and the "(HARDWARE)" in its command headings: --update-runs
     gives the kept rows the column (those cards were written for CPU-only runs) and keeps their commands; a new run
     names its CPU and precision."""
     from train import model_card
-    _card_assets(tmp_path)
+    _card_assets(tmp_path, monkeypatch)
     runs = tmp_path / "runs"
     for folder in ["singlescale-s1", "singlescale-s2"]:
         (runs / folder).mkdir(parents=True)
@@ -1039,6 +1048,7 @@ def test_model_card_update_runs_upgrades_a_card_from_before_the_hardware_column(
     assert table[0] == ("| checkpoint | params | GFLOPs / image | decoder tokens | run | hardware | steps | "
                         "images seen | wall time | size |")
     assert {line.count("|") for line in table} == {11}  # every row has the header's ten columns
+    assert table[1] == "|---|---:|---:|---:|---|---|---:|---:|---:|---:|"  # each column keeps its alignment
     assert table[2] == ("| hieratok-cifar10 | 2.65M | 2.104 | 341 | hieratok-s1 | CPU | 1000 | 64,000 | 66.1 min | "
                         "5.3 MB |")
     assert table[3] == "|  |  |  |  | hieratok-s2 | CPU | 300 | 19,200 | 14.8 min |  |"
@@ -1172,3 +1182,31 @@ def test_cross_decode_finds_a_shared_latent_and_a_foreign_one(image_folder, tmp_
     with pytest.raises(SystemExit, match="latents or image sizes differ"):
         cross_decode.main(["--data", str(image_folder), "--images", "4", f"--tokenizer=a={tmp_path / 'a'}",
                            f"--tokenizer=d={tmp_path / 'd'}"])
+
+
+def test_make_examples_decodes_with_the_tokenizer_its_dit_was_trained_on(tmp_path):
+    """The app's example images are DiT samples: decoded by the tokenizer the DiT ships in its folder (the one it was
+    trained on) unless --tokenizer names another, so retraining the family's tokenizer cannot turn them to noise."""
+    from hieratok import dit_config, generate, to_pil, tokenizer_config
+    from tests.app_fixtures import CLASSES, TINY
+    from train import make_examples
+    torch.manual_seed(0)
+    own, other = (HieraTok(tokenizer_config("cifar10", v, **TINY["cifar10"])) for v in ("hieratok", "singlescale"))
+    C = own.config.latent_channels
+    own.set_latent_stats(torch.full((C,), 0.5), torch.full((C,), 2.0), count=1)
+    other.set_latent_stats(torch.zeros(C), torch.ones(C), count=1)
+    dit = DiT(dit_config("cifar10", latent_channels=C, dim=64, depth=1, heads=2, class_names=CLASSES))
+    dit.save_pretrained(tmp_path / "dit")
+    own.save_pretrained(tmp_path / "dit" / "tokenizer")
+    other.save_pretrained(tmp_path / "other")
+    Classifier(ClassifierConfig(width=8, image_size=32, class_names=CLASSES)).save_pretrained(tmp_path / "clf")
+    common = ["--dit", str(tmp_path / "dit"), "--classifier", str(tmp_path / "clf"), "--steps", "2"]
+    make_examples.main([*common, "--output", str(tmp_path / "ex")])
+    make_examples.main([*common, "--tokenizer", str(tmp_path / "other"), "--output", str(tmp_path / "ex-other")])
+    files = sorted(p.name for p in (tmp_path / "ex").glob("*.png"))
+    assert files == sorted(f"dit-sample-{c}.png" for c in CLASSES)
+    _, want = generate(DiT.from_pretrained(tmp_path / "dit"), HieraTok.from_pretrained(tmp_path / "dit" / "tokenizer"),
+                       torch.arange(10), steps=2, guidance=3.0, seed=0)
+    got = np.asarray(Image.open(tmp_path / "ex" / "dit-sample-cat.png"))
+    assert np.array_equal(got, np.asarray(to_pil(want.reconstruction[3])))
+    assert not np.array_equal(got, np.asarray(Image.open(tmp_path / "ex-other" / "dit-sample-cat.png")))

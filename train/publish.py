@@ -68,6 +68,9 @@ def metrics(kind: str, name: str, report: dict) -> list[str]:
             d = t["finest_psnr_minus_linear"]
             lines += ["", f"Finest PSNR minus the linear codec of the same latent size ({d['reference']}), paired per "
                           f"image: {fmt(d)} dB."]
+        if t.get("finest_psnr_minus_baseline"):
+            d = t["finest_psnr_minus_baseline"]
+            lines += ["", f"Finest PSNR minus the {d['reference']} tokenizer's, paired per image: {fmt(d)} dB."]
         if t.get("rfd") is not None:
             lines += ["", f"r{report['notes'].get('fd_name') or 'FD'}: {t['rfd']:.2f} ({report['notes']['fd']})."]
         return lines

@@ -36,14 +36,31 @@ chain hieratok &
 chain singlescale &
 wait
 
-# 4. what the app ships: fp16 copies (+ assets/expected.json for the asset test), the latent map, examples
+# 4. the shipped HieraTok: the project's recipe (docs/experiment.md) as phases on the single-scale tokenizer, whose
+#    encoder -- and so latent -- it keeps bit for bit. (a) Its coarse scales' own parts (downsampler, per-scale heads)
+#    start fresh and learn from the coarse losses alone, everything else frozen: 1,500 steps x 64 at lr 1e-3. The
+#    finest tokens attend to the new coarse ones, which costs the finest scale ~4 dB ... (b) so stage 2 as the chains
+#    ran it (the decoder re-adapts on the reconstruction terms for 100 steps, then the GAN term) gives it back. The
+#    paper recipe's chain (hieratok-s1 -> hieratok-s2 and its DiT) ships as hieratok-paper-cifar10 and as the HieraTok
+#    DiT with its own copy of that tokenizer (the app's Generate view); the shipped one started from
+#    assets/singlescale-cifar10, the float16 copy of dit-singlescale/tokenizer.
+export OMP_NUM_THREADS=2   # one run at a time now
+done_ $R/hieratok-warm-coarse || $PY train/stage1.py --warm-start $R/dit-singlescale/tokenizer --train coarse \
+    --data $D/train --output-dir $R/hieratok-warm-coarse --steps 1500 --batch-size 64 --lr 1e-3 --ckpt-every 100 \
+    --sample-every 500 --log-every 50 --export-at 500 1000
+done_ $R/hieratok-warm-s2 || $PY train/stage2.py --init-from $R/hieratok-warm-coarse/final --data $D/train \
+    --output-dir $R/hieratok-warm-s2 --steps 300 --batch-size 64 --gan-start 100 --ckpt-every 100 --sample-every 150 \
+    --log-every 25
+
+# 5. what the app ships: fp16 copies (+ assets/expected.json for the asset test), the latent map, examples
 $PY train/ship.py --runs $R --assets assets
 $PY train/latent_map.py --data $D/test --num-images 3000 --tokenizer HieraTok=assets/hieratok-cifar10 \
     --tokenizer Single-scale=assets/singlescale-cifar10 --output assets/latent-map-cifar10
 $PY train/make_examples.py --output assets/examples
 
-# 5. evaluation on the full test split (10,000 images)
+# 6. evaluation on the full test split (10,000 images)
 $PY train/evaluate.py --data $D/test --classifier assets/classifier-cifar10 \
-    --tokenizer hieratok=assets/hieratok-cifar10 --tokenizer singlescale=assets/singlescale-cifar10 \
-    --dit hieratok=assets/dit-hieratok-cifar10 --dit singlescale=assets/dit-singlescale-cifar10 \
-    --num-samples 500 --sample-steps 15 --guidance 2.0 --output assets/eval/cifar10
+    --tokenizer hieratok=assets/hieratok-cifar10 --tokenizer hieratok-paper=assets/hieratok-paper-cifar10 \
+    --tokenizer singlescale=assets/singlescale-cifar10 --dit hieratok=assets/dit-hieratok-cifar10 \
+    --dit singlescale=assets/dit-singlescale-cifar10 --num-samples 500 --sample-steps 15 --guidance 2.0 \
+    --output assets/eval/cifar10

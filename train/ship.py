@@ -28,8 +28,15 @@ from hieratok.metrics import psnr
 # was -- from that run, with the statistics of the DiT run's copy (checked: the encoder must be identical)
 FAMILIES = {
     "cifar10": {
-        "hieratok-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
+        # the recipe as phases on the single-scale tokenizer (its coarse scales' own parts learned with everything
+        # else frozen, stage 1 --warm-start --train coarse; then stage 2): its encoder, so its latent, and the
+        # latent statistics are the single-scale tokenizer's (checked)
+        "hieratok-cifar10": (HieraTok, "hieratok-warm-s2/final", "dit-singlescale/tokenizer"),
         "singlescale-cifar10": (HieraTok, "dit-singlescale/tokenizer"),
+        # the paper recipe's tokenizer (the evaluation's hieratok-paper; the app does not serve it), and the same
+        # weights as the tokenizer the HieraTok DiT generates with: the one it was trained on, in its own folder
+        "hieratok-paper-cifar10": (HieraTok, "dit-hieratok/tokenizer"),
+        "dit-hieratok-cifar10/tokenizer": (HieraTok, "dit-hieratok/tokenizer"),
         "dit-hieratok-cifar10": (DiT, "dit-hieratok-long/final"),
         "dit-singlescale-cifar10": (DiT, "dit-singlescale-long/final"),
         "classifier-cifar10": (Classifier, "classifier/final"),

@@ -301,8 +301,8 @@ def generate_samples(store: ModelStore, class_name: str, guidance: float, steps:
             f"{guidance}, {steps} Heun steps, seed {seed}. Right: the first sample's latent decoded at every scale.")
     if store.dit_has_own_tokenizer(model):
         text += (f" This DiT was trained on the latent of an earlier {model} tokenizer ({tok.config.name}), which "
-                 f"decodes its samples; the {model} tokenizer the other views use was retrained since, and a DiT "
-                 f"on its latent is not shipped yet.")
+                 f"decodes its samples; the {model} tokenizer the other views use was retrained since and encodes "
+                 f"to another latent.")
     return Samples(grid(out.reconstruction, min(count, 8)), per_scale, text)
 
 
