@@ -11,14 +11,14 @@ import torch
 
 from hieratok import DiT, HieraTok, generate, to_pil
 from hieratok.classifier import Classifier
-from hieratok.hub import paired_tokenizer
+from hieratok.explorer.models import dit_tokenizer_path
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokenizer", default=None,
-                    help="the tokenizer that decodes the samples (default: the one --dit was trained on: its own "
-                         "DIT/tokenizer where it ships one, else assets/hieratok-cifar10)")
+                    help="the tokenizer that decodes the samples (default: the one --dit was trained on, as the app "
+                         "picks it: DIT/tokenizer where it ships one, else <variant>-<set> beside dit-<variant>-<set>)")
     ap.add_argument("--dit", default="assets/dit-hieratok-cifar10")
     ap.add_argument("--classifier", default="assets/classifier-cifar10")
     ap.add_argument("--steps", type=int, default=30)
@@ -26,7 +26,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default="assets/examples")
     args = ap.parse_args(argv)
-    tokenizer = args.tokenizer or paired_tokenizer(args.dit) or "assets/hieratok-cifar10"
+    dit_dir = Path(args.dit)
+    tokenizer = args.tokenizer or dit_tokenizer_path(dit_dir.parent, dit_dir.name)
     tok, dit = HieraTok.from_pretrained(tokenizer), DiT.from_pretrained(args.dit)
     names = Classifier.from_pretrained(args.classifier).config.class_names
     labels = torch.arange(dit.config.num_classes)
