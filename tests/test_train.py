@@ -863,6 +863,28 @@ def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tm
         script.main([str(a) for a in [*longer, "--set", "depth=3"]])
 
 
+def test_dit_keeps_the_tokenizers_latent_statistics_when_asked(image_folder, tiny_tokenizer, tmp_path):
+    from train import dit as script
+    base = ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST]
+    small = ["--set", "dim=64", "depth=2", "heads=2"]
+    with pytest.raises(SystemExit, match="carries no latent statistics"):
+        script.main([str(a) for a in [*base, *small, "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "x",
+                                      "--latent-stats", "tokenizer"]])
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    script.main([str(a) for a in [*base, *small, "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "a"]])
+    fitted = HieraTok.from_pretrained(tmp_path / "a" / "tokenizer")
+    # statistics the data would not give: kept as they are, not refitted
+    fitted.set_latent_stats(fitted.latent_mean + 0.5, fitted.latent_std * 2, count=7)
+    fitted.save_pretrained(tmp_path / "given")
+    AcceleratorState._reset_state(True)
+    script.main([str(a) for a in [*base, "--tokenizer", tmp_path / "given", "--output-dir", tmp_path / "b",
+                                  "--init-from", tmp_path / "a" / "final", "--latent-stats", "tokenizer"]])
+    kept = HieraTok.from_pretrained(tmp_path / "b" / "tokenizer")
+    assert torch.equal(kept.latent_mean, fitted.latent_mean) and torch.equal(kept.latent_std, fitted.latent_std)
+    assert int(kept.latent_stats_count) == 7
+
+
 def test_fsdp1_configs_are_refused_with_a_message(image_folder, tmp_path):
     config = tmp_path / "fsdp1.yaml"
     config.write_text((ROOT / "train" / "configs" / "fsdp.yaml").read_text().replace("fsdp_version: 2",

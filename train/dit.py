@@ -7,7 +7,9 @@
    cached in `<output-dir>/latents.safetensors` (or `--latent-cache`). Every process encodes its share (index
    rank, rank + N, ...) under the run's autocast; the main process puts the shares back in dataset order.
 2. Per-channel latent mean/std over that set; saved into a copy of the tokenizer at `<output-dir>/tokenizer`
-   (a from_pretrained directory), which is the tokenizer to pair with this DiT.
+   (a from_pretrained directory), which is the tokenizer to pair with this DiT. `--latent-stats tokenizer` keeps
+   the statistics the tokenizer already carries instead (to train a DiT longer on exactly the normalisation it
+   learned with: refitting them, e.g. in another precision, moves every latent a little).
 3. Train the DiT on normalised latents; sample grids (one row per class) every `--sample-every` steps.
 """
 from __future__ import annotations
@@ -136,6 +138,10 @@ def parse_args(argv=None):
     ap.add_argument("--init-from", default=None,
                     help="start from a DiT from_pretrained directory (e.g. to train a finished run longer): its "
                          "architecture and weights; --set may then change only class_dropout and time_sampling")
+    ap.add_argument("--latent-stats", default="fit", choices=["fit", "tokenizer"],
+                    help="fit: per-channel mean/std of the encoded training set (default); tokenizer: keep the "
+                         "statistics --tokenizer carries (e.g. with --init-from, to go on with the normalisation "
+                         "that DiT was trained with)")
     ap.add_argument("--encode-batch-size", type=int, default=256)
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--sample-guidance", type=float, default=2.0)
@@ -148,13 +154,19 @@ def main(argv=None):
     setup_logging()
     run = Run(args, "dit")
     tokenizer = load_pretrained(HieraTok, args.tokenizer, "--tokenizer").to(run.device).eval().requires_grad_(False)
+    if args.latent_stats == "tokenizer" and not tokenizer.has_latent_stats:
+        raise SystemExit(f"error: --latent-stats tokenizer, but {args.tokenizer} carries no latent statistics "
+                         "(use --latent-stats fit, or the tokenizer copy a DiT run saved)")
     dataset = training_dataset(args, tokenizer.config.image_size, info=run.info)
     cache = Path(args.latent_cache) if args.latent_cache else run.out / "latents.safetensors"
     z, z_flip, labels = load_or_encode(run, tokenizer, dataset, cache, args.encode_batch_size)
 
-    # per-channel statistics over both orientations, stored with a copy of the tokenizer
-    mean, std, count = channel_stats([z, z_flip])
-    tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=count)
+    # per-channel statistics over both orientations (or the tokenizer's own), stored with a copy of the tokenizer
+    if args.latent_stats == "fit":
+        mean, std, count = channel_stats([z, z_flip])
+        tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=count)
+    else:
+        run.info(f"keeping the latent statistics of {args.tokenizer} ({int(tokenizer.latent_stats_count)} latents)")
     if run.is_main:
         tokenizer.save_pretrained(run.out / "tokenizer")
     latents = LatentDataset(normalized(tokenizer, z), normalized(tokenizer, z_flip), labels)
