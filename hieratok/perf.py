@@ -286,6 +286,17 @@ def available_cpus(root: str = "/sys/fs/cgroup") -> tuple[int, str]:
     return affinity, why + (f", cgroup CPU quota {quota:g} cores" if quota is not None else ", no cgroup quota")
 
 
+def machine_cpus(root: str = "/sys/fs/cgroup") -> int:
+    """Cores the whole machine (or container) offers every process on it: os.cpu_count() capped by the cgroup
+    quota. /proc/stat's running threads are counted machine-wide, so an oversubscription check compares them with
+    this, not with one process's affinity: two runs pinned to a core each (`taskset`) share nothing."""
+    import math
+    import os
+    cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(root)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
 def thread_count(requested: int | None = None, env: str = "HIERATOK_THREADS") -> tuple[int, str]:
     """Torch threads for a server: `requested` (a flag), else $HIERATOK_THREADS, else `available_cpus()`."""
     if requested is not None:
@@ -338,13 +349,16 @@ def running_elsewhere(samples: int = 3, interval: float = 0.02, stat: str = "/pr
 
 
 def oversubscription_warning(threads: int, cores: int, others: float | None) -> str | None:
-    """A warning when `others` running threads plus this run's `threads` exceed the `cores` it may use. OpenMP
+    """A warning when `others` threads running on the machine plus this run's `threads` exceed the machine's `cores`
+    (`machine_cpus`: the count of running threads is machine-wide, so a run pinned to fewer cores than the
+    machine has cannot tell whether the others share its cores, and is warned only when the machine as a whole is
+    oversubscribed). OpenMP
     threads wait for each other at every parallel region, so a shared core slows the whole step: on 2 cores a
     2-thread DiT step went from 3.4 to ~10 s beside a 2-thread test run, which itself ran 25x slower than the same
     run with 1 thread beside it (docs/training.md, "Runs side by side")."""
     if others is None or others < 1 or others + threads <= cores:
         return None
-    return (f"warning: {others:g} other thread(s) are running on the {cores} core(s) this run may use, and it "
+    return (f"warning: {others:g} other thread(s) are running on this machine's {cores} core(s), and this run "
             f"starts {threads} thread(s): oversubscribed cores slow every process on them several-fold; give runs "
             f"side by side cores / N threads each (OMP_NUM_THREADS=N)")
 

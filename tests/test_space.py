@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hieratok.perf import (available_cpus, cgroup_cpu_limit, oversubscription_warning, running_elsewhere, thread_count,
-                           training_threads)
+from hieratok.perf import (available_cpus, cgroup_cpu_limit, machine_cpus, oversubscription_warning, running_elsewhere,
+                           thread_count, training_threads)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,10 +90,19 @@ def test_threads_running_elsewhere_are_counted_and_oversubscription_is_said(tmp_
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
 def test_threads_follow_taskset():
-    code = "from hieratok.perf import available_cpus; print(available_cpus()[0])"
+    code = "from hieratok.perf import available_cpus, machine_cpus; print(available_cpus()[0], machine_cpus())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip() == "1"
+    # the pinned process's threads follow its one core; the oversubscription check counts running threads
+    # machine-wide, so it compares them with the machine's cores (two runs pinned a core each share nothing)
+    assert out.split() == ["1", str(machine_cpus())]
+
+
+def test_machine_cpus_are_capped_by_the_cgroup_quota(tmp_path):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores to see a quota below them")
+    assert machine_cpus(cgroup(tmp_path, {"cpu.max": "100000 100000\n"})) == 1
+    assert machine_cpus(cgroup(tmp_path / "none", {"cpu.max": "max 100000\n"})) == os.cpu_count()
 
 
 def test_importing_the_app_writes_nothing_into_the_package(tmp_path):

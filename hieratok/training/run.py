@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..layers import set_attention_impl
-from ..perf import (available_cpus, compile_blocks, compile_plan, native_bf16, oversubscription_warning,
+from ..perf import (compile_blocks, compile_plan, machine_cpus, native_bf16, oversubscription_warning,
                     running_elsewhere, training_threads, transformer_blocks, tune_allocator)
 from .checkpoint import (EXPORT_STATE_FILE, STATE_FILE, TrainState, load_state, publish_dir, read_state,
                          record_run_config, save_state, staging_dir, write_dir, write_json)
@@ -151,7 +151,7 @@ class Run:
             if threads is not None:
                 torch.set_num_threads(threads)
             if local_processes == 1:  # several processes start together: each would count the others
-                warning = oversubscription_warning(torch.get_num_threads(), available_cpus()[0], running_elsewhere())
+                warning = oversubscription_warning(torch.get_num_threads(), machine_cpus(), running_elsewhere())
                 if warning:
                     self.warning(warning)
         self._compile, why = compile_plan(getattr(self.args, "compile", "off"), on_cpu=on_cpu, precision=precision,
