@@ -273,6 +273,14 @@ class DecodeOutput:
         return self.images[-1]
 
 
+# what defines the latent z a tokenizer encodes to (and a DiT on it generates): the encoder's tensors and the config
+# fields its forward reads. The downsampler derives the coarse maps from z when decoding; `stage1.py --train coarse`
+# and stage 2 leave all of this as it is.
+LATENT_DEFINING_TENSORS = ("encoder.",)
+LATENT_DEFINING_FIELDS = ("image_size", "in_channels", "patch_size", "latent_channels", "enc_dim", "enc_depth",
+                          "enc_heads", "mlp_ratio", "linear_shortcut")
+
+
 # ------------------------------------------------------------------------------------------------------------
 #                                               Core model
 # ------------------------------------------------------------------------------------------------------------
@@ -475,6 +483,25 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         return self.decode(self.encode(x)).reconstruction
 
     # ---- latent statistics for the generator ----------------------------------------------------------------
+    def latent_differences(self, other: "HieraTok", statistics: bool = True) -> list[str]:
+        """What makes `other` encode to another latent than this tokenizer (config fields, encoder tensors) or, with
+        `statistics`, normalise it otherwise (the latent statistics, missing or different); empty when they share
+        the latent exactly, so that a DiT trained on one's latents generates in the other's and either decodes it
+        (e.g. a multi-scale tokenizer whose encoder is a single-scale one's, `stage1.py --warm-start ... --train
+        coarse`)."""
+        mine, theirs = self.config.to_dict(), other.config.to_dict()
+        out = [f"config.{k}" for k in LATENT_DEFINING_FIELDS if mine.get(k) != theirs.get(k)]
+        a, b = self.state_dict(), other.state_dict()
+        keys = sorted(k for k in set(a) | set(b) if k.startswith(LATENT_DEFINING_TENSORS))
+        out += [k for k in keys if k not in a or k not in b or a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
+        if statistics:
+            if not (self.has_latent_stats and other.has_latent_stats):
+                out.append("latent statistics (missing)")
+            elif not (torch.equal(self.latent_mean, other.latent_mean)
+                      and torch.equal(self.latent_std, other.latent_std)):
+                out.append("latent statistics")
+        return out
+
     @property
     def has_latent_stats(self) -> bool:
         return int(self.latent_stats_count) > 0

@@ -435,3 +435,50 @@ def test_a_dit_generates_with_the_tokenizer_it_was_trained_on_after_its_family_t
                               np.asarray(views.to_pil(want.images[-1][0], views.DISPLAY)))
     with pytest.raises(ValueError, match="precision must be one of"):
         ModelStore(assets, family, "fp16")
+
+
+def test_a_single_scale_dits_samples_are_shown_at_every_scale_by_a_tokenizer_that_shares_its_latent(tmp_path):
+    """A HieraTok whose encoder and latent statistics are the single-scale tokenizer's (stage1.py --warm-start
+    --train coarse) decodes the single-scale DiT's samples at every scale; any difference in the latent turns that
+    off, and `latent_differences` names it."""
+    import numpy as np
+    import torch
+
+    from hieratok import DiT, HieraTok, dit_config, generate, tokenizer_config
+    from hieratok.explorer import views
+    from hieratok.explorer.models import FAMILIES, ModelStore
+    from tests.app_fixtures import CLASSES
+    family = next(f for f in FAMILIES if f.suffix == "cifar10")
+    assets = tmp_path / "assets"
+    torch.manual_seed(0)
+    single, multi = (HieraTok(tokenizer_config("cifar10", v, **TINY["cifar10"])) for v in ("singlescale", "hieratok"))
+    C = single.config.latent_channels
+    single.set_latent_stats(torch.linspace(-0.5, 0.5, C), torch.linspace(1.0, 2.0, C), count=10)
+    assert "latent statistics (missing)" in single.latent_differences(multi)
+    assert any(k.startswith("encoder.") for k in single.latent_differences(multi, statistics=False))
+    multi.load_state_dict({k: v for k, v in single.state_dict().items() if k.startswith("encoder.")}, strict=False)
+    multi.set_latent_stats(single.latent_mean, single.latent_std, count=10)
+    assert single.latent_differences(multi) == [] and multi.latent_differences(single) == []
+    single.save_pretrained(assets / "singlescale-cifar10")
+    multi.save_pretrained(assets / "hieratok-cifar10")
+    dit = DiT(dit_config("cifar10", latent_channels=C, dim=64, depth=1, heads=2, class_names=CLASSES))
+    for variant in ("hieratok", "singlescale"):
+        dit.save_pretrained(assets / f"dit-{variant}-cifar10")
+
+    store = ModelStore(assets, family)
+    assert store.scales_preview("HieraTok") is None  # its own tokenizer has every scale already
+    s = views.generate_samples(store, "cat", 2.0, 2, 0, 1, model="Single-scale")
+    z, want = generate(dit, single, torch.full((1,), CLASSES.index("cat")), steps=2, guidance=2.0, seed=0)
+    coarse = multi.decode(z)
+    assert [c for _, c in s.scales] == [f"{n}x{n} (HieraTok decoder)" for n in (1, 2, 4, 8)] + ["16x16"]
+    for (im, _), ref in zip(s.scales, coarse.images[:-1] + [want.images[-1]]):
+        assert np.array_equal(np.asarray(im), np.asarray(views.to_pil(ref[0], views.DISPLAY)))
+    assert "encodes to exactly the Single-scale tokenizer's latent" in s.text
+
+    # other statistics (or another encoder): the latents differ, so no preview
+    multi.set_latent_stats(single.latent_mean + 0.1, single.latent_std, count=10)
+    assert single.latent_differences(multi) == ["latent statistics"]
+    assert single.latent_differences(multi, statistics=False) == []
+    multi.save_pretrained(assets / "hieratok-cifar10")
+    s = views.generate_samples(ModelStore(assets, family), "cat", 2.0, 2, 0, 1, model="Single-scale")
+    assert [c for _, c in s.scales] == ["16x16"] and "encodes to exactly" not in s.text

@@ -71,21 +71,15 @@ def fixed_image(size: int = 32) -> torch.Tensor:
     return img * 2 - 1
 
 
-# what defines the latent a DiT generates and the statistics describe: the finest map z, the encoder's output alone
-# (the downsampler derives the coarse maps from z when decoding; `stage1.py --train coarse` and stage 2 leave z as is)
-LATENT_DEFINING = ("encoder.",)
-
-
 def load_entry(runs: Path, entry: tuple):
     cls, src, *stats = entry
     model = cls.from_pretrained(runs / src)
     if stats:
         donor = HieraTok.from_pretrained(runs / stats[0])
-        mine, theirs = model.state_dict(), donor.state_dict()
-        differ = [k for k in theirs if k.startswith(LATENT_DEFINING) and not torch.equal(mine[k], theirs[k])]
+        differ = model.latent_differences(donor, statistics=False)  # the latent the statistics describe
         if differ or not donor.has_latent_stats:
             raise SystemExit(f"error: {runs / stats[0]} cannot lend its latent statistics to {runs / src}: "
-                             + (f"their latents differ ({len(differ)} tensors, e.g. {differ[0]})" if differ
+                             + (f"their latents differ ({len(differ)} differences, e.g. {differ[0]})" if differ
                                 else "it has none"))
         model.set_latent_stats(donor.latent_mean, donor.latent_std, count=int(donor.latent_stats_count))
     return model

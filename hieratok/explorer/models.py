@@ -114,6 +114,20 @@ class ModelStore:
         """Whether model `name`'s DiT decodes with a tokenizer other than the family's (an earlier one)."""
         return paired_tokenizer(self.assets / self.family.dit_folder(self._model(name))) is not None
 
+    def scales_preview(self, name: str) -> tuple[str, HieraTok] | None:
+        """For a DiT whose tokenizer has one scale: (model, tokenizer) of this family's multi-scale tokenizer where
+        that one encodes to exactly the latent the DiT generates in (`HieraTok.latent_differences`: the same
+        encoder and statistics, e.g. a HieraTok made by `stage1.py --warm-start SINGLE_SCALE --train coarse`), so
+        it can decode the DiT's samples at every scale; else None."""
+        if len(self.dit_tokenizer(name).layout.scales) > 1:
+            return None
+        for other in MODELS:
+            if other != self._model(name) and self.has_tokenizer(other):
+                tok = self.tokenizer(other)
+                if len(tok.layout.scales) > 1 and not tok.latent_differences(self.dit_tokenizer(name)):
+                    return other, tok
+        return None
+
     def classifier(self) -> Classifier:
         return self._checkpoint(Classifier, self.family.classifier_folder, "classifier")
 

@@ -294,11 +294,20 @@ def generate_samples(store: ModelStore, class_name: str, guidance: float, steps:
         raise AppError(f"the tokenizer of the {model} DiT in assets has no latent statistics; ship the one "
                        f"train/dit.py wrote")
     labels = torch.full((count,), names.index(class_name))
-    _, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress,
+    z, out = generate(dit, tok, labels, steps=steps, guidance=guidance, seed=int(seed), progress=progress,
                       precision=store.sampling_precision)
     per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s}") for s, im in zip(out.scales, out.images)]
     text = (f"{count} sample{'s' if count != 1 else ''} of **{class_name}** from the {model} DiT: guidance "
             f"{guidance}, {steps} Heun steps, seed {seed}. Right: the first sample's latent decoded at every scale.")
+    preview = store.scales_preview(model)
+    if preview is not None:  # a single-scale latent that a multi-scale tokenizer shares: decode it at every scale
+        other, multi = preview
+        coarse = multi.decode(z[:1])
+        per_scale = [(to_pil(im[0], DISPLAY), f"{s}x{s} ({other} decoder)")
+                     for s, im in zip(coarse.scales[:-1], coarse.images[:-1])] + per_scale
+        text += (f" The coarser scales are the {other} tokenizer's decoding of that latent: it encodes to exactly "
+                 f"the {model} tokenizer's latent (the same encoder and latent statistics), so it decodes this DiT's "
+                 f"samples at every scale; the grid and the finest image are the {model} decoder's.")
     if store.dit_has_own_tokenizer(model):
         text += (f" This DiT was trained on the latent of an earlier {model} tokenizer ({tok.config.name}), which "
                  f"decodes its samples; the {model} tokenizer the other views use was retrained since and encodes "
