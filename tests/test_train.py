@@ -860,7 +860,9 @@ def test_dit_init_from_continues_a_finished_run(image_folder, tiny_tokenizer, tm
     assert json.loads((tmp_path / "b" / "run_config.json").read_text())["init_from"].endswith("final")
     AcceleratorState._reset_state(True)
     with pytest.raises(SystemExit, match="--set depth cannot be combined with --init-from"):
-        script.main([str(a) for a in [*longer, "--set", "depth=3"]])
+        script.main([str(a) for a in [*base, "--output-dir", tmp_path / "c", "--steps", 3, "--init-from",
+                                      tmp_path / "a" / "final", "--set", "depth=3"]])
+    assert not (tmp_path / "c" / "latents.safetensors").exists()  # refused before the dataset was encoded
 
 
 def test_dit_keeps_the_tokenizers_latent_statistics_when_asked(image_folder, tiny_tokenizer, tmp_path):

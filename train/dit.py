@@ -158,6 +158,19 @@ def main(argv=None):
         raise SystemExit(f"error: --latent-stats tokenizer, but {args.tokenizer} carries no latent statistics "
                          "(use --latent-stats fit, or the tokenizer copy a DiT run saved)")
     dataset = training_dataset(args, tokenizer.config.image_size, info=run.info)
+    # the model first: a wrong --init-from or --set fails before minutes of encoding
+    cfg = dit_config(args.preset, latent_channels=tokenizer.config.latent_channels,
+                     latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
+                     class_names=tuple(dataset.class_names), **parse_overrides(args.set))
+    if args.init_from:
+        model = init_from(DiT, args, DIT_TRAINING_FIELDS, {"--preset": args.preset != "cifar10"})
+        for key in ("latent_channels", "latent_size", "num_classes", "class_names"):
+            if getattr(model.config, key) != getattr(cfg, key):
+                raise SystemExit(f"error: --init-from {args.init_from} has {key}={getattr(model.config, key)}, "
+                                 f"but this tokenizer and dataset need {getattr(cfg, key)}")
+        cfg = model.config
+    else:
+        model = DiT(cfg)
     cache = Path(args.latent_cache) if args.latent_cache else run.out / "latents.safetensors"
     z, z_flip, labels = load_or_encode(run, tokenizer, dataset, cache, args.encode_batch_size)
 
@@ -171,18 +184,6 @@ def main(argv=None):
         tokenizer.save_pretrained(run.out / "tokenizer")
     latents = LatentDataset(normalized(tokenizer, z), normalized(tokenizer, z_flip), labels)
 
-    cfg = dit_config(args.preset, latent_channels=tokenizer.config.latent_channels,
-                     latent_size=tokenizer.config.grid_size, num_classes=len(dataset.classes),
-                     class_names=tuple(dataset.class_names), **parse_overrides(args.set))
-    if args.init_from:
-        model = init_from(DiT, args, DIT_TRAINING_FIELDS, {"--preset": args.preset != "cifar10"})
-        for key in ("latent_channels", "latent_size", "num_classes", "class_names"):
-            if getattr(model.config, key) != getattr(cfg, key):
-                raise SystemExit(f"error: --init-from {args.init_from} has {key}={getattr(model.config, key)}, "
-                                 f"but this tokenizer and dataset need {getattr(cfg, key)}")
-        cfg = model.config
-    else:
-        model = DiT(cfg)
     model.train()
     optimizer = adamw(list(model.parameters()), args)
     scheduler = schedule(optimizer, args)
