@@ -119,12 +119,13 @@ class ModelStore:
         that one encodes to exactly the latent the DiT generates in (`HieraTok.latent_differences`: the same
         encoder and statistics, e.g. a HieraTok made by `stage1.py --warm-start SINGLE_SCALE --train coarse`), so
         it can decode the DiT's samples at every scale; else None."""
-        if len(self.dit_tokenizer(name).layout.scales) > 1:
+        own = self.dit_tokenizer(name)
+        if len(own.layout.scales) > 1:
             return None
         for other in MODELS:
             if other != self._model(name) and self.has_tokenizer(other):
                 tok = self.tokenizer(other)
-                if len(tok.layout.scales) > 1 and not tok.latent_differences(self.dit_tokenizer(name)):
+                if len(tok.layout.scales) > 1 and not tok.latent_differences(own):
                     return other, tok
         return None
 
