@@ -2,7 +2,8 @@
 `train/evaluate.py` (the shipped models' report) and `train/experiment.py` (the controlled experiment).
 
 - `tokenizer_scores`: per image and per scale, PSNR and SSIM against the input area-downsampled to that scale; the
-  latent maps of each scale (their Gini / normalised entropy, `hieratok.metrics.latent_gini_entropy`); LPIPS of the
+  latent maps of each scale (their Gini / normalised entropy, `hieratok.metrics.latent_gini_entropy`, and, from
+  4 x 4 up, their high-frequency share, `hieratok.metrics.latent_spectrum`); LPIPS of the
   finest scale; the Fréchet distance between reconstructions and inputs (rFD).
 - `linear_scores`: the same for a linear codec (`hieratok.linear.PatchPCA`), which has one scale;
   `fit_linear_reference` fits the codec of a tokenizer's latent size on training images.
@@ -20,7 +21,7 @@ from typing import Iterator
 import torch
 
 from .losses import downsample_image
-from .metrics import latent_gini_entropy, psnr, ssim, to_unit
+from .metrics import latent_gini_entropy, latent_spectrum, psnr, ssim, to_unit
 from .stats import mean_ci
 
 
@@ -62,6 +63,11 @@ class TokenizerScores:
     def density(self, scale: int) -> dict | None:
         return latent_gini_entropy(self.latents[scale]) if scale in self.latents else None
 
+    def spectrum(self, scale: int) -> dict | None:
+        """The latent map's power spectrum (`latent_spectrum`) where it has one: from 4 x 4 up, two images or more."""
+        z = self.latents.get(scale)
+        return latent_spectrum(z) if z is not None and scale >= 4 and len(z) >= 2 else None
+
     def summary(self) -> dict:
         """Every scale's mean ± 95% CI over images (the evaluation report's format)."""
         scales = {}
@@ -70,6 +76,8 @@ class TokenizerScores:
                                   "ssim": mean_ci(self.ssim[s])}
             if s in self.latents:
                 scales[f"{s}x{s}"]["latent_density"] = self.density(s)
+                if (spectrum := self.spectrum(s)) is not None:
+                    scales[f"{s}x{s}"]["latent_spectrum"] = spectrum
         return {"scales": scales, "lpips": mean_ci(self.lpips) if self.lpips is not None else None, "rfd": self.rfd}
 
     def means(self) -> dict:
@@ -77,7 +85,8 @@ class TokenizerScores:
         f = self.finest
         psnrs = {f"{s}x{s}": float(self.psnr[s].mean()) for s in self.scales}
         return {"psnr": psnrs[f"{f}x{f}"], "psnr_scales": psnrs, "ssim": float(self.ssim[f].mean()),
-                "latent_density": self.density(f), "images": self.images, "rfd_cls": self.rfd}
+                "latent_density": self.density(f), "latent_spectrum": self.spectrum(f), "images": self.images,
+                "rfd_cls": self.rfd}
 
 
 def _accumulate(scores: TokenizerScores, parts: dict, fd, x: torch.Tensor, images: list[torch.Tensor]) -> None:

@@ -1,4 +1,5 @@
-"""Metrics: PSNR / SSIM per scale, the latent-density Gini coefficient and entropy, Fréchet distances."""
+"""Metrics: PSNR / SSIM per scale, the latent-density Gini coefficient and entropy, the latent's spatial power
+spectrum, Fréchet distances."""
 from __future__ import annotations
 
 import numpy as np
@@ -90,6 +91,46 @@ def latent_gini_entropy(latents: torch.Tensor, samples: int = DENSITY_SAMPLES) -
         latents = latents[torch.linspace(0, n - 1, samples).round().long()]
     p = latent_density(latents)
     return {"gini": gini(p), "entropy": normalized_entropy(p), "samples": int(min(n, samples))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+#                                      The latent's spatial power spectrum
+# ------------------------------------------------------------------------------------------------------------
+SPECTRUM_CUTOFF = 0.25   # cycles per latent position: the upper half of the band up to Nyquist (0.5)
+SPECTRUM_RINGS = 8
+
+
+def latent_spectrum(latents: torch.Tensor, cutoff: float = SPECTRUM_CUTOFF, rings: int = SPECTRUM_RINGS) -> dict:
+    """How much of a latent's energy sits at high spatial frequencies -- what a diffusion model on it must learn to
+    denoise last and hardest (the "diffusability" account: latents with more high-frequency power train a DiT more
+    slowly, Skorokhodov et al. 2025).
+
+    1. Standardise every channel over the set (mean 0, variance 1 over latents and positions), as a DiT's latent
+       statistics do, so the result ignores each channel's scale.
+    2. The 2D DFT of every channel map (orthonormal: by Parseval the power sums to the map's energy), its power
+       averaged over latents and channels: one (h, w) spectrum.
+    3. Radial frequency r = |(f_y, f_x)| in cycles per latent position (0 to 0.5 * sqrt(2) at the corners).
+    Returns {"high_frequency_fraction": energy at r > cutoff / all energy (the per-image mean, r = 0, included),
+    "white_noise_fraction": the same for white noise (the share of frequencies above the cutoff), "cutoff",
+    "radial_power": mean power per ring of `rings` equal-width rings over [0, max r] (white noise: 1 in every ring;
+    a smooth field: falling with r), "ring_edges", "latents": how many}.
+    """
+    if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2:
+        raise ValueError(f"the latent spectrum needs (N >= 2, C, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
+    if not 0 < cutoff < 0.5:
+        raise ValueError(f"cutoff must be in (0, 0.5) cycles per position, got {cutoff}")
+    z = latents.detach().double().cpu()
+    mean = z.mean(dim=(0, 2, 3), keepdim=True)
+    std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    power = torch.fft.fft2((z - mean) / std, norm="ortho").abs().pow(2).mean(dim=(0, 1))
+    h, w = power.shape
+    r = torch.hypot(torch.fft.fftfreq(h, dtype=torch.float64)[:, None], torch.fft.fftfreq(w, dtype=torch.float64)[None])
+    edges = torch.linspace(0, float(r.max()) * (1 + 1e-9), rings + 1, dtype=torch.float64)
+    ring = torch.bucketize(r, edges, right=True) - 1
+    radial = [float(power[ring == i].mean()) if bool((ring == i).any()) else None for i in range(rings)]
+    return {"high_frequency_fraction": float(power[r > cutoff].sum() / power.sum()),
+            "white_noise_fraction": float((r > cutoff).double().mean()), "cutoff": cutoff,
+            "radial_power": radial, "ring_edges": [float(e) for e in edges], "latents": int(z.shape[0])}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -111,3 +111,32 @@ def test_latent_gini_is_deterministic_and_defined_at_a_fixed_sample_size():
     ours = latent_density(wide.reshape(40, 60, 1, 1)).reshape(DENSITY_BINS, DENSITY_BINS)
     flips = [hist, hist.flip(0), hist.flip(1), hist.flip(0).flip(1)]  # PCA signs are arbitrary
     assert any(np.allclose(ours, (h / h.sum()).numpy()) for h in flips)
+
+
+def test_latent_spectrum_measures_where_a_latents_energy_sits():
+    from hieratok.metrics import latent_spectrum
+    g = torch.Generator().manual_seed(0)
+    # white noise: the share above the cutoff is the share of frequencies above it, and every ring has power 1
+    white = latent_spectrum(torch.randn(400, 4, 16, 16, generator=g))
+    f = [k / 16 for k in range(-8, 8)]  # the DFT's frequencies, cycles per position
+    assert white["white_noise_fraction"] == sum((a * a + b * b) ** 0.5 > 0.25 for a in f for b in f) / 256
+    assert white["high_frequency_fraction"] == pytest.approx(white["white_noise_fraction"], abs=0.01)
+    assert all(p == pytest.approx(1.0, abs=0.05) for p in white["radial_power"])
+    # a field at the lowest frequency has no energy above the cutoff; one at Nyquist (a checkerboard) all of it
+    i = torch.arange(16.0)
+    amp = torch.randn(100, 4, 1, 1, generator=g)
+    smooth = latent_spectrum(torch.cos(2 * torch.pi * i / 16)[:, None].expand(16, 16) * amp)
+    checker = latent_spectrum(((i[:, None] + i[None]) % 2 * 2 - 1) * amp)
+    assert smooth["high_frequency_fraction"] < 1e-9 and checker["high_frequency_fraction"] == pytest.approx(1.0)
+    assert smooth["radial_power"][0] > 1 and max(smooth["radial_power"][2:]) < 1e-9
+    # each channel is standardised over the set: a channel's scale and offset change nothing
+    z = torch.randn(50, 3, 8, 8, generator=g).cumsum(-1)  # smoother along x than white
+    scaled = z * torch.tensor([1.0, 100.0, 0.01])[:, None, None] + 7
+    a, b = latent_spectrum(z), latent_spectrum(scaled)
+    assert a["high_frequency_fraction"] == pytest.approx(b["high_frequency_fraction"], rel=1e-5)  # float32 input
+    assert a["high_frequency_fraction"] < a["white_noise_fraction"]
+    for bad in (torch.randn(10, 4, 1, 1), torch.randn(1, 4, 8, 8), torch.randn(10, 16)):
+        with pytest.raises(ValueError, match="latent spectrum needs"):
+            latent_spectrum(bad)
+    with pytest.raises(ValueError, match="cutoff"):
+        latent_spectrum(z, cutoff=0.5)
