@@ -48,3 +48,25 @@ def steps_to_reach(curve: list[dict], target: float, key: str) -> float | None:
             return s0 + (v0 - target) / (v0 - p[key]) * (p["step"] - s0)
         prev = (p["step"], p[key])
     return None
+
+
+def rank_correlation(x: list[float], y: list[float]) -> dict | None:
+    """Spearman's rank correlation of paired values (ties averaged) with its two-sided permutation p-value: exact
+    (every ordering of `x` against `y`) up to 8 pairs, else from 100,000 random orderings. {"rho", "p", "n",
+    "exact"}; None with fewer than 3 pairs or when either side is constant (no order to correlate)."""
+    import numpy as np
+    from scipy import stats
+    if len(x) != len(y):
+        raise ValueError(f"rank correlation needs paired values, got {len(x)} and {len(y)}")
+    if len(x) < 3 or len(set(x)) == 1 or len(set(y)) == 1:
+        return None
+    ry = stats.rankdata(y)
+
+    def rho(a, axis=-1):  # Spearman's rho of every row of `a` with y: Pearson's r of the ranks
+        ra = stats.rankdata(a, axis=axis)
+        ra, dy = ra - ra.mean(axis=axis, keepdims=True), ry - ry.mean()
+        return (ra * dy).sum(axis=axis) / np.sqrt((ra ** 2).sum(axis=axis) * (dy ** 2).sum())
+    exact = len(x) <= 8  # 8! = 40,320 orderings
+    test = stats.permutation_test((list(x),), rho, permutation_type="pairings", vectorized=True,
+                                  n_resamples=np.inf if exact else 100_000, rng=0)
+    return {"rho": float(test.statistic), "p": float(test.pvalue), "n": len(x), "exact": exact}

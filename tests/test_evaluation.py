@@ -44,6 +44,9 @@ def test_evaluate_script_gives_the_pinned_numbers(tiny, image_folder, tmp_path):
         assert m["psnr"]["mean"] == pytest.approx(p, abs=1e-3) and m["ssim"]["mean"] == pytest.approx(s, abs=1e-4)
         assert m["latent_density"]["gini"] == pytest.approx(g, abs=1e-4)
     assert t["rfd"] == pytest.approx(PINNED_RFD, rel=1e-3) and t["lpips"] is None
+    # the latent spectrum where a map has spatial frequencies to speak of (4 x 4 and up)
+    assert [k for k in t["scales"] if "latent_spectrum" in t["scales"][k]] == ["4x4", "8x8", "16x16"]
+    assert 0 < t["scales"]["16x16"]["latent_spectrum"]["high_frequency_fraction"] < 1
     lin = report["tokenizers"]["linear-pca-C4"]
     assert lin["scales"]["16x16"]["psnr"]["mean"] == pytest.approx(PINNED_LINEAR[0], abs=1e-3)
     assert lin["scales"]["16x16"]["ssim"]["mean"] == pytest.approx(PINNED_LINEAR[1], abs=1e-4)
@@ -66,6 +69,14 @@ def test_experiment_evaluation_gives_the_pinned_numbers_through_the_same_functio
     assert m["ssim"] == pytest.approx(PINNED_SCALES["16x16"][1], abs=1e-4)
     assert m["latent_density"]["gini"] == pytest.approx(PINNED_SCALES["16x16"][2], abs=1e-4)
     assert m["rfd_cls"] == pytest.approx(PINNED_RFD, rel=1e-3)
+    # the finest latent's spectrum, as the metric gives it for the same latents
+    from hieratok import HieraTok
+    from hieratok.metrics import latent_spectrum
+    with torch.no_grad():
+        z = HieraTok.from_pretrained(tiny / "tok").eval().encode(x)
+    want = latent_spectrum(z)
+    assert m["latent_spectrum"]["high_frequency_fraction"] == pytest.approx(want["high_frequency_fraction"])
+    assert m["latent_spectrum"]["radial_power"] == pytest.approx(want["radial_power"])
 
 
 def test_scores_are_batch_independent_and_reduce_consistently(tiny):
@@ -207,3 +218,50 @@ def test_generation_protocol_sweeps_pairs_resumes_and_draws_the_figure(tiny, ima
     for bad in ("0.5", "0.9,0.1", "late"):
         with pytest.raises(SystemExit):
             generation.parse_args([*argv, "--guidance-interval", bad])
+
+
+def test_latent_spectrum_script_pairs_each_arms_spectrum_with_its_dits_speedup(image_folder, tmp_path):  # noqa: F811
+    from hieratok import HieraTok, tokenizer_config
+    from hieratok.stats import rank_correlation
+    from train import latent_spectrum
+    arms = ["singlescale", "hieratok", "finest-weighted", "interp"]
+    for i, arm in enumerate(arms):
+        torch.manual_seed(i)
+        HieraTok(tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1,
+                                  dec_heads=2)).save_pretrained(tmp_path / arm)
+    curve = lambda *v: [{"step": s, "gfd_cls": g, "class_accuracy": 0.5} for s, g in zip((100, 200, 400), v)]  # noqa
+    slow, fast = curve(60.0, 40.0, 30.0), curve(50.0, 30.0, 20.0)   # fast reaches 30 at 200 steps: 2x
+    dits = [("singlescale", slow), ("hieratok", fast), ("finest-weighted", curve(55.0, 35.0, 25.0))]
+    finals = {"singlescale": 27.3, "hieratok": 26.2, "finest-weighted": 26.5, "interp": 26.0}
+    results = {"records": [{"arm": a, "seed": 0, "step_time_s": 1.0, "final": {
+        "psnr": p, "ssim": 0.8, "latent_density": {"gini": 0.7 + i / 100, "entropy": 0.8}}}
+        for i, (a, p) in enumerate(finals.items())],
+               "generation": [{"arm": a, "seed": 0, "curve": c, "final": c[-1], "step_time_s": 1.0}
+                              for a, c in dits]}
+    (tmp_path / "exp.json").write_text(json.dumps(results))
+    out = tmp_path / "spec"
+    latent_spectrum.main(["--data", str(image_folder), "--images", "20", "--resamples", "20", "--experiment",
+                          str(tmp_path / "exp.json"), "--output", str(out),
+                          *[f"--tokenizer={a}={tmp_path / a}" for a in arms]])
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["images_used"] == 20 and sorted(r["tokenizers"]) == sorted(arms)
+    for s in [*r["tokenizers"].values(), r["images"]]:
+        lo, hi = s["interval"]
+        assert 0 <= lo <= s["high_frequency_fraction"] <= hi <= 1
+    e = r["experiment"]
+    assert e["missing"] == ["interp"] and e["baseline"] == "singlescale"   # interp has no DiT
+    assert {a: v["speedup"] for a, v in e["arms"].items()} == {"singlescale": 1.0, "hieratok": 2.0,
+                                                               "finest-weighted": pytest.approx(4 / 3)}
+    names = list(e["arms"])
+    hf = [r["tokenizers"][a]["high_frequency_fraction"] for a in names]
+    want = rank_correlation(hf, [e["arms"][a]["speedup"] for a in names])
+    assert e["correlation_with_speedup"]["high_frequency_fraction"] == pytest.approx(want)
+    assert e["correlation_with_speedup"]["psnr"]["rho"] == pytest.approx(-1.0)   # PSNR ranks exactly reversed
+    text = out.with_suffix(".md").read_text()
+    assert "| hieratok | 26.20 | 0.710 |" in text and "2.00x |" in text and "no DiT): interp" in text
+    # tokenizers with different latents share no images to compare on
+    HieraTok(tokenizer_config("cifar10", latent_channels=8, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
+                              dec_depth=1, dec_heads=2)).save_pretrained(tmp_path / "c8")
+    with pytest.raises(SystemExit, match="latent shapes differ"):
+        latent_spectrum.main(["--data", str(image_folder), "--tokenizer", f"a={tmp_path / 'hieratok'}",
+                              "--tokenizer", f"b={tmp_path / 'c8'}"])
