@@ -278,6 +278,12 @@ def test_views_return_named_results(assets, photo):
     assert len(s.scales) == 5 and "2 samples of **cat**" in s.text and s.grid.size[0] > 0
     m = views.latent_space(store, "HieraTok", 16, photo)
     assert m.figure.data[-1].name == "your image" and "Gini" in m.text
+    # each map's high-frequency share, from the stored latents, where the map has spatial frequencies (4x4 and up)
+    from hieratok.metrics import latent_spectrum
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in m.text.splitlines()
+            if line.startswith("| HieraTok |")}
+    hf = latent_spectrum(store.latent_map().latents["HieraTok"][16])["high_frequency_fraction"]
+    assert rows["HieraTok", "16x16"].endswith(f"| {hf:.3f} / 0.809 |") and rows["HieraTok", "1x1"].endswith("| — |")
     e = views.experiment(assets)
     assert e.figure is None and e.front is None and "No results" in e.text
 

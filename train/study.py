@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hieratok.config import VARIANT_BUILDERS
 from hieratok.report import defined, fmt, front_points, percent
-from hieratok.stats import ratio_interval, steps_to_reach, t_interval
+from hieratok.stats import rank_correlation, ratio_interval, steps_to_reach, t_interval
 from hieratok.training.cli import parse_overrides
 
 # every arm is the tokenizer variant of its name (hieratok.config.VARIANT_BUILDERS), so `train/stage1.py --variant ARM`
@@ -243,23 +243,10 @@ def markdown(report: dict) -> str:
 
 def front_correlation(points: list[dict]) -> dict | None:
     """Spearman's rank correlation over arms between the tokenizer's finest PSNR and its DiT's speed-up (the means of
-    `hieratok.report.front_points`), with its two-sided permutation p-value: exact (every ordering of the arms) up
-    to 8 arms, else from 100,000 random orderings. None with fewer than 3 arms or when either side is constant."""
-    import numpy as np
-    from scipy import stats
-    x, speedups = [p["psnr"]["mean"] for p in points], [p["speedup"] for p in points]
-    if len(points) < 3 or len(set(x)) == 1 or len(set(speedups)) == 1:
-        return None  # too few arms, or one side without any order: no rank correlation
-    y = stats.rankdata(speedups)
-
-    def rho(a, axis=-1):  # Spearman's rho of every row of `a` with y: Pearson's r of the ranks (ties averaged)
-        ra = stats.rankdata(a, axis=axis)
-        ra, ry = ra - ra.mean(axis=axis, keepdims=True), y - y.mean()
-        return (ra * ry).sum(axis=axis) / np.sqrt((ra ** 2).sum(axis=axis) * (ry ** 2).sum())
-    exact = len(x) <= 8  # 8! = 40,320 orderings
-    test = stats.permutation_test((x,), rho, permutation_type="pairings", vectorized=True,
-                                  n_resamples=np.inf if exact else 100_000, rng=0)
-    return {"rho": float(test.statistic), "p": float(test.pvalue), "arms": len(x), "exact": exact}
+    `hieratok.report.front_points`), with its two-sided permutation p-value (`hieratok.stats.rank_correlation`:
+    exact up to 8 arms). None with fewer than 3 arms or when either side is constant."""
+    c = rank_correlation([p["psnr"]["mean"] for p in points], [p["speedup"] for p in points])
+    return None if c is None else {"rho": c["rho"], "p": c["p"], "arms": c["n"], "exact": c["exact"]}
 
 
 def front_markdown(report: dict) -> list[str]:

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from hieratok import MASK_KINDS, ImageError, generate, interpolate, load_image, place_by_neighbours, to_pil
 from hieratok.losses import downsample_image
-from hieratok.metrics import psnr, ssim
+from hieratok.metrics import latent_spectrum, psnr, ssim
 
 from .models import AppError, ModelStore
 
@@ -351,12 +351,21 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
                 " (its 10 nearest shipped latents).")
     fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), legend=dict(itemsizing="constant"),
                       title=f"UMAP of {len(labels)} test-image latents, {model}, scale {scale}x{scale}")
-    rows = ["| tokenizer | scale | Gini (lower = more even) | entropy (higher = more even) |", "|---|---|---:|---:|"]
+    rows = ["| tokenizer | scale | Gini (lower = more even) | entropy (higher = more even) | high-frequency share "
+            "(lower = smoother) / white noise's |", "|---|---|---:|---:|---:|"]
     for m, per in lm.density.items():
         for s, d in sorted(per.items(), key=lambda kv: int(kv[0])):
-            rows.append(f"| {m} | {s}x{s} | {d['gini']:.4f} | {d['entropy']:.4f} |")
+            z = lm.latents.get(m, {}).get(int(s))
+            spectrum = latent_spectrum(z) if z is not None and int(s) >= 4 and len(z) >= 2 else None
+            hf = (f"{spectrum['high_frequency_fraction']:.3f} / {spectrum['white_noise_fraction']:.3f}" if spectrum
+                  else "—")
+            rows.append(f"| {m} | {s}x{s} | {d['gini']:.4f} | {d['entropy']:.4f} | {hf} |")
     text = ("Latent density: a 24x24 histogram over the first two principal components of the standardised "
-            "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). " + note +
+            "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). "
+            "High-frequency share: the part of the latent's energy above 0.25 cycles per position, every channel "
+            "standardised (hieratok.metrics.latent_spectrum, from 4x4 up), beside white noise's at that size: a "
+            "diffusion model denoises the high frequencies last, and a smoother latent is one account of why a DiT "
+            "trains faster on one tokenizer's latent than on another's (docs/experiment.md). " + note +
             "\n\n" + "\n".join(rows))
     return LatentMap(fig, text)
 
