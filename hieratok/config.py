@@ -111,6 +111,10 @@ class HieraTokConfig(ConfigMixin):
     # transformer blocks of the coarse scales' own, over the coarse tokens after the shared decoder (scale-causal
     # among themselves, so prefixes stay prefixes): capacity the finest image is not decoded with (0: none)
     coarse_refiner_depth: int = 0
+    # the latent normalisation a DiT sees also filters each channel map by a gain per spatial frequency (the buffer
+    # `latent_gain`, set by `train/dit.py --latent-spectrum-like`): the same information with another power spectrum,
+    # undone exactly before decoding. Not part of the latent the encoder makes (False: per-channel statistics only)
+    latent_spectral_gain: bool = False
     name: str = "hieratok"               # a label for reports ("hieratok", "singlescale", ...)
     loss: LossConfig = field(default_factory=LossConfig)
 

@@ -100,37 +100,59 @@ SPECTRUM_CUTOFF = 0.25   # cycles per latent position: the upper half of the ban
 SPECTRUM_RINGS = 8
 
 
+def latent_power(latents: torch.Tensor) -> torch.Tensor:
+    """The (h, w) power spectrum of a set of latents (N, C, h, w), float64: every channel standardised over the set
+    (mean 0, variance 1 over latents and positions, as a DiT's latent statistics do), the power of its orthonormal 2D
+    DFT (by Parseval it sums to the map's energy, h * w for a standardised channel) averaged over latents and
+    channels. Frequencies in `torch.fft.fftfreq` order."""
+    if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2:
+        raise ValueError(f"the latent spectrum needs (N >= 2, C, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
+    z = latents.detach().double().cpu()
+    mean = z.mean(dim=(0, 2, 3), keepdim=True)
+    std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    return torch.fft.fft2((z - mean) / std, norm="ortho").abs().pow(2).mean(dim=(0, 1))
+
+
+def radial_frequency(h: int, w: int) -> torch.Tensor:
+    """(h, w) |(f_y, f_x)| in cycles per position, `torch.fft.fftfreq` order (0 to 0.5 * sqrt(2) at the corners)."""
+    return torch.hypot(torch.fft.fftfreq(h, dtype=torch.float64)[:, None],
+                       torch.fft.fftfreq(w, dtype=torch.float64)[None])
+
+
 def latent_spectrum(latents: torch.Tensor, cutoff: float = SPECTRUM_CUTOFF, rings: int = SPECTRUM_RINGS) -> dict:
     """How much of a latent's energy sits at high spatial frequencies -- what a diffusion model on it must learn to
     denoise last and hardest (the "diffusability" account: latents with more high-frequency power train a DiT more
-    slowly, Skorokhodov et al. 2025).
+    slowly, Skorokhodov et al. 2025). From `latent_power` (channels standardised over the set, so the result ignores
+    each channel's scale) and the radial frequency r in cycles per latent position.
 
-    1. Standardise every channel over the set (mean 0, variance 1 over latents and positions), as a DiT's latent
-       statistics do, so the result ignores each channel's scale.
-    2. The 2D DFT of every channel map (orthonormal: by Parseval the power sums to the map's energy), its power
-       averaged over latents and channels: one (h, w) spectrum.
-    3. Radial frequency r = |(f_y, f_x)| in cycles per latent position (0 to 0.5 * sqrt(2) at the corners).
     Returns {"high_frequency_fraction": energy at r > cutoff / all energy (the per-image mean, r = 0, included),
     "white_noise_fraction": the same for white noise (the share of frequencies above the cutoff), "cutoff",
     "radial_power": mean power per ring of `rings` equal-width rings over [0, max r] (white noise: 1 in every ring;
     a smooth field: falling with r), "ring_edges", "latents": how many}.
     """
-    if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2:
-        raise ValueError(f"the latent spectrum needs (N >= 2, C, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
     if not 0 < cutoff < 0.5:
         raise ValueError(f"cutoff must be in (0, 0.5) cycles per position, got {cutoff}")
-    z = latents.detach().double().cpu()
-    mean = z.mean(dim=(0, 2, 3), keepdim=True)
-    std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    power = torch.fft.fft2((z - mean) / std, norm="ortho").abs().pow(2).mean(dim=(0, 1))
-    h, w = power.shape
-    r = torch.hypot(torch.fft.fftfreq(h, dtype=torch.float64)[:, None], torch.fft.fftfreq(w, dtype=torch.float64)[None])
+    power = latent_power(latents)
+    r = radial_frequency(*power.shape)
     edges = torch.linspace(0, float(r.max()) * (1 + 1e-9), rings + 1, dtype=torch.float64)
     ring = torch.bucketize(r, edges, right=True) - 1
     radial = [float(power[ring == i].mean()) if bool((ring == i).any()) else None for i in range(rings)]
     return {"high_frequency_fraction": float(power[r > cutoff].sum() / power.sum()),
             "white_noise_fraction": float((r > cutoff).double().mean()), "cutoff": cutoff,
-            "radial_power": radial, "ring_edges": [float(e) for e in edges], "latents": int(z.shape[0])}
+            "radial_power": radial, "ring_edges": [float(e) for e in edges], "latents": int(latents.shape[0])}
+
+
+def spectral_gain(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The (h, w) gain per spatial frequency that gives `source` latents the power spectrum of `target` latents
+    (both (N, C, h, w), each standardised over its own set; `latent_power`): sqrt(P_target / P_source), scaled so
+    that the filtered source keeps its total power (unit variance per channel on average). Positive and symmetric
+    under f -> -f, so filtering a real map by it gives a real map and dividing by it undoes that exactly."""
+    ps, pt = latent_power(source), latent_power(target)
+    if ps.shape != pt.shape:
+        raise ValueError(f"the two latents' grids differ: {tuple(source.shape[-2:])} and {tuple(target.shape[-2:])}")
+    gain = (pt / ps.clamp_min(1e-12)).sqrt()
+    gain = gain * (ps.sum() / (ps * gain.pow(2)).sum()).sqrt()
+    return gain.float()
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -306,6 +306,8 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         self.register_buffer("latent_mean", torch.zeros(config.latent_channels))
         self.register_buffer("latent_std", torch.ones(config.latent_channels))
         self.register_buffer("latent_stats_count", torch.zeros((), dtype=torch.long))
+        if config.latent_spectral_gain:  # 5. a gain per spatial frequency in the latent normalisation (or none)
+            self.register_buffer("latent_gain", torch.ones(config.grid_size, config.grid_size))
         self.apply_init()
 
     def apply_init(self):
@@ -498,7 +500,9 @@ class HieraTok(nn.Module, HubCheckpointMixin,
             if not (self.has_latent_stats and other.has_latent_stats):
                 out.append("latent statistics (missing)")
             elif not (torch.equal(self.latent_mean, other.latent_mean)
-                      and torch.equal(self.latent_std, other.latent_std)):
+                      and torch.equal(self.latent_std, other.latent_std)
+                      and torch.equal(getattr(self, "latent_gain", torch.ones(())),
+                                      getattr(other, "latent_gain", torch.ones(())))):
                 out.append("latent statistics")
         return out
 
@@ -517,9 +521,31 @@ class HieraTok(nn.Module, HubCheckpointMixin,
                                "(hieratok.compute_latent_stats)")
 
     def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """What a DiT learns: per-channel standardised latents, filtered by the spectral gain where there is one."""
         self._require_stats()
-        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+        return self._filter((z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None], invert=False)
 
     def denormalize_latent(self, z_norm: torch.Tensor) -> torch.Tensor:
         self._require_stats()
-        return z_norm * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        return self._filter(z_norm, invert=True) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+
+    def _filter(self, z: torch.Tensor, invert: bool) -> torch.Tensor:
+        if not self.config.latent_spectral_gain:
+            return z
+        gain = self.latent_gain.float()
+        out = torch.fft.ifft2(torch.fft.fft2(z.float()) * (1 / gain if invert else gain)).real
+        return out.to(z.dtype)
+
+    def with_spectral_gain(self, gain: torch.Tensor) -> "HieraTok":
+        """This tokenizer (a copy) whose latent normalisation also filters every channel map by `gain` (h, w), a
+        positive gain per spatial frequency in `torch.fft.fftfreq` order (`hieratok.metrics.spectral_gain`). It is
+        made symmetric under f -> -f (real maps stay real); `denormalize_latent` divides it out again."""
+        s = self.config.grid_size
+        gain = torch.as_tensor(gain, dtype=torch.float32).cpu()
+        if gain.shape != (s, s) or not bool(torch.isfinite(gain).all()) or not bool((gain > 0).all()):
+            raise ValueError(f"a spectral gain is a positive finite ({s}, {s}) tensor, got shape {tuple(gain.shape)}")
+        mirrored = gain.flip(0, 1).roll((1, 1), dims=(0, 1))  # the gain at -f, in fftfreq order
+        out = type(self)(self.config.replace(latent_spectral_gain=True))
+        state = {k: v for k, v in self.state_dict().items() if k != "latent_gain"}
+        out.load_state_dict({**state, "latent_gain": (gain + mirrored) / 2})
+        return out.to(self.latent_mean.device).train(self.training)

@@ -150,3 +150,36 @@ def test_interpolation_endpoints_and_norms():
     torch.testing.assert_close(mid_sph, (z0.norm() + z1.norm()) / 2)
     with pytest.raises(ValueError):
         interpolate(z0, z1[:2], 3)
+
+
+def test_a_spectral_gain_gives_the_normalised_latent_another_spectrum_and_is_undone_exactly(tmp_path):
+    from hieratok.metrics import latent_power, latent_spectrum, spectral_gain
+    cfg = tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    tok = HieraTok(cfg)
+    tok.set_latent_stats(torch.randn(cfg.latent_channels), torch.rand(cfg.latent_channels) + 0.5, count=10)
+    g = torch.Generator().manual_seed(0)
+    s = cfg.grid_size
+    z = torch.randn(300, cfg.latent_channels, s, s, generator=g)                       # white
+    smooth = torch.randn(300, cfg.latent_channels, s, s, generator=g).cumsum(-1).cumsum(-2)   # a falling spectrum
+    shaped = tok.with_spectral_gain(spectral_gain(z, smooth))
+    assert shaped.config.latent_spectral_gain and not tok.config.latent_spectral_gain
+    assert torch.equal(shaped.latent_mean, tok.latent_mean) and torch.equal(shaped.latent_std, tok.latent_std)
+    n = shaped.normalize_latent(z)
+    assert n.dtype == z.dtype and n.shape == z.shape
+    # the normalised latents now have the target's spectrum (to sampling noise), the same total power ...
+    want, got = latent_spectrum(smooth), latent_spectrum(n)
+    assert got["high_frequency_fraction"] == pytest.approx(want["high_frequency_fraction"], abs=0.02)
+    assert latent_spectrum(tok.normalize_latent(z))["high_frequency_fraction"] > 0.7   # white before
+    assert float(latent_power(n).sum()) == pytest.approx(float(latent_power(z).sum()), rel=1e-6)
+    # ... and decoding sees exactly the latent the encoder made
+    assert torch.allclose(shaped.denormalize_latent(n), z, atol=1e-4)
+    assert torch.allclose(shaped.denormalize_latent(shaped.normalize_latent(z)), z, atol=1e-4)
+    # it travels with the checkpoint, and it is part of how the latent is normalised
+    shaped.save_pretrained(tmp_path / "shaped")
+    back = HieraTok.from_pretrained(tmp_path / "shaped")
+    assert torch.equal(back.latent_gain, shaped.latent_gain) and torch.allclose(back.normalize_latent(z), n)
+    assert tok.latent_differences(shaped) == ["latent statistics"] and shaped.latent_differences(back) == []
+    assert not hasattr(tok, "latent_gain") and "latent_gain" not in tok.state_dict()   # none without the option
+    for bad in (torch.ones(s, s + 1), torch.zeros(s, s), torch.full((s, s), float("nan"))):
+        with pytest.raises(ValueError, match="spectral gain"):
+            tok.with_spectral_gain(bad)

@@ -887,6 +887,49 @@ def test_dit_keeps_the_tokenizers_latent_statistics_when_asked(image_folder, tin
     assert int(kept.latent_stats_count) == 7
 
 
+def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unchanged(image_folder, tiny_tokenizer,
+                                                                                        tmp_path):
+    from hieratok import tokenizer_config
+    from hieratok.metrics import latent_spectrum
+    from train import dit as script
+    from train.dit import first_latents
+    torch.manual_seed(3)
+    other = HieraTok(tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1,
+                                      dec_heads=2, name="singlescale", scales=(16,)))
+    other.save_pretrained(tmp_path / "other")
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+    script.main([str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set", "dim=64",
+                                  "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "a",
+                                  "--latent-spectrum-like", tmp_path / "other"]])
+    copy = HieraTok.from_pretrained(tmp_path / "a" / "tokenizer")
+    assert copy.config.latent_spectral_gain and int(copy.latent_stats_count) > 0
+    info = json.loads((tmp_path / "a" / "run_config.json").read_text())["latent_spectrum"]
+    assert info["like"] == str(tmp_path / "other") and info["images"] == 36
+    # what the DiT learned has the other tokenizer's high-frequency share (the same images), not its own
+    from hieratok.training.data import build_dataset
+    ds = build_dataset(str(image_folder), 32)
+    z = first_latents(HieraTok.from_pretrained(tiny_tokenizer), ds, 2000, 16, "cpu")
+    zt = first_latents(other, ds, 2000, 16, "cpu")
+    got = latent_spectrum(copy.normalize_latent(z))["high_frequency_fraction"]
+    assert got == pytest.approx(info["high_frequency_shaped"], abs=1e-6)
+    # per frequency: the shaped power is the other tokenizer's, the own one is not
+    from hieratok.metrics import latent_power
+    own, target, shaped = latent_power(z), latent_power(zt), latent_power(copy.normalize_latent(z))
+    off = lambda p: float(((p / p.sum()) / (target / target.sum()) - 1).abs().max())  # noqa: E731
+    assert off(shaped) < 0.15 and off(own) > 0.5   # (0.05 and 1.0 here; channels weigh a little differently)
+    assert torch.allclose(copy.denormalize_latent(copy.normalize_latent(z)), z, atol=1e-4)
+    # a tokenizer of another latent grid has no spectrum to lend
+    torch.manual_seed(4)
+    HieraTok(tokenizer_config("cifar10", image_size=16, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1,
+                              dec_heads=2, scales=(8,))).save_pretrained(tmp_path / "small")
+    AcceleratorState._reset_state(True)
+    with pytest.raises(SystemExit, match="8x8 latent"):
+        script.main([str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set",
+                                      "dim=64", "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir",
+                                      tmp_path / "b", "--latent-spectrum-like", tmp_path / "small"]])
+
+
 def test_fsdp1_configs_are_refused_with_a_message(image_folder, tmp_path):
     config = tmp_path / "fsdp1.yaml"
     config.write_text((ROOT / "train" / "configs" / "fsdp.yaml").read_text().replace("fsdp_version: 2",

@@ -10,6 +10,11 @@
    (a from_pretrained directory), which is the tokenizer to pair with this DiT. `--latent-stats tokenizer` keeps
    the statistics the tokenizer already carries instead (to train a DiT longer on exactly the normalisation it
    learned with: refitting them, e.g. in another precision, moves every latent a little).
+   `--latent-spectrum-like TOKENIZER` adds a gain per spatial frequency to that normalisation
+   (`hieratok.metrics.spectral_gain`, measured on the first 2,000 training images of both tokenizers): the DiT
+   learns latents with the other tokenizer's power spectrum and the same information, and the saved tokenizer copy
+   undoes the gain before decoding -- whether a latent's spectrum is what makes a DiT train fast on it, with the
+   tokenizer, its decoder and the information in the latent unchanged.
 3. Train the DiT on normalised latents; sample grids (one row per class) every `--sample-every` steps.
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, dit_config
 from hieratok.latent import channel_stats
+from hieratok.metrics import latent_spectrum, spectral_gain
 from hieratok.training.checkpoint import atomic_file
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import eval_loader, training_dataset
@@ -127,6 +133,40 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
     return t["z"], t["z_flip"], t["labels"]
 
 
+SPECTRUM_IMAGES = 2000  # training images behind --latent-spectrum-like's gain
+
+
+@torch.no_grad()
+def first_latents(tokenizer: HieraTok, dataset, images: int, batch_size: int, device) -> torch.Tensor:
+    """Posterior means of the first `images` readable images of `dataset` (unflipped), on CPU."""
+    zs = [tokenizer.encode(x.to(device)).float().cpu()
+          for x, _, _ in eval_loader(Numbered(dataset, range(min(images, len(dataset)))), batch_size) if x is not None]
+    if not zs:
+        raise SystemExit("error: no readable training images to measure the latent spectrum on")
+    return torch.cat(zs)
+
+
+def spectrum_like(run: Run, tokenizer: HieraTok, path: str, dataset, batch_size: int) -> tuple[HieraTok, dict]:
+    """`tokenizer` (with its latent statistics) whose normalisation also gives its latents the power spectrum of the
+    latents of the tokenizer at `path`, and what was measured (high-frequency shares before and after, the target's)."""
+    target = load_pretrained(HieraTok, path, "--latent-spectrum-like").to(run.device).eval()
+    if target.config.grid_size != tokenizer.config.grid_size or target.config.image_size != tokenizer.config.image_size:
+        raise SystemExit(f"error: --latent-spectrum-like {path} has a {target.config.grid_size}x"
+                         f"{target.config.grid_size} latent of {target.config.image_size}-px images; this tokenizer a "
+                         f"{tokenizer.config.grid_size}x{tokenizer.config.grid_size} latent of "
+                         f"{tokenizer.config.image_size}-px images")
+    z, zt = (first_latents(t, dataset, SPECTRUM_IMAGES, batch_size, run.device) for t in (tokenizer, target))
+    shaped = tokenizer.with_spectral_gain(spectral_gain(z, zt))
+    share = {"own": latent_spectrum(z), "target": latent_spectrum(zt),
+             "shaped": latent_spectrum(shaped.normalize_latent(z.to(run.device)).cpu())}
+    info = {"like": path, "images": len(z), **{f"high_frequency_{k}": v["high_frequency_fraction"]
+                                                for k, v in share.items()}}
+    run.info(f"latent spectrum like {path}: high-frequency share {info['high_frequency_own']:.3f} -> "
+             f"{info['high_frequency_shaped']:.3f} (the target's {info['high_frequency_target']:.3f}; "
+             f"{len(z)} images)")
+    return shaped, info
+
+
 # what `--set` may change on a DiT given with --init-from: how it is trained, not its architecture
 DIT_TRAINING_FIELDS = ("class_dropout", "time_sampling")
 
@@ -142,6 +182,10 @@ def parse_args(argv=None):
                     help="fit: per-channel mean/std of the encoded training set (default); tokenizer: keep the "
                          "statistics --tokenizer carries (e.g. with --init-from, to go on with the normalisation "
                          "that DiT was trained with)")
+    ap.add_argument("--latent-spectrum-like", default=None, metavar="TOKENIZER",
+                    help="a tokenizer from_pretrained directory: the DiT learns this tokenizer's latents filtered to "
+                         "that tokenizer's spatial power spectrum (a gain per frequency in the latent normalisation, "
+                         "stored in the saved tokenizer copy and undone before decoding)")
     ap.add_argument("--encode-batch-size", type=int, default=256)
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--sample-guidance", type=float, default=2.0)
@@ -180,6 +224,10 @@ def main(argv=None):
         tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=count)
     else:
         run.info(f"keeping the latent statistics of {args.tokenizer} ({int(tokenizer.latent_stats_count)} latents)")
+    spectrum = None
+    if args.latent_spectrum_like:
+        tokenizer, spectrum = spectrum_like(run, tokenizer, args.latent_spectrum_like, dataset,
+                                            args.encode_batch_size)
     if run.is_main:
         tokenizer.save_pretrained(run.out / "tokenizer")
     latents = LatentDataset(normalized(tokenizer, z), normalized(tokenizer, z_flip), labels)
@@ -192,6 +240,7 @@ def main(argv=None):
     start = run.resume()
     run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "init_from": args.init_from,
                "latent_mean": tokenizer.latent_mean.tolist(), "latent_std": tokenizer.latent_std.tolist(),
+               "latent_spectrum": spectrum,
                "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes,
                            "class_names": dataset.class_names}})
 
