@@ -100,17 +100,18 @@ SPECTRUM_CUTOFF = 0.25   # cycles per latent position: the upper half of the ban
 SPECTRUM_RINGS = 8
 
 
-def latent_power(latents: torch.Tensor) -> torch.Tensor:
+def latent_power(latents: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     """The (h, w) power spectrum of a set of latents (N, C, h, w), float64: every channel standardised over the set
     (mean 0, variance 1 over latents and positions, as a DiT's latent statistics do), the power of its orthonormal 2D
     DFT (by Parseval it sums to the map's energy, h * w for a standardised channel) averaged over latents and
-    channels. Frequencies in `torch.fft.fftfreq` order."""
+    channels -- or, with `per_channel`, over latents only: (C, h, w). Frequencies in `torch.fft.fftfreq` order."""
     if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2:
         raise ValueError(f"the latent spectrum needs (N >= 2, C, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
     z = latents.detach().double().cpu()
     mean = z.mean(dim=(0, 2, 3), keepdim=True)
     std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    return torch.fft.fft2((z - mean) / std, norm="ortho").abs().pow(2).mean(dim=(0, 1))
+    power = torch.fft.fft2((z - mean) / std, norm="ortho").abs().pow(2).mean(dim=0)
+    return power if per_channel else power.mean(dim=0)
 
 
 def radial_frequency(h: int, w: int) -> torch.Tensor:
@@ -143,15 +144,16 @@ def latent_spectrum(latents: torch.Tensor, cutoff: float = SPECTRUM_CUTOFF, ring
 
 
 def spectral_gain(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The (h, w) gain per spatial frequency that gives `source` latents the power spectrum of `target` latents
-    (both (N, C, h, w), each standardised over its own set; `latent_power`): sqrt(P_target / P_source), scaled so
-    that the filtered source keeps its total power (unit variance per channel on average). Positive and symmetric
-    under f -> -f, so filtering a real map by it gives a real map and dividing by it undoes that exactly."""
-    ps, pt = latent_power(source), latent_power(target)
-    if ps.shape != pt.shape:
+    """The gain per channel and spatial frequency, (C, h, w), that gives every channel of `source` latents (N, C, h,
+    w) the power spectrum of `target` latents (N', C', h, w; averaged over their channels): sqrt(P_target /
+    P_source,c), each channel standardised over its own set (`latent_power`) and its gain scaled so that the channel
+    keeps its power (its variance). Positive and symmetric under f -> -f, so filtering a real map by it gives a real
+    map and dividing by it undoes that exactly."""
+    ps, pt = latent_power(source, per_channel=True), latent_power(target)
+    if ps.shape[-2:] != pt.shape:
         raise ValueError(f"the two latents' grids differ: {tuple(source.shape[-2:])} and {tuple(target.shape[-2:])}")
     gain = (pt / ps.clamp_min(1e-12)).sqrt()
-    gain = gain * (ps.sum() / (ps * gain.pow(2)).sum()).sqrt()
+    gain = gain * (ps.sum(dim=(1, 2), keepdim=True) / (ps * gain.pow(2)).sum(dim=(1, 2), keepdim=True)).sqrt()
     return gain.float()
 
 

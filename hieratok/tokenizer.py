@@ -307,7 +307,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         self.register_buffer("latent_std", torch.ones(config.latent_channels))
         self.register_buffer("latent_stats_count", torch.zeros((), dtype=torch.long))
         if config.latent_spectral_gain:  # 5. a gain per spatial frequency in the latent normalisation (or none)
-            self.register_buffer("latent_gain", torch.ones(config.grid_size, config.grid_size))
+            self.register_buffer("latent_gain", torch.ones(config.latent_channels, config.grid_size, config.grid_size))
         self.apply_init()
 
     def apply_init(self):
@@ -537,14 +537,17 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         return out.to(z.dtype)
 
     def with_spectral_gain(self, gain: torch.Tensor) -> "HieraTok":
-        """This tokenizer (a copy) whose latent normalisation also filters every channel map by `gain` (h, w), a
-        positive gain per spatial frequency in `torch.fft.fftfreq` order (`hieratok.metrics.spectral_gain`). It is
-        made symmetric under f -> -f (real maps stay real); `denormalize_latent` divides it out again."""
-        s = self.config.grid_size
+        """This tokenizer (a copy) whose latent normalisation also filters each channel map by `gain` (C, h, w; or
+        (h, w) for every channel), a positive gain per spatial frequency in `torch.fft.fftfreq` order
+        (`hieratok.metrics.spectral_gain`). It is made symmetric under f -> -f (real maps stay real);
+        `denormalize_latent` divides it out again."""
+        c, s = self.config.latent_channels, self.config.grid_size
         gain = torch.as_tensor(gain, dtype=torch.float32).cpu()
-        if gain.shape != (s, s) or not bool(torch.isfinite(gain).all()) or not bool((gain > 0).all()):
-            raise ValueError(f"a spectral gain is a positive finite ({s}, {s}) tensor, got shape {tuple(gain.shape)}")
-        mirrored = gain.flip(0, 1).roll((1, 1), dims=(0, 1))  # the gain at -f, in fftfreq order
+        gain = gain.expand(c, s, s) if gain.shape == (s, s) else gain
+        if gain.shape != (c, s, s) or not bool(torch.isfinite(gain).all()) or not bool((gain > 0).all()):
+            raise ValueError(f"a spectral gain is a positive finite ({c}, {s}, {s}) or ({s}, {s}) tensor, got shape "
+                             f"{tuple(gain.shape)}")
+        mirrored = gain.flip(-2, -1).roll((1, 1), dims=(-2, -1))  # the gain at -f, in fftfreq order
         out = type(self)(self.config.replace(latent_spectral_gain=True))
         state = {k: v for k, v in self.state_dict().items() if k != "latent_gain"}
         out.load_state_dict({**state, "latent_gain": (gain + mirrored) / 2})
