@@ -27,6 +27,19 @@ class LatentMap:
     coords: dict[str, dict[int, torch.Tensor]]    # model -> scale -> (N, 2) UMAP embedding
     density: dict                                 # model -> scale (str) -> {"gini", "entropy", "samples"}
     info: dict = field(default_factory=dict)      # anything else worth keeping (data, tokenizers, UMAP settings)
+    _spectra: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def spectrum(self, model: str, scale: int) -> dict | None:
+        """`hieratok.metrics.latent_spectrum` of one stored map (4 x 4 and up; None below or when absent), computed
+        once per map: the latents do not change, and a request should not pay for it again (0.4-0.6 s)."""
+        from .metrics import latent_spectrum
+        z = self.latents.get(model, {}).get(int(scale))
+        if z is None or int(scale) < 4 or len(z) < 2:
+            return None
+        key = (model, int(scale))
+        if key not in self._spectra:
+            self._spectra[key] = latent_spectrum(z)
+        return self._spectra[key]
 
     def save(self, folder: str | Path) -> Path:
         """Write `<folder>/latents.safetensors` (latents stored as float16)."""

@@ -282,7 +282,10 @@ def test_views_return_named_results(assets, photo):
     from hieratok.metrics import latent_spectrum
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in m.text.splitlines()
             if line.startswith("| HieraTok |")}
-    hf = latent_spectrum(store.latent_map().latents["HieraTok"][16])["high_frequency_fraction"]
+    lm = store.latent_map()
+    hf = latent_spectrum(lm.latents["HieraTok"][16])["high_frequency_fraction"]
+    assert lm.spectrum("HieraTok", 16) is lm.spectrum("HieraTok", 16)   # computed once per map, not per request
+    assert lm.spectrum("HieraTok", 2) is None and lm.spectrum("nobody", 16) is None
     assert rows["HieraTok", "16x16"].endswith(f"| {hf:.3f} / 0.809 |") and rows["HieraTok", "1x1"].endswith("| — |")
     e = views.experiment(assets)
     assert e.figure is None and e.front is None and "No results" in e.text

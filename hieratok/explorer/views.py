@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from hieratok import MASK_KINDS, ImageError, generate, interpolate, load_image, place_by_neighbours, to_pil
 from hieratok.losses import downsample_image
-from hieratok.metrics import latent_spectrum, psnr, ssim
+from hieratok.metrics import psnr, ssim
 
 from .models import AppError, ModelStore
 
@@ -355,8 +355,7 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
             "(lower = smoother) / white noise's |", "|---|---|---:|---:|---:|"]
     for m, per in lm.density.items():
         for s, d in sorted(per.items(), key=lambda kv: int(kv[0])):
-            z = lm.latents.get(m, {}).get(int(s))
-            spectrum = latent_spectrum(z) if z is not None and int(s) >= 4 and len(z) >= 2 else None
+            spectrum = lm.spectrum(m, int(s))
             hf = (f"{spectrum['high_frequency_fraction']:.3f} / {spectrum['white_noise_fraction']:.3f}" if spectrum
                   else "—")
             rows.append(f"| {m} | {s}x{s} | {d['gini']:.4f} | {d['entropy']:.4f} | {hf} |")
