@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from .losses import downsample_image
-from .metrics import latent_gini_entropy, latent_spectrum, psnr, ssim, to_unit
+from .metrics import latent_gini_entropy, map_spectrum, psnr, ssim, to_unit
 from .stats import mean_ci
 
 
@@ -65,8 +65,7 @@ class TokenizerScores:
 
     def spectrum(self, scale: int) -> dict | None:
         """The latent map's power spectrum (`latent_spectrum`) where it has one: from 4 x 4 up, two images or more."""
-        z = self.latents.get(scale)
-        return latent_spectrum(z) if z is not None and scale >= 4 and len(z) >= 2 else None
+        return map_spectrum(self.latents.get(scale))
 
     def summary(self) -> dict:
         """Every scale's mean ± 95% CI over images (the evaluation report's format)."""

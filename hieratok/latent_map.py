@@ -32,13 +32,10 @@ class LatentMap:
     def spectrum(self, model: str, scale: int) -> dict | None:
         """`hieratok.metrics.latent_spectrum` of one stored map (4 x 4 and up; None below or when absent), computed
         once per map: the latents do not change, and a request should not pay for it again (0.4-0.6 s)."""
-        from .metrics import latent_spectrum
-        z = self.latents.get(model, {}).get(int(scale))
-        if z is None or int(scale) < 4 or len(z) < 2:
-            return None
+        from .metrics import map_spectrum
         key = (model, int(scale))
         if key not in self._spectra:
-            self._spectra[key] = latent_spectrum(z)
+            self._spectra[key] = map_spectrum(self.latents.get(model, {}).get(key[1]))
         return self._spectra[key]
 
     def save(self, folder: str | Path) -> Path:

@@ -143,6 +143,17 @@ def latent_spectrum(latents: torch.Tensor, cutoff: float = SPECTRUM_CUTOFF, ring
             "radial_power": radial, "ring_edges": [float(e) for e in edges], "latents": int(latents.shape[0])}
 
 
+SPECTRUM_MIN_SIDE = 4   # a map's spectrum is reported from 4 x 4 up: below, there are hardly any frequencies
+
+
+def map_spectrum(latents: torch.Tensor | None) -> dict | None:
+    """`latent_spectrum` of one stored latent map, or None where none is reported (no map, a map under
+    `SPECTRUM_MIN_SIDE`, fewer than two latents): the rule the evaluation and the app's latent map share."""
+    if latents is None or latents.shape[-1] < SPECTRUM_MIN_SIDE or len(latents) < 2:
+        return None
+    return latent_spectrum(latents)
+
+
 def spectral_gain(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The gain per channel and spatial frequency, (C, h, w), that gives every channel of `source` latents (N, C, h,
     w) the power spectrum of `target` latents (N', C', h, w; averaged over their channels): sqrt(P_target /
