@@ -333,6 +333,32 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
     assert "## Generation" in text and {"DiT on hieratok", "DiT on singlescale"} <= {t.name for t in fig.data}
     assert {"hieratok", "singlescale"} <= {t.name for t in front.data}
     assert (tmp_path / "eval" / "experiment-front.html").exists()
+    # the spectral intervention: a DiT on single-scale's latent given hieratok's spectrum is not resumed from the
+    # plain DiT's folder ...
+    hieratok_final = tmp_path / "runs" / "hieratok" / "seed-0" / "final"
+    shaped = [a if not a.startswith("--dit-args=") else f"{a} --latent-spectrum-like {hieratok_final}" for a in args]
+    shaped[cut:cut] = ["--dit-arms", "singlescale"]
+    with pytest.raises(SystemExit, match="latent_spectrum_like"):
+        experiment.main(shaped)
+    # ... and, in its own folders, recorded as its own row beside the plain DiTs, which stay as they were
+    (tmp_path / "runs2").mkdir()
+    (tmp_path / "runs2" / "singlescale").symlink_to(tmp_path / "runs" / "singlescale")
+    shaped[shaped.index("--output-dir") + 1] = str(tmp_path / "runs2")
+    experiment.main(shaped)
+    report = json.loads((tmp_path / "eval" / "experiment.json").read_text())
+    label = "singlescale (spectrum of hieratok)"
+    assert [r for r in report["generation"] if r["arm"] != label] == gen
+    r = next(r for r in report["generation"] if r["arm"] == label)
+    assert r["tokenizer_arm"] == "singlescale" and r["latent_spectrum"]["like"] == str(hieratok_final)
+    assert r["latent_spectrum"]["high_frequency_shaped"] == pytest.approx(r["latent_spectrum"]["high_frequency_target"],
+                                                                          abs=1e-4)
+    assert [p["step"] for p in r["curve"]] == [1, 2, 4] and not any(q.get("latent_spectrum") for q in gen)
+    g = report["generation_summary"]
+    assert g["versus"][label]["speedup"]["per_seed"][0]["seed"] == 0 and label in g["versus_method"]
+    from hieratok.report import front_points
+    assert label not in {q["arm"] for q in front_points(report["records"], g)}  # no tokenizer of its own
+    from train.study import dit_label
+    assert dit_label("hieratok", "elsewhere/tok") == "hieratok (spectrum of elsewhere/tok)"
     # another budget in the same folders is refused, not resumed or recorded as this one
     other = list(args)
     other[other.index("--steps") + 1] = "6"

@@ -22,6 +22,10 @@ per seed, the steps each DiT needs to reach the worse of the two final FD-cls va
 claim: 1.38x faster with the multi-scale latent). Records land in the same JSON under "generation".
 `--dit-arms hieratok` in one process and `--dit-arms singlescale` in another train the two DiTs side by side;
 `--dit-arms stopgrad-shared-context` (any arm) adds that tokenizer's DiT, compared with single-scale's the same way.
+The spectral intervention, `--dit-args "--latent-spectrum-like OUT/hieratok/seed-0/final"` with `--dit-arms
+singlescale` and its own `--output-dir` (the tokenizer linked in), trains DiTs on single-scale's latent given the
+paper recipe's power spectrum; they are recorded as "singlescale (spectrum of hieratok)", compared with both arms'
+DiTs like any arm's, and never pooled with plain ones (a plain DiT's folder is refused for them, and back).
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ from hieratok.report import FIGURE_HEIGHT, curves_figure, front_figure  # noqa: 
 from hieratok.training.checkpoint import write_json  # noqa: E402
 from hieratok.training.data import DataError, build_dataset, eval_loader  # noqa: E402
 from hieratok.training.distributed import run_hardware  # noqa: E402
-from train.study import (ARMS, GEN_ARMS, GEN_BASELINE, KEY_ARMS, TIERS, budget, dit_budget,  # noqa: E402
+from train.study import (ARMS, GEN_ARMS, GEN_BASELINE, KEY_ARMS, TIERS, budget, dit_budget, dit_label,  # noqa: E402
                          export_steps, markdown, summarize, summarize_generation)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,8 +182,18 @@ def dit_dir(args, arm: str, seed: int) -> Path:
     return Path(args.output_dir) / f"dit-{arm}" / f"seed-{seed}"
 
 
+def spectrum_like(args) -> str | None:
+    """The tokenizer whose power spectrum `--dit-args` gives the DiTs' latents (`train/dit.py --latent-spectrum-like`),
+    None for plain DiTs."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--latent-spectrum-like", default=None)
+    return ap.parse_known_args(shlex.split(args.dit_args))[0].latent_spectrum_like
+
+
 def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
     """The DiT of one seed on the latent of the same seed's `arm` tokenizer (trained first if it is missing)."""
+    # a plain DiT's folder is not resumed as a shaped one, nor the other way round
+    check_budget(dit_dir(args, arm, seed), latent_spectrum_like=spectrum_like(args))
     tokenizer = run_dir(args, arm, seed)
     if not trained(tokenizer):
         train_one(args, b, arm, seed, tokenizer)
@@ -200,7 +214,8 @@ def evaluate_generator(path: Path, tokenizer: Path, db: dict, real, classifier: 
 
 def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classifier: Classifier) -> dict:
     out = dit_dir(args, arm, seed)
-    check_budget(out, steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed)
+    check_budget(out, steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed,
+                 latent_spectrum_like=spectrum_like(args))
     if not trained(out):
         train_dit(args, b, db, arm, seed)
     curve = []
@@ -210,7 +225,10 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classi
                       **evaluate_generator(path, out / "tokenizer", db, real, classifier)})
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "final" / "config.json").read_text())
-    return {"arm": arm, "seed": seed, "budget": b, "dit_budget": db,
+    # a DiT whose latent was given another tokenizer's spectrum is its own row: `dit_label`
+    shaped = json.loads((out / "run_config.json").read_text()).get("latent_spectrum")
+    return {"arm": dit_label(arm, spectrum_like(args)), "tokenizer_arm": arm, "latent_spectrum": shaped,
+            "seed": seed, "budget": b, "dit_budget": db,
             "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
             **trained_conditions(out), "path": str(out)}
@@ -323,7 +341,10 @@ def parse_args(argv=None):
     ap.add_argument("--dit-batch-size", type=int, default=None, help="override the tier's DiT batch")
     ap.add_argument("--dit-samples", type=int, default=None, help="override the tier's samples per curve point")
     ap.add_argument("--dit-set", nargs="*", default=[], metavar="KEY=VALUE", help="DiT config overrides")
-    ap.add_argument("--dit-args", default="", help='passed to every DiT run, e.g. --dit-args="--mixed-precision no"')
+    ap.add_argument("--dit-args", default="",
+                    help='passed to every DiT run, e.g. --dit-args="--mixed-precision no"; with '
+                         '"--latent-spectrum-like TOKENIZER" (the spectral intervention) the DiTs are recorded as '
+                         '"ARM (spectrum of TARGET)", their own rows, and want their own --output-dir')
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
     args = ap.parse_args(argv)
@@ -432,13 +453,16 @@ def main(argv=None):
             continue
         store.add("records", run_record(args, b, arm, seed, curve_x, val_x, classifier))
         print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
+    def label(arm: str) -> str:
+        return dit_label(arm, spectrum_like(args))
+
     gen = [(arm, seed) for seed in args.dit_seeds for arm in dict.fromkeys(args.dit_arms)
-           if not store.has("generation", arm, seed)]
+           if not store.has("generation", label(arm), seed)]
     if gen:  # (a DiT whose tokenizer is missing trains that first)
         train_missing(args, gen, lambda arm, seed: train_dit(args, b, db, arm, seed), dit_dir)
         real = real_fd(fd_metric(classifier), val_x)
         for arm, seed in gen:
-            if not store.has("generation", arm, seed):
+            if not store.has("generation", label(arm), seed):
                 store.add("generation", generation_record(args, b, db, arm, seed, real, classifier))
                 print(f"[DiT on {arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
     if store.records:

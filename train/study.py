@@ -45,6 +45,18 @@ CURVE_POINTS = (0.25, 0.5, 1.0)
 # (docs/experiment.md has the numbers).
 GEN_ARMS = ["hieratok", "singlescale"]  # the default pair; `--dit-arms` takes any arm, each compared with:
 GEN_BASELINE = "singlescale"
+
+
+def dit_label(arm: str, spectrum_like: str | None = None) -> str:
+    """A DiT's name in a results file: its tokenizer's arm, and -- for a DiT trained on that latent given another
+    tokenizer's power spectrum (`train/dit.py --latent-spectrum-like PATH`) -- whose spectrum, named by the arm of an
+    experiment folder PATH (`.../ARM/seed-N/final`) or else by PATH itself. Such an intervention is never pooled with,
+    or mistaken for, its arm's plain DiTs, and has no tokenizer record of its own (so no point on the front)."""
+    if not spectrum_like:
+        return arm
+    p = Path(spectrum_like)
+    target = p.parent.parent.name if p.name == "final" and p.parent.name.startswith("seed-") else str(p)
+    return f"{arm} (spectrum of {target})"
 DIT_TIERS = {
     "cpu": {"steps": 2400, "batch_size": 128, "lr": 3e-4, "samples": 250, "sample_steps": 10, "guidance": 6.0,
             "set": {}},
