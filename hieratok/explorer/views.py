@@ -363,8 +363,9 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
             "latents, at 2,000 latents (hieratok.metrics.latent_density; fewer when the map holds fewer). "
             "High-frequency share: the part of the latent's energy above 0.25 cycles per position, every channel "
             "standardised (hieratok.metrics.latent_spectrum, from 4x4 up), beside white noise's at that size: a "
-            "diffusion model denoises the high frequencies last, and a smoother latent is one account of why a DiT "
-            "trains faster on one tokenizer's latent than on another's (docs/experiment.md). " + note +
+            "diffusion model learns the low frequencies first: given the paper recipe's smoother spectrum, a DiT on "
+            "single-scale's latent started far ahead and its samples stayed more recognisable, but it ended level "
+            "with the unshaped one in FD-cls (docs/experiment.md). " + note +
             "\n\n" + "\n".join(rows))
     return LatentMap(fig, text)
 
