@@ -115,6 +115,9 @@ class HieraTokConfig(ConfigMixin):
     # `latent_gain`, set by `train/dit.py --latent-spectrum-like`): the same information with another power spectrum,
     # undone exactly before decoding. Not part of the latent the encoder makes (False: per-channel statistics only)
     latent_spectral_gain: bool = False
+    # ... and mixes its channels by an invertible matrix first (the buffer `latent_mix`, set by `train/dit.py
+    # --latent-channels-like`): the same information with another tokenizer's channel correlations (False: none)
+    latent_channel_mix: bool = False
     name: str = "hieratok"               # a label for reports ("hieratok", "singlescale", ...)
     loss: LossConfig = field(default_factory=LossConfig)
 

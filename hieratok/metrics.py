@@ -168,6 +168,40 @@ def spectral_gain(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return gain.float()
 
 
+def channel_correlation(latents: torch.Tensor) -> torch.Tensor:
+    """The (C, C) correlation matrix of a set of latents' (N, C, ...) channels over latents and positions, float64:
+    how much the channels say the same thing (the identity when every channel is its own)."""
+    if latents.dim() < 2 or latents.shape[1] < 2 or latents[:, 0].numel() < 2:
+        raise ValueError(f"channel correlations need (N, C >= 2, ...) latents with two values or more per channel, "
+                         f"got {tuple(latents.shape)}")
+    return torch.corrcoef(latents.detach().double().cpu().transpose(0, 1).flatten(1))
+
+
+def channel_participation(latents: torch.Tensor) -> dict:
+    """How many channels a latent really uses: the participation ratio (sum e)^2 / sum e^2 of the eigenvalues e of
+    `channel_correlation` (C when the channels are uncorrelated, 1 when they are all one), and the share of the
+    variance in the largest eigen-direction."""
+    e = torch.linalg.eigvalsh(channel_correlation(latents)).clamp_min(0)
+    return {"participation": float(e.sum() ** 2 / e.pow(2).sum()), "channels": len(e),
+            "top_share": float(e.max() / e.sum())}
+
+
+def _sym_power(c: torch.Tensor, power: float) -> torch.Tensor:
+    e, v = torch.linalg.eigh(c)
+    return (v * e.clamp_min(1e-6).pow(power)) @ v.T
+
+
+def channel_mix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The (C, C) matrix M = R_t^(1/2) R_s^(-1/2) that gives standardised `source` latents (N, C, ...) the channel
+    correlations R_t of `target` latents (N', C, ...) -- whitening then colouring, both by symmetric roots, so that
+    each channel stays as close to itself as the two correlations allow -- and keeps every channel's variance (1).
+    Invertible; dividing it out (`torch.linalg.solve`) gives the source back."""
+    rs, rt = channel_correlation(source), channel_correlation(target)
+    if rs.shape != rt.shape:
+        raise ValueError(f"the two latents' channel counts differ: {source.shape[1]} and {target.shape[1]}")
+    return (_sym_power(rt, 0.5) @ _sym_power(rs, -0.5)).float()
+
+
 # ------------------------------------------------------------------------------------------------------------
 #                                            Fréchet distances
 # ------------------------------------------------------------------------------------------------------------

@@ -308,6 +308,8 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         self.register_buffer("latent_stats_count", torch.zeros((), dtype=torch.long))
         if config.latent_spectral_gain:  # 5. a gain per spatial frequency in the latent normalisation (or none)
             self.register_buffer("latent_gain", torch.ones(config.latent_channels, config.grid_size, config.grid_size))
+        if config.latent_channel_mix:  # 6. a channel mixing before that filter (or none)
+            self.register_buffer("latent_mix", torch.eye(config.latent_channels))
         self.apply_init()
 
     def apply_init(self):
@@ -501,8 +503,8 @@ class HieraTok(nn.Module, HubCheckpointMixin,
                 out.append("latent statistics (missing)")
             elif not (torch.equal(self.latent_mean, other.latent_mean)
                       and torch.equal(self.latent_std, other.latent_std)
-                      and torch.equal(getattr(self, "latent_gain", torch.ones(())),
-                                      getattr(other, "latent_gain", torch.ones(())))):
+                      and all(torch.equal(getattr(self, k, torch.ones(())), getattr(other, k, torch.ones(())))
+                              for k in ("latent_gain", "latent_mix"))):
                 out.append("latent statistics")
         return out
 
@@ -521,13 +523,23 @@ class HieraTok(nn.Module, HubCheckpointMixin,
                                "(hieratok.compute_latent_stats)")
 
     def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """What a DiT learns: per-channel standardised latents, filtered by the spectral gain where there is one."""
+        """What a DiT learns: per-channel standardised latents, their channels mixed by `latent_mix` and each map
+        filtered by the spectral gain where the tokenizer has them."""
         self._require_stats()
-        return self._filter((z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None], invert=False)
+        z = self._mix((z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None], invert=False)
+        return self._filter(z, invert=False)
 
     def denormalize_latent(self, z_norm: torch.Tensor) -> torch.Tensor:
         self._require_stats()
-        return self._filter(z_norm, invert=True) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        z = self._mix(self._filter(z_norm, invert=True), invert=True)
+        return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+
+    def _mix(self, z: torch.Tensor, invert: bool) -> torch.Tensor:
+        if not self.config.latent_channel_mix:
+            return z
+        m, x = self.latent_mix.float(), z.float().movedim(-3, -1)[..., None]  # (..., h, w, C, 1)
+        out = torch.linalg.solve(m, x) if invert else m @ x
+        return out[..., 0].movedim(-1, -3).to(z.dtype)
 
     def _filter(self, z: torch.Tensor, invert: bool) -> torch.Tensor:
         if not self.config.latent_spectral_gain:
@@ -535,6 +547,21 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         gain = self.latent_gain.float()
         out = torch.fft.ifft2(torch.fft.fft2(z.float()) * (1 / gain if invert else gain)).real
         return out.to(z.dtype)
+
+    def with_channel_mix(self, mix: torch.Tensor) -> "HieraTok":
+        """This tokenizer (a copy) whose latent normalisation also mixes the standardised channels by `mix` (C, C), an
+        invertible matrix (`hieratok.metrics.channel_mix`: another tokenizer's channel correlations);
+        `denormalize_latent` solves it out again."""
+        c = self.config.latent_channels
+        mix = torch.as_tensor(mix, dtype=torch.float32).cpu()
+        if mix.shape != (c, c) or not bool(torch.isfinite(mix).all()):
+            raise ValueError(f"a channel mix is a finite ({c}, {c}) matrix, got shape {tuple(mix.shape)}")
+        if float(torch.linalg.cond(mix.double())) > 1e4:
+            raise ValueError("the channel mix is (nearly) singular: mixing by it would lose information")
+        out = type(self)(self.config.replace(latent_channel_mix=True))
+        state = {k: v for k, v in self.state_dict().items() if k != "latent_mix"}
+        out.load_state_dict({**state, "latent_mix": mix})
+        return out.to(self.latent_mean.device).train(self.training)
 
     def with_spectral_gain(self, gain: torch.Tensor) -> "HieraTok":
         """This tokenizer (a copy) whose latent normalisation also filters each channel map by `gain` (C, h, w; or

@@ -192,3 +192,41 @@ def test_a_spectral_gain_gives_the_normalised_latent_another_spectrum_and_is_und
     for bad in (torch.ones(s, s + 1), torch.zeros(s, s), torch.full((c, s, s), float("nan")), torch.ones(c + 1, s, s)):
         with pytest.raises(ValueError, match="spectral gain"):
             tok.with_spectral_gain(bad)
+
+
+def test_a_channel_mix_gives_the_normalised_latent_another_channel_correlation_and_is_undone_exactly(tmp_path):
+    from hieratok.latent import channel_stats
+    from hieratok.metrics import channel_correlation, channel_mix, channel_participation, spectral_gain
+    cfg = tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    tok = HieraTok(cfg)
+    g = torch.Generator().manual_seed(0)
+    c, s = cfg.latent_channels, cfg.grid_size
+    z = torch.randn(300, c, s, s, generator=g) * torch.rand(c, 1, 1, generator=g) * 3   # independent channels
+    shared = torch.randn(300, 1, s, s, generator=g)
+    target = torch.randn(300, c, s, s, generator=g) + 2 * shared * torch.rand(c, 1, 1, generator=g)  # one common mode
+    mean, std, n = channel_stats([z])
+    tok.set_latent_stats(mean.float(), std.float(), count=n)
+    assert channel_participation(z)["participation"] > 0.9 * c > channel_participation(target)["participation"]
+    mixed = tok.with_channel_mix(channel_mix(z, target))
+    assert mixed.config.latent_channel_mix and not tok.config.latent_channel_mix
+    n = mixed.normalize_latent(z)
+    assert n.dtype == z.dtype and n.shape == z.shape
+    # the normalised channels now correlate as the target's do, each keeping unit variance ...
+    assert torch.allclose(channel_correlation(n), channel_correlation(target), atol=1e-3)
+    assert torch.allclose(n.var(dim=(0, 2, 3)), torch.ones(c), rtol=1e-2)
+    assert channel_participation(n)["participation"] == pytest.approx(
+        channel_participation(target)["participation"], rel=1e-3)
+    # ... the decoder sees exactly the latent the encoder made, and the mix travels with the checkpoint
+    assert torch.allclose(mixed.denormalize_latent(n), z, atol=1e-4)
+    mixed.save_pretrained(tmp_path / "mixed")
+    back = HieraTok.from_pretrained(tmp_path / "mixed")
+    assert torch.equal(back.latent_mix, mixed.latent_mix) and torch.allclose(back.normalize_latent(z), n)
+    assert tok.latent_differences(mixed) == ["latent statistics"] and mixed.latent_differences(back) == []
+    assert "latent_mix" not in tok.state_dict()   # none without the option
+    # with a spectral gain as well: mixed first, filtered second, and both undone
+    both = mixed.with_spectral_gain(spectral_gain(n, target.cumsum(-1)))
+    assert both.config.latent_channel_mix and torch.equal(both.latent_mix, mixed.latent_mix)
+    assert torch.allclose(both.denormalize_latent(both.normalize_latent(z)), z, atol=1e-3)
+    for bad in (torch.ones(c, c + 1), torch.ones(c, c), torch.full((c, c), float("nan"))):
+        with pytest.raises(ValueError, match="channel mix"):
+            tok.with_channel_mix(bad)

@@ -928,6 +928,23 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
         script.main([str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set",
                                       "dim=64", "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir",
                                       tmp_path / "b", "--latent-spectrum-like", tmp_path / "small"]])
+    # the channel version: the other tokenizer's channel correlations, by an invertible mix; one shaping at a time
+    from hieratok.metrics import channel_correlation, channel_participation
+    AcceleratorState._reset_state(True)
+    script.main([str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set", "dim=64",
+                                  "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "c",
+                                  "--latent-channels-like", tmp_path / "other"]])
+    mixed = HieraTok.from_pretrained(tmp_path / "c" / "tokenizer")
+    assert mixed.config.latent_channel_mix and not mixed.config.latent_spectral_gain
+    info = json.loads((tmp_path / "c" / "run_config.json").read_text())["latent_channels"]
+    assert info["like"] == str(tmp_path / "other") and info["participation_target"] == pytest.approx(
+        channel_participation(zt)["participation"], rel=1e-6)
+    assert torch.allclose(channel_correlation(mixed.normalize_latent(z)), channel_correlation(zt), atol=0.05)
+    assert info["participation_shaped"] == pytest.approx(info["participation_target"], rel=0.02)
+    assert torch.allclose(mixed.denormalize_latent(mixed.normalize_latent(z)), z, atol=1e-4)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--data", "x", "--tokenizer", "t", "--output-dir", "o", "--latent-channels-like", "a",
+                           "--latent-spectrum-like", "b"])
 
 
 def test_fsdp1_configs_are_refused_with_a_message(image_folder, tmp_path):

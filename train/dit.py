@@ -14,7 +14,9 @@
    (`hieratok.metrics.spectral_gain`, measured on the first 2,000 training images of both tokenizers): the DiT
    learns latents with the other tokenizer's power spectrum and the same information, and the saved tokenizer copy
    undoes the gain before decoding -- whether a latent's spectrum is what makes a DiT train fast on it, with the
-   tokenizer, its decoder and the information in the latent unchanged.
+   tokenizer, its decoder and the information in the latent unchanged. `--latent-channels-like TOKENIZER` instead
+   mixes the standardised channels by an invertible matrix (`hieratok.metrics.channel_mix`): the other tokenizer's
+   channel correlations (how many channels the latent really uses), the same information.
 3. Train the DiT on normalised latents; sample grids (one row per class) every `--sample-every` steps.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, dit_config
 from hieratok.latent import channel_stats
-from hieratok.metrics import latent_spectrum, spectral_gain
+from hieratok.metrics import channel_mix, channel_participation, latent_spectrum, spectral_gain
 from hieratok.training.checkpoint import atomic_file
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import eval_loader, training_dataset
@@ -133,7 +135,7 @@ def load_or_encode(run: Run, tokenizer: HieraTok, dataset, cache: Path, batch_si
     return t["z"], t["z_flip"], t["labels"]
 
 
-SPECTRUM_IMAGES = 2000  # training images behind --latent-spectrum-like's gain
+SPECTRUM_IMAGES = 2000  # training images behind --latent-spectrum-like's gain, --latent-channels-like's mix
 
 
 @torch.no_grad()
@@ -146,24 +148,34 @@ def first_latents(tokenizer: HieraTok, dataset, images: int, batch_size: int, de
     return torch.cat(zs)
 
 
-def spectrum_like(run: Run, tokenizer: HieraTok, path: str, dataset, batch_size: int) -> tuple[HieraTok, dict]:
-    """`tokenizer` (with its latent statistics) whose normalisation also gives its latents the power spectrum of the
-    latents of the tokenizer at `path`, and what was measured (high-frequency shares before and after, the target's)."""
-    target = load_pretrained(HieraTok, path, "--latent-spectrum-like").to(run.device).eval()
-    if target.config.grid_size != tokenizer.config.grid_size or target.config.image_size != tokenizer.config.image_size:
-        raise SystemExit(f"error: --latent-spectrum-like {path} has a {target.config.grid_size}x"
-                         f"{target.config.grid_size} latent of {target.config.image_size}-px images; this tokenizer a "
-                         f"{tokenizer.config.grid_size}x{tokenizer.config.grid_size} latent of "
-                         f"{tokenizer.config.image_size}-px images")
-    z, zt = (first_latents(t, dataset, SPECTRUM_IMAGES, batch_size, run.device) for t in (tokenizer, target))
-    shaped = tokenizer.with_spectral_gain(spectral_gain(z, zt))
-    share = {"own": latent_spectrum(z), "target": latent_spectrum(zt),
-             "shaped": latent_spectrum(shaped.normalize_latent(z.to(run.device)).cpu())}
-    info = {"like": path, "images": len(z), **{f"high_frequency_{k}": v["high_frequency_fraction"]
-                                                for k, v in share.items()}}
-    run.info(f"latent spectrum like {path}: high-frequency share {info['high_frequency_own']:.3f} -> "
-             f"{info['high_frequency_shaped']:.3f} (the target's {info['high_frequency_target']:.3f}; "
-             f"{len(z)} images)")
+SHAPINGS = {  # what --latent-KIND-like gives the latent, how it is measured, and the run_config key it lands in
+    "spectrum": ("high-frequency share", "high_frequency", "latent_spectrum",
+                 lambda z: latent_spectrum(z)["high_frequency_fraction"]),
+    "channels": ("channel participation", "participation", "latent_channels",
+                 lambda z: channel_participation(z)["participation"]),
+}
+
+
+def shaped_like(run: Run, tokenizer: HieraTok, kind: str, path: str, dataset, batch_size: int) -> tuple[HieraTok, dict]:
+    """`tokenizer` (with its latent statistics) whose normalisation also gives its latents the power spectrum
+    (`kind` "spectrum") or the channel correlations ("channels") of the latents of the tokenizer at `path`, and what
+    was measured (the high-frequency share or the channel participation before and after, the target's)."""
+    flag = f"--latent-{kind}-like"
+    target = load_pretrained(HieraTok, path, flag).to(run.device).eval()
+    t, o = tokenizer.config, target.config
+    if (o.grid_size, o.image_size, o.latent_channels) != (t.grid_size, t.image_size, t.latent_channels):
+        raise SystemExit(f"error: {flag} {path} has a {o.grid_size}x{o.grid_size} latent of {o.latent_channels} "
+                         f"channels from {o.image_size}-px images; this tokenizer a {t.grid_size}x{t.grid_size} "
+                         f"latent of {t.latent_channels} channels from {t.image_size}-px images")
+    z, zt = (first_latents(m, dataset, SPECTRUM_IMAGES, batch_size, run.device) for m in (tokenizer, target))
+    shaped = (tokenizer.with_spectral_gain(spectral_gain(z, zt)) if kind == "spectrum"
+              else tokenizer.with_channel_mix(channel_mix(z, zt)))
+    what, key, _, measure = SHAPINGS[kind]
+    values = {"own": measure(z), "target": measure(zt),
+              "shaped": measure(shaped.normalize_latent(z.to(run.device)).cpu())}
+    info = {"like": path, "images": len(z), **{f"{key}_{k}": v for k, v in values.items()}}
+    run.info(f"latent {kind} like {path}: {what} {values['own']:.3f} -> {values['shaped']:.3f} (the target's "
+             f"{values['target']:.3f}; {len(z)} images)")
     return shaped, info
 
 
@@ -182,10 +194,14 @@ def parse_args(argv=None):
                     help="fit: per-channel mean/std of the encoded training set (default); tokenizer: keep the "
                          "statistics --tokenizer carries (e.g. with --init-from, to go on with the normalisation "
                          "that DiT was trained with)")
-    ap.add_argument("--latent-spectrum-like", default=None, metavar="TOKENIZER",
-                    help="a tokenizer from_pretrained directory: the DiT learns this tokenizer's latents filtered to "
-                         "that tokenizer's spatial power spectrum (a gain per frequency in the latent normalisation, "
-                         "stored in the saved tokenizer copy and undone before decoding)")
+    shaping = ap.add_mutually_exclusive_group()
+    shaping.add_argument("--latent-spectrum-like", default=None, metavar="TOKENIZER",
+                         help="a tokenizer from_pretrained directory: the DiT learns this tokenizer's latents filtered "
+                              "to that tokenizer's spatial power spectrum (a gain per frequency in the latent "
+                              "normalisation, stored in the saved tokenizer copy and undone before decoding)")
+    shaping.add_argument("--latent-channels-like", default=None, metavar="TOKENIZER",
+                         help="the same with that tokenizer's channel correlations: the standardised channels mixed "
+                              "by an invertible matrix (stored in the tokenizer copy, solved out before decoding)")
     ap.add_argument("--encode-batch-size", type=int, default=256)
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--sample-guidance", type=float, default=2.0)
@@ -224,10 +240,11 @@ def main(argv=None):
         tokenizer.set_latent_stats(mean.to(run.device), std.to(run.device), count=count)
     else:
         run.info(f"keeping the latent statistics of {args.tokenizer} ({int(tokenizer.latent_stats_count)} latents)")
-    spectrum = None
-    if args.latent_spectrum_like:
-        tokenizer, spectrum = spectrum_like(run, tokenizer, args.latent_spectrum_like, dataset,
-                                            args.encode_batch_size)
+    shaping = {}
+    for kind, (_, _, key, _) in SHAPINGS.items():
+        path = getattr(args, f"latent_{kind}_like")
+        if path:
+            tokenizer, shaping[key] = shaped_like(run, tokenizer, kind, path, dataset, args.encode_batch_size)
     if run.is_main:
         tokenizer.save_pretrained(run.out / "tokenizer")
     latents = LatentDataset(normalized(tokenizer, z), normalized(tokenizer, z_flip), labels)
@@ -240,7 +257,7 @@ def main(argv=None):
     start = run.resume()
     run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "init_from": args.init_from,
                "latent_mean": tokenizer.latent_mean.tolist(), "latent_std": tokenizer.latent_std.tolist(),
-               "latent_spectrum": spectrum,
+               "latent_spectrum": shaping.get("latent_spectrum"), "latent_channels": shaping.get("latent_channels"),
                "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes,
                            "class_names": dataset.class_names}})
 

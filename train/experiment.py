@@ -26,6 +26,8 @@ The spectral intervention, `--dit-args "--latent-spectrum-like OUT/hieratok/seed
 singlescale` and its own `--output-dir` (the tokenizer linked in), trains DiTs on single-scale's latent given the
 paper recipe's power spectrum; they are recorded as "singlescale (spectrum of hieratok)", compared with both arms'
 DiTs like any arm's, and never pooled with plain ones (a plain DiT's folder is refused for them, and back).
+`--latent-channels-like` (another tokenizer's channel correlations) is recorded the same way: "ARM (channels of
+TARGET)".
 """
 from __future__ import annotations
 
@@ -182,18 +184,25 @@ def dit_dir(args, arm: str, seed: int) -> Path:
     return Path(args.output_dir) / f"dit-{arm}" / f"seed-{seed}"
 
 
-def spectrum_like(args) -> str | None:
-    """The tokenizer whose power spectrum `--dit-args` gives the DiTs' latents (`train/dit.py --latent-spectrum-like`),
-    None for plain DiTs."""
+def dit_shaping(args) -> dict:
+    """The tokenizers whose power spectrum and channel correlations `--dit-args` gives the DiTs' latents
+    (`train/dit.py --latent-spectrum-like`, `--latent-channels-like`): {"latent_spectrum_like": PATH or None,
+    "latent_channels_like": PATH or None}, both None for plain DiTs."""
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--latent-spectrum-like", default=None)
-    return ap.parse_known_args(shlex.split(args.dit_args))[0].latent_spectrum_like
+    ap.add_argument("--latent-channels-like", default=None)
+    return vars(ap.parse_known_args(shlex.split(args.dit_args))[0])
+
+
+def shaped_label(args, arm: str) -> str:
+    s = dit_shaping(args)
+    return dit_label(arm, s["latent_spectrum_like"], s["latent_channels_like"])
 
 
 def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
     """The DiT of one seed on the latent of the same seed's `arm` tokenizer (trained first if it is missing)."""
     # a plain DiT's folder is not resumed as a shaped one, nor the other way round
-    check_budget(dit_dir(args, arm, seed), latent_spectrum_like=spectrum_like(args))
+    check_budget(dit_dir(args, arm, seed), **dit_shaping(args))
     tokenizer = run_dir(args, arm, seed)
     if not trained(tokenizer):
         train_one(args, b, arm, seed, tokenizer)
@@ -214,8 +223,7 @@ def evaluate_generator(path: Path, tokenizer: Path, db: dict, real, classifier: 
 
 def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classifier: Classifier) -> dict:
     out = dit_dir(args, arm, seed)
-    check_budget(out, steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed,
-                 latent_spectrum_like=spectrum_like(args))
+    check_budget(out, steps=db["steps"], batch_size=db["batch_size"], lr=db["lr"], seed=seed, **dit_shaping(args))
     if not trained(out):
         train_dit(args, b, db, arm, seed)
     curve = []
@@ -225,9 +233,10 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classi
                       **evaluate_generator(path, out / "tokenizer", db, real, classifier)})
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "final" / "config.json").read_text())
-    # a DiT whose latent was given another tokenizer's spectrum is its own row: `dit_label`
-    shaped = json.loads((out / "run_config.json").read_text()).get("latent_spectrum")
-    return {"arm": dit_label(arm, spectrum_like(args)), "tokenizer_arm": arm, "latent_spectrum": shaped,
+    # a DiT whose latent was given another tokenizer's spectrum or channel correlations is its own row: `dit_label`
+    run_config = json.loads((out / "run_config.json").read_text())
+    return {"arm": shaped_label(args, arm), "tokenizer_arm": arm, "latent_spectrum": run_config.get("latent_spectrum"),
+            "latent_channels": run_config.get("latent_channels"),
             "seed": seed, "budget": b, "dit_budget": db,
             "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
@@ -343,8 +352,9 @@ def parse_args(argv=None):
     ap.add_argument("--dit-set", nargs="*", default=[], metavar="KEY=VALUE", help="DiT config overrides")
     ap.add_argument("--dit-args", default="",
                     help='passed to every DiT run, e.g. --dit-args="--mixed-precision no"; with '
-                         '"--latent-spectrum-like TOKENIZER" (the spectral intervention) the DiTs are recorded as '
-                         '"ARM (spectrum of TARGET)", their own rows, and want their own --output-dir')
+                         '"--latent-spectrum-like TOKENIZER" or "--latent-channels-like TOKENIZER" (the interventions) '
+                         'the DiTs are recorded as "ARM (spectrum of TARGET)" or "ARM (channels of TARGET)", their own '
+                         'rows, and want their own --output-dir')
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
     args = ap.parse_args(argv)
@@ -454,7 +464,7 @@ def main(argv=None):
         store.add("records", run_record(args, b, arm, seed, curve_x, val_x, classifier))
         print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
     def label(arm: str) -> str:
-        return dit_label(arm, spectrum_like(args))
+        return shaped_label(args, arm)
 
     gen = [(arm, seed) for seed in args.dit_seeds for arm in dict.fromkeys(args.dit_arms)
            if not store.has("generation", label(arm), seed)]
