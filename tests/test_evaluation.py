@@ -257,8 +257,12 @@ def test_latent_spectrum_script_pairs_each_arms_spectrum_with_its_dits_speedup(i
     want = rank_correlation(hf, [e["arms"][a]["speedup"] for a in names])
     assert e["correlation_with_speedup"]["high_frequency_fraction"] == pytest.approx(want)
     assert e["correlation_with_speedup"]["psnr"]["rho"] == pytest.approx(-1.0)   # PSNR ranks exactly reversed
+    used = [r["tokenizers"][a]["channels"]["participation"] for a in names]
+    assert all(1 <= u <= 4 for u in used) and e["correlation_with_speedup"]["participation"] == pytest.approx(
+        rank_correlation(used, [e["arms"][a]["speedup"] for a in names]))
     text = out.with_suffix(".md").read_text()
     assert "| hieratok | 26.20 | 0.710 |" in text and "2.00x |" in text and "no DiT): interp" in text
+    assert " of 4 |" in text and "with the channel participation" in text
     # tokenizers with different latents share no images to compare on
     HieraTok(tokenizer_config("cifar10", latent_channels=8, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
                               dec_depth=1, dec_heads=2)).save_pretrained(tmp_path / "c8")

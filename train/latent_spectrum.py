@@ -1,5 +1,5 @@
-"""How much of each tokenizer's latent energy sits at high spatial frequencies, and -- given the controlled
-experiment's results -- whether that orders the arms as their DiTs' speed does.
+"""How much of each tokenizer's latent energy sits at high spatial frequencies, how many of its channels it really
+uses, and -- given the controlled experiment's results -- whether either orders the arms as their DiTs' speed does.
 
     python train/latent_spectrum.py --data ../shared/data/imagenette/val --images 1000 \\
         --tokenizer hieratok=runs/experiment/hieratok/seed-0/final \\
@@ -8,11 +8,13 @@ experiment's results -- whether that orders the arms as their DiTs' speed does.
 
 Per tokenizer (`hieratok.metrics.latent_spectrum` of its finest latent, channels standardised over the images): the
 share of the energy above 0.25 cycles per latent position with a 95% bootstrap interval over images, and the
-radially averaged power (white noise: 1 at every frequency); the images themselves, area-averaged to the latent
-grid, as the reference a latent could be as smooth as. With `--experiment`, each NAME is an arm of that results file:
-its record at `--seed` (finest PSNR, latent Gini) and its DiT's speed-up over single-scale's at that seed, and
-Spearman's rank correlation over the arms of the speed-up with the high-frequency share and, for comparison, with the
-Gini (exact permutation p-values, `hieratok.stats.rank_correlation`). Writes OUTPUT.json and OUTPUT.md.
+radially averaged power (white noise: 1 at every frequency); the channel participation ratio
+(`hieratok.metrics.channel_participation`: C for uncorrelated channels, 1 for one shared mode); the images themselves,
+area-averaged to the latent grid, as the reference a latent could be as smooth as. With `--experiment`, each NAME is
+an arm of that results file: its record at `--seed` (finest PSNR, latent Gini) and its DiT's speed-up over
+single-scale's at that seed, and Spearman's rank correlation over the arms of the speed-up with the high-frequency
+share, the channel participation and, for comparison, the Gini and the finest PSNR (exact permutation p-values,
+`hieratok.stats.rank_correlation`). Writes OUTPUT.json and OUTPUT.md.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hieratok import HieraTok
-from hieratok.metrics import latent_spectrum
+from hieratok.metrics import channel_participation, latent_spectrum
 from hieratok.stats import rank_correlation
 from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
@@ -52,7 +54,8 @@ def spectra(tokenizers: dict[str, HieraTok], x: torch.Tensor, batch_size: int = 
     out = {}
     for name, tok in tokenizers.items():
         z = torch.cat([tok.encode(b) for b in x.split(batch_size)])
-        out[name] = {**latent_spectrum(z), "interval": bootstrap_interval(z, resamples)}
+        out[name] = {**latent_spectrum(z), "interval": bootstrap_interval(z, resamples),
+                     "channels": channel_participation(z)}
     side = next(iter(tokenizers.values())).config.latent_shape[-1]
     pooled = F.adaptive_avg_pool2d(x.double(), side)
     return {"tokenizers": out, "images": {**latent_spectrum(pooled), "interval": bootstrap_interval(pooled, resamples)}}
@@ -75,11 +78,12 @@ def against_experiment(result: dict, report: dict, seed: int) -> dict:
             continue
         final = records[name]["final"]
         arms[name] = {"speedup": speed, "psnr": final["psnr"], "gini": final["latent_density"]["gini"],
-                      "high_frequency_fraction": s["high_frequency_fraction"]}
+                      "high_frequency_fraction": s["high_frequency_fraction"],
+                      "participation": s["channels"]["participation"]}
     names = list(arms)
     speed = [arms[a]["speedup"] for a in names]
     corr = {key: rank_correlation([arms[a][key] for a in names], speed)
-            for key in ("high_frequency_fraction", "gini", "psnr")}
+            for key in ("high_frequency_fraction", "participation", "gini", "psnr")}
     return {"seed": seed, "baseline": baseline, "arms": arms, "missing": missing, "correlation_with_speedup": corr}
 
 
@@ -90,23 +94,26 @@ def markdown(result: dict) -> str:
              f"the images, the share of energy above {img['cutoff']} cycles per latent position (white noise: "
              f"{img['white_noise_fraction']:.3f}) with a 95% bootstrap interval over images, and the mean power per "
              f"ring of radial frequency (white noise: 1).", "",
-             "| latent | high-frequency share | 95% interval | " + " | ".join(
+             "| latent | high-frequency share | 95% interval | channel participation | " + " | ".join(
                  f"{a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:])) + " |",
-             "|---|---:|---:|" + "---:|" * (len(edges) - 1)]
+             "|---|---:|---:|---:|" + "---:|" * (len(edges) - 1)]
     for name, s in [*t.items(), ("the images, area-averaged to the latent grid", img)]:
+        ch = s.get("channels")
+        used = "—" if ch is None else f"{ch['participation']:.2f} of {ch['channels']}"
         lines.append(f"| {name} | {s['high_frequency_fraction']:.3f} | {s['interval'][0]:.3f}-{s['interval'][1]:.3f}"
-                     " | " + " | ".join("—" if p is None else f"{p:.3f}" for p in s["radial_power"]) + " |")
+                     f" | {used} | " + " | ".join("—" if p is None else f"{p:.3f}" for p in s["radial_power"]) + " |")
     e = result.get("experiment")
     if e:
         lines += ["", f"Against the experiment's seed-{e['seed']} records (the DiT's speed-up: how much sooner it "
                       f"reached {e['baseline']}'s final FD-cls):", "",
-                  "| arm | finest PSNR (dB) | latent Gini | high-frequency share | DiT speed-up |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| arm | finest PSNR (dB) | latent Gini | high-frequency share | channel participation | "
+                  "DiT speed-up |", "|---|---:|---:|---:|---:|---:|"]
         for arm, a in sorted(e["arms"].items(), key=lambda kv: kv[1]["speedup"]):
             lines.append(f"| {arm} | {a['psnr']:.2f} | {a['gini']:.3f} | {a['high_frequency_fraction']:.3f} | "
-                         f"{a['speedup']:.2f}x |")
+                         f"{a['participation']:.2f} | {a['speedup']:.2f}x |")
         lines.append("")
-        for key, label in (("high_frequency_fraction", "the high-frequency share"), ("gini", "the latent Gini"),
+        for key, label in (("high_frequency_fraction", "the high-frequency share"),
+                           ("participation", "the channel participation"), ("gini", "the latent Gini"),
                            ("psnr", "the finest PSNR")):
             c = e["correlation_with_speedup"][key]
             lines.append(f"- Spearman's ρ of the speed-up with {label}: " + (
