@@ -463,7 +463,8 @@ def main(argv=None):
             continue
         store.add("records", run_record(args, b, arm, seed, curve_x, val_x, classifier))
         print(f"[{arm} seed {seed}] recorded ({time.time() - t0:.0f} s so far)", flush=True)
-    def label(arm: str) -> str:
+
+    def label(arm: str) -> str:  # the DiT's row: the arm, or the intervention on it (`dit_label`)
         return shaped_label(args, arm)
 
     gen = [(arm, seed) for seed in args.dit_seeds for arm in dict.fromkeys(args.dit_arms)
