@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from .losses import downsample_image
-from .metrics import latent_gini_entropy, map_spectrum, psnr, ssim, to_unit
+from .metrics import latent_gini_entropy, map_channels, map_spectrum, psnr, ssim, to_unit
 from .stats import mean_ci
 
 
@@ -67,6 +67,10 @@ class TokenizerScores:
         """The latent map's power spectrum (`latent_spectrum`) where it has one: from 4 x 4 up, two images or more."""
         return map_spectrum(self.latents.get(scale))
 
+    def channels(self, scale: int) -> dict | None:
+        """How many of its channels the latent map uses (`channel_participation`), where it has latents."""
+        return map_channels(self.latents.get(scale))
+
     def summary(self) -> dict:
         """Every scale's mean ± 95% CI over images (the evaluation report's format)."""
         scales = {}
@@ -77,6 +81,8 @@ class TokenizerScores:
                 scales[f"{s}x{s}"]["latent_density"] = self.density(s)
                 if (spectrum := self.spectrum(s)) is not None:
                     scales[f"{s}x{s}"]["latent_spectrum"] = spectrum
+                if (channels := self.channels(s)) is not None:
+                    scales[f"{s}x{s}"]["channel_participation"] = channels
         return {"scales": scales, "lpips": mean_ci(self.lpips) if self.lpips is not None else None, "rfd": self.rfd}
 
     def means(self) -> dict:
@@ -84,7 +90,8 @@ class TokenizerScores:
         f = self.finest
         psnrs = {f"{s}x{s}": float(self.psnr[s].mean()) for s in self.scales}
         return {"psnr": psnrs[f"{f}x{f}"], "psnr_scales": psnrs, "ssim": float(self.ssim[f].mean()),
-                "latent_density": self.density(f), "latent_spectrum": self.spectrum(f), "images": self.images,
+                "latent_density": self.density(f), "latent_spectrum": self.spectrum(f),
+                "channel_participation": self.channels(f), "images": self.images,
                 "rfd_cls": self.rfd}
 
 

@@ -28,6 +28,7 @@ class LatentMap:
     density: dict                                 # model -> scale (str) -> {"gini", "entropy", "samples"}
     info: dict = field(default_factory=dict)      # anything else worth keeping (data, tokenizers, UMAP settings)
     _spectra: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _channels: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def spectrum(self, model: str, scale: int) -> dict | None:
         """`hieratok.metrics.latent_spectrum` of one stored map (4 x 4 and up; None below or when absent), computed
@@ -37,6 +38,14 @@ class LatentMap:
         if key not in self._spectra:
             self._spectra[key] = map_spectrum(self.latents.get(model, {}).get(key[1]))
         return self._spectra[key]
+
+    def channels(self, model: str, scale: int) -> dict | None:
+        """`hieratok.metrics.channel_participation` of one stored map (None when absent), computed once per map."""
+        from .metrics import map_channels
+        key = (model, int(scale))
+        if key not in self._channels:
+            self._channels[key] = map_channels(self.latents.get(model, {}).get(key[1]))
+        return self._channels[key]
 
     def save(self, folder: str | Path) -> Path:
         """Write `<folder>/latents.safetensors` (latents stored as float16)."""

@@ -186,6 +186,14 @@ def channel_participation(latents: torch.Tensor) -> dict:
             "top_share": float(e.max() / e.sum())}
 
 
+def map_channels(latents: torch.Tensor | None) -> dict | None:
+    """`channel_participation` of one stored latent map, or None where there is none to report (no map, fewer than
+    two values per channel, a single channel): the rule the evaluation and the app's latent map share."""
+    if latents is None or latents.dim() < 2 or latents.shape[1] < 2 or latents[:, 0].numel() < 2:
+        return None
+    return channel_participation(latents)
+
+
 def _sym_power(c: torch.Tensor, power: float) -> torch.Tensor:
     e, v = torch.linalg.eigh(c)
     return (v * e.clamp_min(1e-6).pow(power)) @ v.T

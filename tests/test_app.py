@@ -287,6 +287,12 @@ def test_views_return_named_results(assets, photo):
     assert lm.spectrum("HieraTok", 16) is lm.spectrum("HieraTok", 16)   # computed once per map, not per request
     assert lm.spectrum("HieraTok", 2) is None and lm.spectrum("nobody", 16) is None
     assert rows["HieraTok", "16x16"].endswith(f"| {hf:.3f} / 0.809 |") and rows["HieraTok", "1x1"].endswith("| — |")
+    # ... and how many of its channels it uses, for every map
+    from hieratok.metrics import channel_participation
+    used = channel_participation(lm.latents["HieraTok"][16])
+    assert lm.channels("HieraTok", 16) is lm.channels("HieraTok", 16) and lm.channels("nobody", 16) is None
+    assert f"| {used['participation']:.1f} of {used['channels']} |" in rows["HieraTok", "16x16"]
+    assert rows["HieraTok", "1x1"].count(" of ") == 1   # 1x1 maps: channels over images, no spectrum
     e = views.experiment(assets)
     assert e.figure is None and e.front is None and "No results" in e.text
 

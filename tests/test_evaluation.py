@@ -77,6 +77,8 @@ def test_experiment_evaluation_gives_the_pinned_numbers_through_the_same_functio
     want = latent_spectrum(z)
     assert m["latent_spectrum"]["high_frequency_fraction"] == pytest.approx(want["high_frequency_fraction"])
     assert m["latent_spectrum"]["radial_power"] == pytest.approx(want["radial_power"])
+    from hieratok.metrics import channel_participation
+    assert m["channel_participation"] == pytest.approx(channel_participation(z))
 
 
 def test_scores_are_batch_independent_and_reduce_consistently(tiny):

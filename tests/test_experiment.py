@@ -359,7 +359,8 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
     assert label not in {q["arm"] for q in front_points(report["records"], g)}  # no tokenizer of its own
     from train.study import dit_label
     assert dit_label("hieratok", "elsewhere/tok") == "hieratok (spectrum of elsewhere/tok)"
-    assert dit_label("hieratok", channels_like="runs/x/singlescale/seed-2/final") == "hieratok (channels of singlescale)"
+    assert dit_label("hieratok", channels_like="runs/x/singlescale/seed-2/final") == (
+        "hieratok (channels of singlescale)")
     assert experiment.dit_shaping(experiment.parse_args(
         ["--data", "x", "--val", "y", "--output-dir", "z", "--dit-args=--latent-channels-like a --steps 3"])) == {
         "latent_spectrum_like": None, "latent_channels_like": "a"}
