@@ -168,10 +168,15 @@ def spectral_gain(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return gain.float()
 
 
+def _has_channels(latents: torch.Tensor) -> bool:
+    """Whether (N, C, ...) latents have two channels or more and two values or more per channel."""
+    return latents.dim() >= 2 and latents.shape[1] >= 2 and latents[:, 0].numel() >= 2
+
+
 def channel_correlation(latents: torch.Tensor) -> torch.Tensor:
     """The (C, C) correlation matrix of a set of latents' (N, C, ...) channels over latents and positions, float64:
     how much the channels say the same thing (the identity when every channel is its own)."""
-    if latents.dim() < 2 or latents.shape[1] < 2 or latents[:, 0].numel() < 2:
+    if not _has_channels(latents):
         raise ValueError(f"channel correlations need (N, C >= 2, ...) latents with two values or more per channel, "
                          f"got {tuple(latents.shape)}")
     return torch.corrcoef(latents.detach().double().cpu().transpose(0, 1).flatten(1))
@@ -189,7 +194,7 @@ def channel_participation(latents: torch.Tensor) -> dict:
 def map_channels(latents: torch.Tensor | None) -> dict | None:
     """`channel_participation` of one stored latent map, or None where there is none to report (no map, fewer than
     two values per channel, a single channel): the rule the evaluation and the app's latent map share."""
-    if latents is None or latents.dim() < 2 or latents.shape[1] < 2 or latents[:, 0].numel() < 2:
+    if latents is None or not _has_channels(latents):
         return None
     return channel_participation(latents)
 

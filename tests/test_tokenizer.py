@@ -230,3 +230,19 @@ def test_a_channel_mix_gives_the_normalised_latent_another_channel_correlation_a
     for bad in (torch.ones(c, c + 1), torch.ones(c, c), torch.full((c, c), float("nan"))):
         with pytest.raises(ValueError, match="channel mix"):
             tok.with_channel_mix(bad)
+
+
+def test_channel_participation_counts_independent_channels_and_refuses_what_has_none():
+    from hieratok.metrics import channel_correlation, channel_participation, map_channels
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 4, 8, 8, generator=g)
+    p = channel_participation(z)
+    assert p["channels"] == 4 and 3.8 < p["participation"] <= 4 and p["top_share"] < 0.35
+    one = channel_participation(z[:, :1].expand(-1, 4, -1, -1) * torch.tensor([1.0, 2, -1, 3]).view(1, 4, 1, 1))
+    assert one["participation"] == pytest.approx(1, abs=1e-6) and one["top_share"] == pytest.approx(1, abs=1e-6)
+    assert map_channels(z) == p
+    for bad in (torch.randn(5, 1, 4, 4), torch.randn(1, 4, 1, 1), torch.randn(3)):
+        assert map_channels(bad) is None
+        with pytest.raises(ValueError, match="channel correlations need"):
+            channel_correlation(bad)
+    assert map_channels(None) is None
