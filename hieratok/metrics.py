@@ -1,5 +1,5 @@
 """Metrics: PSNR / SSIM per scale, the latent-density Gini coefficient and entropy, the latent's spatial power
-spectrum, Fréchet distances."""
+spectrum, its channel participation and linear class separability, Fréchet distances."""
 from __future__ import annotations
 
 import numpy as np
@@ -213,6 +213,31 @@ def channel_mix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if rs.shape != rt.shape:
         raise ValueError(f"the two latents' channel counts differ: {source.shape[1]} and {target.shape[1]}")
     return (_sym_power(rt, 0.5) @ _sym_power(rs, -0.5)).float()
+
+
+def latent_probe(latents: torch.Tensor, labels: torch.Tensor, pool: int = 4, folds: int = 5, seed: int = 0) -> dict:
+    """How linearly the classes separate in a latent: a multinomial logistic-regression probe (scikit-learn, features
+    standardised on each training fold) on the (N, C, H, W) latents average-pooled to `pool` x `pool`, scored by
+    stratified `folds`-fold cross-validation. Returns the mean held-out accuracy, its per-fold values and the
+    majority-class rate to read it against."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    y = torch.as_tensor(labels).long().cpu()
+    if latents.dim() != 4 or len(latents) != len(y):
+        raise ValueError(f"a probe needs (N, C, H, W) latents and N labels, got {tuple(latents.shape)} and "
+                         f"{tuple(y.shape)}")
+    counts = torch.bincount(y)
+    counts = counts[counts > 0]
+    if len(counts) < 2 or int(counts.min()) < folds:
+        raise ValueError(f"a {folds}-fold probe needs two classes or more with {folds} images each or more, got "
+                         f"class counts {counts.tolist()}")
+    x = torch.nn.functional.adaptive_avg_pool2d(latents.detach().float().cpu(), pool).flatten(1).numpy()
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    scores = cross_val_score(probe, x, y.numpy(), cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return {"accuracy": float(scores.mean()), "folds": [float(v) for v in scores], "pool": pool,
+            "features": int(x.shape[1]), "majority": float(counts.max() / len(y))}
 
 
 # ------------------------------------------------------------------------------------------------------------

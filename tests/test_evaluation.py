@@ -242,11 +242,11 @@ def test_latent_spectrum_script_pairs_each_arms_spectrum_with_its_dits_speedup(i
                               for a, c in dits]}
     (tmp_path / "exp.json").write_text(json.dumps(results))
     out = tmp_path / "spec"
-    latent_spectrum.main(["--data", str(image_folder), "--images", "20", "--resamples", "20", "--experiment",
+    latent_spectrum.main(["--data", str(image_folder), "--images", "36", "--resamples", "20", "--experiment",
                           str(tmp_path / "exp.json"), "--output", str(out),
                           *[f"--tokenizer={a}={tmp_path / a}" for a in arms]])
     r = json.loads(out.with_suffix(".json").read_text())
-    assert r["images_used"] == 20 and sorted(r["tokenizers"]) == sorted(arms)
+    assert r["images_used"] == 36 and sorted(r["tokenizers"]) == sorted(arms)
     for s in [*r["tokenizers"].values(), r["images"]]:
         lo, hi = s["interval"]
         assert 0 <= lo <= s["high_frequency_fraction"] <= hi <= 1
@@ -262,7 +262,13 @@ def test_latent_spectrum_script_pairs_each_arms_spectrum_with_its_dits_speedup(i
     used = [r["tokenizers"][a]["channels"]["participation"] for a in names]
     assert all(1 <= u <= 4 for u in used) and e["correlation_with_speedup"]["participation"] == pytest.approx(
         rank_correlation(used, [e["arms"][a]["speedup"] for a in names]))
+    # the linear probe on the labelled images (3 colour classes of 12): each arm's accuracy, its rank correlation
+    probe = [r["tokenizers"][a]["probe"]["accuracy"] for a in names]
+    assert all(1 / 3 < p <= 1 for p in probe) and r["tokenizers"]["interp"]["probe"]["majority"] == pytest.approx(1 / 3)
+    assert e["correlation_with_speedup"].get("probe") == rank_correlation(probe, [e["arms"][a]["speedup"]
+                                                                                 for a in names])
     text = out.with_suffix(".md").read_text()
+    assert "Linear probe: multinomial logistic regression" in text
     assert "| hieratok | 26.20 | 0.710 |" in text and "2.00x |" in text and "no DiT): interp" in text
     assert " of 4 |" in text and "with the channel participation" in text
     # tokenizers with different latents share no images to compare on

@@ -246,3 +246,19 @@ def test_channel_participation_counts_independent_channels_and_refuses_what_has_
         with pytest.raises(ValueError, match="channel correlations need"):
             channel_correlation(bad)
     assert map_channels(None) is None
+
+
+def test_the_linear_probe_finds_separable_classes_and_not_shuffled_ones():
+    from hieratok.metrics import latent_probe
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    z = torch.randn(120, 4, 8, 8, generator=g) + 3 * torch.nn.functional.one_hot(y, 4).float()[:, :, None, None]
+    p = latent_probe(z, y)
+    assert p["accuracy"] > 0.95 and len(p["folds"]) == 5 and p["features"] == 4 * 16
+    assert p["majority"] == pytest.approx(1 / 3)
+    shuffled = latent_probe(torch.randn(120, 4, 8, 8, generator=g), y)
+    assert shuffled["accuracy"] < 0.6
+    with pytest.raises(ValueError, match="5 images each"):
+        latent_probe(z[:12], y[:12])
+    with pytest.raises(ValueError, match="N labels"):
+        latent_probe(z, y[:-1])

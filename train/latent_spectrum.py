@@ -1,5 +1,6 @@
 """How much of each tokenizer's latent energy sits at high spatial frequencies, how many of its channels it really
-uses, and -- given the controlled experiment's results -- whether either orders the arms as their DiTs' speed does.
+uses, how linearly its classes separate, and -- given the controlled experiment's results -- whether any of these
+orders the arms as their DiTs' speed does.
 
     python train/latent_spectrum.py --data ../shared/data/imagenette/val --images 1000 \\
         --tokenizer hieratok=runs/experiment/hieratok/seed-0/final \\
@@ -9,12 +10,14 @@ uses, and -- given the controlled experiment's results -- whether either orders 
 Per tokenizer (`hieratok.metrics.latent_spectrum` of its finest latent, channels standardised over the images): the
 share of the energy above 0.25 cycles per latent position with a 95% bootstrap interval over images, and the
 radially averaged power (white noise: 1 at every frequency); the channel participation ratio
-(`hieratok.metrics.channel_participation`: C for uncorrelated channels, 1 for one shared mode); the images themselves,
+(`hieratok.metrics.channel_participation`: C for uncorrelated channels, 1 for one shared mode); where the images have
+labels, a linear probe's 5-fold cross-validated class accuracy on the latent pooled to 4 x 4
+(`hieratok.metrics.latent_probe`: how "semantic" the latent is at the linear level); the images themselves,
 area-averaged to the latent grid, as the reference a latent could be as smooth as. With `--experiment`, each NAME is
 an arm of that results file: its record at `--seed` (finest PSNR, latent Gini) and its DiT's speed-up over
 single-scale's at that seed, and Spearman's rank correlation over the arms of the speed-up with the high-frequency
-share, the channel participation and, for comparison, the Gini and the finest PSNR (exact permutation p-values,
-`hieratok.stats.rank_correlation`). Writes OUTPUT.json and OUTPUT.md.
+share, the channel participation, the probe's accuracy and, for comparison, the Gini and the finest PSNR (exact
+permutation p-values, `hieratok.stats.rank_correlation`). Writes OUTPUT.json and OUTPUT.md.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hieratok import HieraTok
-from hieratok.metrics import channel_participation, latent_spectrum
+from hieratok.metrics import channel_participation, latent_probe, latent_spectrum
 from hieratok.stats import rank_correlation
 from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
@@ -49,13 +52,19 @@ def bootstrap_interval(z: torch.Tensor, resamples: int = BOOTSTRAP, seed: int = 
 
 @torch.no_grad()
 def spectra(tokenizers: dict[str, HieraTok], x: torch.Tensor, batch_size: int = 100,
-            resamples: int = BOOTSTRAP) -> dict:
-    """{"tokenizers": {name: latent_spectrum + "interval"}, "images": the images' own spectrum at the latent grid}."""
+            resamples: int = BOOTSTRAP, labels: torch.Tensor | None = None) -> dict:
+    """{"tokenizers": {name: latent_spectrum + "interval", "channels", "probe" (with `labels`)}, "images": the
+    images' own spectrum at the latent grid}."""
     out = {}
     for name, tok in tokenizers.items():
         z = torch.cat([tok.encode(b) for b in x.split(batch_size)])
         out[name] = {**latent_spectrum(z), "interval": bootstrap_interval(z, resamples),
                      "channels": channel_participation(z)}
+        if labels is not None:
+            try:
+                out[name]["probe"] = latent_probe(z, labels)
+            except ValueError as e:  # too few images of a class for the folds: said, not fatal
+                print(f"[{name}] no linear probe: {e}", file=sys.stderr)
     side = next(iter(tokenizers.values())).config.latent_shape[-1]
     pooled = F.adaptive_avg_pool2d(x.double(), side)
     return {"tokenizers": out, "images": {**latent_spectrum(pooled), "interval": bootstrap_interval(pooled, resamples)}}
@@ -79,11 +88,14 @@ def against_experiment(result: dict, report: dict, seed: int) -> dict:
         final = records[name]["final"]
         arms[name] = {"speedup": speed, "psnr": final["psnr"], "gini": final["latent_density"]["gini"],
                       "high_frequency_fraction": s["high_frequency_fraction"],
-                      "participation": s["channels"]["participation"]}
+                      "participation": s["channels"]["participation"],
+                      "probe": s["probe"]["accuracy"] if "probe" in s else None}
     names = list(arms)
     speed = [arms[a]["speedup"] for a in names]
     corr = {key: rank_correlation([arms[a][key] for a in names], speed)
             for key in ("high_frequency_fraction", "participation", "gini", "psnr")}
+    if names and all(arms[a]["probe"] is not None for a in names):
+        corr["probe"] = rank_correlation([arms[a]["probe"] for a in names], speed)
     return {"seed": seed, "baseline": baseline, "arms": arms, "missing": missing, "correlation_with_speedup": corr}
 
 
@@ -94,27 +106,39 @@ def markdown(result: dict) -> str:
              f"the images, the share of energy above {img['cutoff']} cycles per latent position (white noise: "
              f"{img['white_noise_fraction']:.3f}) with a 95% bootstrap interval over images, and the mean power per "
              f"ring of radial frequency (white noise: 1).", "",
-             "| latent | high-frequency share | 95% interval | channel participation | " + " | ".join(
+             "| latent | high-frequency share | 95% interval | channel participation | linear probe | " + " | ".join(
                  f"{a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:])) + " |",
-             "|---|---:|---:|---:|" + "---:|" * (len(edges) - 1)]
+             "|---|---:|---:|---:|---:|" + "---:|" * (len(edges) - 1)]
     for name, s in [*t.items(), ("the images, area-averaged to the latent grid", img)]:
-        ch = s.get("channels")
+        ch, pr = s.get("channels"), s.get("probe")
         used = "—" if ch is None else f"{ch['participation']:.2f} of {ch['channels']}"
+        probe = ("—" if pr is None else
+                 f"{100 * pr['accuracy']:.1f}% (±{100 * float(torch.tensor(pr['folds']).std()):.1f})")
         lines.append(f"| {name} | {s['high_frequency_fraction']:.3f} | {s['interval'][0]:.3f}-{s['interval'][1]:.3f}"
-                     f" | {used} | " + " | ".join("—" if p is None else f"{p:.3f}" for p in s["radial_power"]) + " |")
+                     f" | {used} | {probe} | " + " | ".join("—" if p is None else f"{p:.3f}"
+                                                            for p in s["radial_power"]) + " |")
+    probes = [s["probe"] for s in t.values() if "probe" in s]
+    if probes:
+        lines += ["", f"Linear probe: multinomial logistic regression on the latent average-pooled to "
+                      f"{probes[0]['pool']} x {probes[0]['pool']} ({probes[0]['features']} features), "
+                      f"{len(probes[0]['folds'])}-fold stratified cross-validation, mean held-out accuracy (± the "
+                      f"folds' standard deviation); the majority class alone: {100 * probes[0]['majority']:.1f}%."]
     e = result.get("experiment")
     if e:
         lines += ["", f"Against the experiment's seed-{e['seed']} records (the DiT's speed-up: how much sooner it "
                       f"reached {e['baseline']}'s final FD-cls):", "",
                   "| arm | finest PSNR (dB) | latent Gini | high-frequency share | channel participation | "
-                  "DiT speed-up |", "|---|---:|---:|---:|---:|---:|"]
+                  "linear probe | DiT speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
         for arm, a in sorted(e["arms"].items(), key=lambda kv: kv[1]["speedup"]):
+            probe = "—" if a.get("probe") is None else f"{100 * a['probe']:.1f}%"
             lines.append(f"| {arm} | {a['psnr']:.2f} | {a['gini']:.3f} | {a['high_frequency_fraction']:.3f} | "
-                         f"{a['participation']:.2f} | {a['speedup']:.2f}x |")
+                         f"{a['participation']:.2f} | {probe} | {a['speedup']:.2f}x |")
         lines.append("")
         for key, label in (("high_frequency_fraction", "the high-frequency share"),
-                           ("participation", "the channel participation"), ("gini", "the latent Gini"),
-                           ("psnr", "the finest PSNR")):
+                           ("participation", "the channel participation"), ("probe", "the linear probe's accuracy"),
+                           ("gini", "the latent Gini"), ("psnr", "the finest PSNR")):
+            if key not in e["correlation_with_speedup"]:
+                continue
             c = e["correlation_with_speedup"][key]
             lines.append(f"- Spearman's ρ of the speed-up with {label}: " + (
                 "undefined (fewer than 3 arms, or a constant side)" if c is None else
@@ -150,9 +174,11 @@ def main(argv=None):
         ds = build_dataset(args.data, next(iter(shapes.values()))[0], split="test", max_images=args.images, seed=0)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
-    x = torch.cat([b for b, _, _ in eval_loader(ds, 100) if b is not None])
+    batches = [(b, y) for b, y, _ in eval_loader(ds, 100) if b is not None]
+    x = torch.cat([b for b, _ in batches])
+    labels = None if any(y is None for _, y in batches) else torch.cat([torch.as_tensor(y) for _, y in batches])
     result = {"data": args.data, "images_used": len(x), "paths": paths,
-              **spectra(tokenizers, x, resamples=args.resamples)}
+              **spectra(tokenizers, x, resamples=args.resamples, labels=labels)}
     if report is not None:
         result["experiment"] = {"file": args.experiment, **against_experiment(result, report, args.seed)}
     text = markdown(result)
