@@ -118,6 +118,10 @@ class HieraTokConfig(ConfigMixin):
     # ... and mixes its channels by an invertible matrix first (the buffer `latent_mix`, set by `train/dit.py
     # --latent-channels-like`): the same information with another tokenizer's channel correlations (False: none)
     latent_channel_mix: bool = False
+    # ... and, last, mixes the channels at each spatial frequency by an invertible complex matrix (the buffer
+    # `latent_xmix`, set by `train/dit.py --latent-covariance-like`): the same information with another tokenizer's
+    # cross-spectra, i.e. all of its second-order statistics (False: none)
+    latent_covariance_mix: bool = False
     name: str = "hieratok"               # a label for reports ("hieratok", "singlescale", ...)
     loss: LossConfig = field(default_factory=LossConfig)
 

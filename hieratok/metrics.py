@@ -215,6 +215,42 @@ def channel_mix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (_sym_power(rt, 0.5) @ _sym_power(rs, -0.5)).float()
 
 
+def cross_spectra(latents: torch.Tensor) -> torch.Tensor:
+    """All of a set of latents' (N, C, h, w) second-order statistics, for a stationary field: the (h, w, C, C)
+    cross-spectral density, complex128 -- every channel standardised over the set as in `latent_power`, X(f) the
+    orthonormal 2D DFT of a latent's C maps at frequency f (`torch.fft.fftfreq` order), S(f) = mean over latents of
+    X(f) X(f)^H. Its diagonal is `latent_power(per_channel=True)`; its sum over f divided by h * w is the channels'
+    zero-lag covariance (`channel_correlation`). Hermitian at each f, and S(-f) = conj(S(f))."""
+    if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2 or latents.shape[1] < 2:
+        raise ValueError(f"cross-spectra need (N >= 2, C >= 2, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
+    z = latents.detach().double().cpu()
+    mean = z.mean(dim=(0, 2, 3), keepdim=True)
+    std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    x = torch.fft.fft2((z - mean) / std, norm="ortho").permute(2, 3, 1, 0)   # (h, w, C, N)
+    return x @ x.conj().transpose(-2, -1) / z.shape[0]
+
+
+def _herm_power(s: torch.Tensor, power: float, floor: float = 1e-6) -> torch.Tensor:
+    e, v = torch.linalg.eigh(s)
+    e = e.clamp_min(floor * e.amax(dim=-1, keepdim=True).clamp_min(1e-12))  # relative floor: rank-poor frequencies
+    return (v * e.pow(power).unsqueeze(-2).to(v.dtype)) @ v.conj().transpose(-2, -1)
+
+
+def cross_spectral_mix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The (h, w, C, C) complex64 matrices M(f) = S_t(f)^(1/2) S_s(f)^(-1/2) that give standardised `source`
+    latents (N, C, h, w) the `cross_spectra` of `target` latents -- every channel's power spectrum and every pair's
+    cross-spectrum, so every second-order statistic (each channel's variance, 1, included) -- by whitening then
+    colouring each frequency with Hermitian roots. Made conjugate-symmetric, M(-f) = conj(M(f)), so that a real map
+    stays real; invertible at every frequency, so the information in the latent is kept."""
+    ss, st = cross_spectra(source), cross_spectra(target)
+    if ss.shape != st.shape:
+        raise ValueError(f"the two latents' channels or grids differ: {tuple(source.shape[1:])} and "
+                         f"{tuple(target.shape[1:])}")
+    m = _herm_power(st, 0.5) @ _herm_power(ss, -0.5)
+    mirrored = m.flip(0, 1).roll((1, 1), dims=(0, 1)).conj()   # conj(M(-f)), in fftfreq order
+    return ((m + mirrored) / 2).to(torch.complex64)
+
+
 def latent_probe(latents: torch.Tensor, labels: torch.Tensor, pool: int = 4, folds: int = 5, seed: int = 0) -> dict:
     """How linearly the classes separate in a latent: a multinomial logistic-regression probe (scikit-learn, features
     standardised on each training fold) on the (N, C, H, W) latents average-pooled to `pool` x `pool`, scored by

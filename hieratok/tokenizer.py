@@ -310,6 +310,9 @@ class HieraTok(nn.Module, HubCheckpointMixin,
             self.register_buffer("latent_gain", torch.ones(config.latent_channels, config.grid_size, config.grid_size))
         if config.latent_channel_mix:  # 6. a channel mixing before that filter (or none)
             self.register_buffer("latent_mix", torch.eye(config.latent_channels))
+        if config.latent_covariance_mix:  # 7. a channel mixing per spatial frequency after them (or none)
+            eye = torch.eye(config.latent_channels).expand(config.grid_size, config.grid_size, -1, -1)
+            self.register_buffer("latent_xmix", torch.stack([eye, torch.zeros_like(eye)], dim=-1).contiguous())
         self.apply_init()
 
     def apply_init(self):
@@ -504,7 +507,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
             elif not (torch.equal(self.latent_mean, other.latent_mean)
                       and torch.equal(self.latent_std, other.latent_std)
                       and all(torch.equal(getattr(self, k, torch.ones(())), getattr(other, k, torch.ones(())))
-                              for k in ("latent_gain", "latent_mix"))):
+                              for k in ("latent_gain", "latent_mix", "latent_xmix"))):
                 out.append("latent statistics")
         return out
 
@@ -523,15 +526,16 @@ class HieraTok(nn.Module, HubCheckpointMixin,
                                "(hieratok.compute_latent_stats)")
 
     def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """What a DiT learns: per-channel standardised latents, their channels mixed by `latent_mix` and each map
-        filtered by the spectral gain where the tokenizer has them."""
+        """What a DiT learns: per-channel standardised latents, their channels mixed by `latent_mix`, each map
+        filtered by the spectral gain and the channels mixed per frequency by `latent_xmix` where the tokenizer has
+        them."""
         self._require_stats()
         z = self._mix((z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None], invert=False)
-        return self._filter(z, invert=False)
+        return self._xmix(self._filter(z, invert=False), invert=False)
 
     def denormalize_latent(self, z_norm: torch.Tensor) -> torch.Tensor:
         self._require_stats()
-        z = self._mix(self._filter(z_norm, invert=True), invert=True)
+        z = self._mix(self._filter(self._xmix(z_norm, invert=True), invert=True), invert=True)
         return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
     def _mix(self, z: torch.Tensor, invert: bool) -> torch.Tensor:
@@ -548,6 +552,34 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         out = torch.fft.ifft2(torch.fft.fft2(z.float()) * (1 / gain if invert else gain)).real
         return out.to(z.dtype)
 
+    def _xmix(self, z: torch.Tensor, invert: bool) -> torch.Tensor:
+        if not self.config.latent_covariance_mix:
+            return z
+        m = torch.view_as_complex(self.latent_xmix.float().contiguous())                      # (h, w, C, C)
+        x = torch.fft.fft2(z.float()).movedim(-3, -1)[..., None]                              # (..., h, w, C, 1)
+        out = torch.linalg.solve(m, x) if invert else m @ x
+        return torch.fft.ifft2(out[..., 0].movedim(-1, -3)).real.to(z.dtype)
+
+    def with_covariance_mix(self, mix: torch.Tensor) -> "HieraTok":
+        """This tokenizer (a copy) whose latent normalisation, last, mixes the channels at each spatial frequency by
+        `mix` (h, w, C, C) complex, invertible at every frequency and conjugate-symmetric, M(-f) = conj(M(f))
+        (`hieratok.metrics.cross_spectral_mix`: another tokenizer's cross-spectra, all its second-order statistics);
+        `denormalize_latent` solves it out again."""
+        c, s = self.config.latent_channels, self.config.grid_size
+        mix = torch.as_tensor(mix).to(torch.complex64).cpu()
+        if mix.shape != (s, s, c, c) or not bool(torch.isfinite(torch.view_as_real(mix)).all()):
+            raise ValueError(f"a covariance mix is a finite ({s}, {s}, {c}, {c}) complex tensor, got shape "
+                             f"{tuple(mix.shape)}")
+        if not bool((torch.linalg.cond(mix.to(torch.complex128)) <= 1e4).all()):  # (nan for an all-zero matrix)
+            raise ValueError("the covariance mix is (nearly) singular at some frequency: mixing by it would lose "
+                             "information")
+        if not torch.allclose(mix.flip(0, 1).roll((1, 1), dims=(0, 1)).conj(), mix, atol=1e-5):
+            raise ValueError("a covariance mix must be conjugate-symmetric, M(-f) = conj(M(f)), to keep real maps real")
+        out = type(self)(self.config.replace(latent_covariance_mix=True))
+        state = {k: v for k, v in self.state_dict().items() if k != "latent_xmix"}
+        out.load_state_dict({**state, "latent_xmix": torch.view_as_real(mix).contiguous()})
+        return out.to(self.latent_mean.device).train(self.training)
+
     def with_channel_mix(self, mix: torch.Tensor) -> "HieraTok":
         """This tokenizer (a copy) whose latent normalisation also mixes the standardised channels by `mix` (C, C), an
         invertible matrix (`hieratok.metrics.channel_mix`: another tokenizer's channel correlations);
@@ -556,7 +588,7 @@ class HieraTok(nn.Module, HubCheckpointMixin,
         mix = torch.as_tensor(mix, dtype=torch.float32).cpu()
         if mix.shape != (c, c) or not bool(torch.isfinite(mix).all()):
             raise ValueError(f"a channel mix is a finite ({c}, {c}) matrix, got shape {tuple(mix.shape)}")
-        if float(torch.linalg.cond(mix.double())) > 1e4:
+        if not float(torch.linalg.cond(mix.double())) <= 1e4:  # (nan for an all-zero matrix)
             raise ValueError("the channel mix is (nearly) singular: mixing by it would lose information")
         out = type(self)(self.config.replace(latent_channel_mix=True))
         state = {k: v for k, v in self.state_dict().items() if k != "latent_mix"}

@@ -353,6 +353,7 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
     assert r["latent_spectrum"]["high_frequency_shaped"] == pytest.approx(r["latent_spectrum"]["high_frequency_target"],
                                                                           abs=1e-4)
     assert [p["step"] for p in r["curve"]] == [1, 2, 4] and not any(q.get("latent_spectrum") for q in gen)
+    assert r["latent_channels"] is None and r["latent_covariance"] is None
     g = report["generation_summary"]
     assert g["versus"][label]["speedup"]["per_seed"][0]["seed"] == 0 and label in g["versus_method"]
     from hieratok.report import front_points
@@ -363,7 +364,9 @@ def test_generation_half_trains_a_dit_per_tokenizer_and_records_its_curve(image_
         "hieratok (channels of singlescale)")
     assert experiment.dit_shaping(experiment.parse_args(
         ["--data", "x", "--val", "y", "--output-dir", "z", "--dit-args=--latent-channels-like a --steps 3"])) == {
-        "latent_spectrum_like": None, "latent_channels_like": "a"}
+        "latent_spectrum_like": None, "latent_channels_like": "a", "latent_covariance_like": None}
+    assert dit_label("singlescale", covariance_like="runs/x/hieratok/seed-0/final") == (
+        "singlescale (covariance of hieratok)")
     # another budget in the same folders is refused, not resumed or recorded as this one
     other = list(args)
     other[other.index("--steps") + 1] = "6"

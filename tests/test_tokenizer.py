@@ -227,7 +227,7 @@ def test_a_channel_mix_gives_the_normalised_latent_another_channel_correlation_a
     both = mixed.with_spectral_gain(spectral_gain(n, target.cumsum(-1)))
     assert both.config.latent_channel_mix and torch.equal(both.latent_mix, mixed.latent_mix)
     assert torch.allclose(both.denormalize_latent(both.normalize_latent(z)), z, atol=1e-3)
-    for bad in (torch.ones(c, c + 1), torch.ones(c, c), torch.full((c, c), float("nan"))):
+    for bad in (torch.ones(c, c + 1), torch.ones(c, c), torch.zeros(c, c), torch.full((c, c), float("nan"))):
         with pytest.raises(ValueError, match="channel mix"):
             tok.with_channel_mix(bad)
 
@@ -262,3 +262,43 @@ def test_the_linear_probe_finds_separable_classes_and_not_shuffled_ones():
         latent_probe(z[:12], y[:12])
     with pytest.raises(ValueError, match="N labels"):
         latent_probe(z, y[:-1])
+
+
+def test_a_covariance_mix_gives_the_latent_all_of_anothers_second_order_statistics_and_is_undone_exactly(tmp_path):
+    from hieratok.latent import channel_stats
+    from hieratok.metrics import (channel_correlation, cross_spectra, cross_spectral_mix, latent_power,
+                                  latent_spectrum)
+    cfg = tokenizer_config("cifar10", enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2)
+    tok = HieraTok(cfg)
+    g = torch.Generator().manual_seed(0)
+    c, s = cfg.latent_channels, cfg.grid_size
+    z = torch.randn(300, c, s, s, generator=g) * (1 + torch.rand(c, 1, 1, generator=g))      # white, independent
+    base = torch.randn(300, c, s, s, generator=g).cumsum(-1).cumsum(-2)                     # smooth ...
+    target = base + base.roll(1, dims=1) + 0.5 * base.roll(1, dims=-1).roll(2, dims=1)      # ... and cross-lagged
+    mean, std, n = channel_stats([z])
+    tok.set_latent_stats(mean.float(), std.float(), count=n)
+    m = cross_spectral_mix(z, target)
+    assert m.shape == (s, s, c, c) and m.dtype == torch.complex64
+    mixed = tok.with_covariance_mix(m)
+    assert mixed.config.latent_covariance_mix and not tok.config.latent_covariance_mix
+    out = mixed.normalize_latent(z)
+    assert out.dtype == z.dtype and out.shape == z.shape
+    # every second-order statistic is now the target's: each channel's spectrum, the zero-lag correlations, the
+    # cross-spectra (relative to their size), and the variance stays 1
+    want = cross_spectra(target)
+    assert (cross_spectra(out) - want).abs().max() < 1e-3 * want.abs().max()
+    assert torch.allclose(latent_power(out, per_channel=True), latent_power(target, per_channel=True), rtol=1e-3,
+                          atol=1e-3)
+    assert torch.allclose(channel_correlation(out), channel_correlation(target), atol=1e-3)
+    assert torch.allclose(out.var(dim=(0, 2, 3)), torch.ones(c), rtol=2e-2)
+    assert latent_spectrum(out)["high_frequency_fraction"] < 0.5 * latent_spectrum(z)["high_frequency_fraction"]
+    # ... exactly undone before decoding, and carried by the checkpoint
+    assert torch.allclose(mixed.denormalize_latent(out), z, atol=1e-3)
+    mixed.save_pretrained(tmp_path / "xmixed")
+    back = HieraTok.from_pretrained(tmp_path / "xmixed")
+    assert torch.equal(back.latent_xmix, mixed.latent_xmix) and torch.allclose(back.normalize_latent(z), out)
+    assert tok.latent_differences(mixed) == ["latent statistics"] and "latent_xmix" not in tok.state_dict()
+    for bad in (torch.ones(s, s, c, c + 1), torch.zeros(s, s, c, c), m * 1j,
+                torch.full((s, s, c, c), float("nan"))):
+        with pytest.raises(ValueError, match="covariance mix"):
+            tok.with_covariance_mix(bad)

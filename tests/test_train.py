@@ -945,6 +945,22 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
     with pytest.raises(SystemExit):
         script.parse_args(["--data", "x", "--tokenizer", "t", "--output-dir", "o", "--latent-channels-like", "a",
                            "--latent-spectrum-like", "b"])
+    # the covariance version: every second-order statistic at once (cross-spectra), both measures reported
+    from hieratok.metrics import cross_spectra
+    AcceleratorState._reset_state(True)
+    script.main([str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set", "dim=64",
+                                  "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "d",
+                                  "--latent-covariance-like", tmp_path / "other"]])
+    xmixed = HieraTok.from_pretrained(tmp_path / "d" / "tokenizer")
+    assert xmixed.config.latent_covariance_mix and not xmixed.config.latent_channel_mix
+    info = json.loads((tmp_path / "d" / "run_config.json").read_text())
+    assert info["latent_channels"] is None and info["latent_spectrum"] is None
+    info = info["latent_covariance"]
+    for key in ("participation", "high_frequency"):
+        assert info[f"{key}_shaped"] == pytest.approx(info[f"{key}_target"], rel=0.02, abs=1e-3)
+    want = cross_spectra(zt)
+    assert (cross_spectra(xmixed.normalize_latent(z)) - want).abs().max() < 0.02 * want.abs().max()
+    assert torch.allclose(xmixed.denormalize_latent(xmixed.normalize_latent(z)), z, atol=1e-3)
 
 
 def test_fsdp1_configs_are_refused_with_a_message(image_folder, tmp_path):

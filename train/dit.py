@@ -17,6 +17,9 @@
    tokenizer, its decoder and the information in the latent unchanged. `--latent-channels-like TOKENIZER` instead
    mixes the standardised channels by an invertible matrix (`hieratok.metrics.channel_mix`): the other tokenizer's
    channel correlations (how many channels the latent really uses), the same information.
+   `--latent-covariance-like TOKENIZER` mixes the channels at each spatial frequency by an invertible complex matrix
+   (`hieratok.metrics.cross_spectral_mix`): the other tokenizer's cross-spectra -- every channel's power spectrum and
+   every pair's cross-covariance at every lag, all of its latent's second-order statistics -- the same information.
 3. Train the DiT on normalised latents; sample grids (one row per class) every `--sample-every` steps.
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, dit_config
 from hieratok.latent import channel_stats
-from hieratok.metrics import channel_mix, channel_participation, latent_spectrum, spectral_gain
+from hieratok.metrics import channel_mix, channel_participation, cross_spectral_mix, latent_spectrum, spectral_gain
 from hieratok.training.checkpoint import atomic_file
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import eval_loader, training_dataset
@@ -148,18 +151,22 @@ def first_latents(tokenizer: HieraTok, dataset, images: int, batch_size: int, de
     return torch.cat(zs)
 
 
-SHAPINGS = {  # what --latent-KIND-like gives the latent, how it is measured, and the run_config key it lands in
-    "spectrum": ("high-frequency share", "high_frequency", "latent_spectrum",
-                 lambda z: latent_spectrum(z)["high_frequency_fraction"]),
-    "channels": ("channel participation", "participation", "latent_channels",
-                 lambda z: channel_participation(z)["participation"]),
+# what a shaped latent is measured by: {key: (what, measure)}
+SHAPE_MEASURES = {"high_frequency": ("high-frequency share", lambda z: latent_spectrum(z)["high_frequency_fraction"]),
+                  "participation": ("channel participation", lambda z: channel_participation(z)["participation"])}
+SHAPINGS = {  # --latent-KIND-like: the run_config key it lands in, how it is made and applied, what it moves
+    "spectrum": ("latent_spectrum", spectral_gain, HieraTok.with_spectral_gain, ("high_frequency",)),
+    "channels": ("latent_channels", channel_mix, HieraTok.with_channel_mix, ("participation",)),
+    "covariance": ("latent_covariance", cross_spectral_mix, HieraTok.with_covariance_mix,
+                   ("high_frequency", "participation")),
 }
 
 
 def shaped_like(run: Run, tokenizer: HieraTok, kind: str, path: str, dataset, batch_size: int) -> tuple[HieraTok, dict]:
     """`tokenizer` (with its latent statistics) whose normalisation also gives its latents the power spectrum
-    (`kind` "spectrum") or the channel correlations ("channels") of the latents of the tokenizer at `path`, and what
-    was measured (the high-frequency share or the channel participation before and after, the target's)."""
+    (`kind` "spectrum"), the channel correlations ("channels") or all the second-order statistics ("covariance") of
+    the latents of the tokenizer at `path`, and what was measured (the high-frequency share and/or the channel
+    participation before and after, the target's)."""
     flag = f"--latent-{kind}-like"
     target = load_pretrained(HieraTok, path, flag).to(run.device).eval()
     t, o = tokenizer.config, target.config
@@ -168,14 +175,16 @@ def shaped_like(run: Run, tokenizer: HieraTok, kind: str, path: str, dataset, ba
                          f"channels from {o.image_size}-px images; this tokenizer a {t.grid_size}x{t.grid_size} "
                          f"latent of {t.latent_channels} channels from {t.image_size}-px images")
     z, zt = (first_latents(m, dataset, SPECTRUM_IMAGES, batch_size, run.device) for m in (tokenizer, target))
-    shaped = (tokenizer.with_spectral_gain(spectral_gain(z, zt)) if kind == "spectrum"
-              else tokenizer.with_channel_mix(channel_mix(z, zt)))
-    what, key, _, measure = SHAPINGS[kind]
-    values = {"own": measure(z), "target": measure(zt),
-              "shaped": measure(shaped.normalize_latent(z.to(run.device)).cpu())}
-    info = {"like": path, "images": len(z), **{f"{key}_{k}": v for k, v in values.items()}}
-    run.info(f"latent {kind} like {path}: {what} {values['own']:.3f} -> {values['shaped']:.3f} (the target's "
-             f"{values['target']:.3f}; {len(z)} images)")
+    _, make, apply, keys = SHAPINGS[kind]
+    shaped = apply(tokenizer, make(z, zt))
+    zs = shaped.normalize_latent(z.to(run.device)).cpu()
+    info = {"like": path, "images": len(z)}
+    for key in keys:
+        what, measure = SHAPE_MEASURES[key]
+        values = {"own": measure(z), "target": measure(zt), "shaped": measure(zs)}
+        info.update({f"{key}_{k}": v for k, v in values.items()})
+        run.info(f"latent {kind} like {path}: {what} {values['own']:.3f} -> {values['shaped']:.3f} (the target's "
+                 f"{values['target']:.3f}; {len(z)} images)")
     return shaped, info
 
 
@@ -202,6 +211,10 @@ def parse_args(argv=None):
     shaping.add_argument("--latent-channels-like", default=None, metavar="TOKENIZER",
                          help="the same with that tokenizer's channel correlations: the standardised channels mixed "
                               "by an invertible matrix (stored in the tokenizer copy, solved out before decoding)")
+    shaping.add_argument("--latent-covariance-like", default=None, metavar="TOKENIZER",
+                         help="the same with all that tokenizer's second-order statistics (every channel's spectrum, "
+                              "every pair's cross-spectrum): the channels mixed at each spatial frequency by an "
+                              "invertible complex matrix (stored in the tokenizer copy, solved out before decoding)")
     ap.add_argument("--encode-batch-size", type=int, default=256)
     ap.add_argument("--sample-steps", type=int, default=30)
     ap.add_argument("--sample-guidance", type=float, default=2.0)
@@ -241,7 +254,7 @@ def main(argv=None):
     else:
         run.info(f"keeping the latent statistics of {args.tokenizer} ({int(tokenizer.latent_stats_count)} latents)")
     shaping = {}
-    for kind, (_, _, key, _) in SHAPINGS.items():
+    for kind, (key, _, _, _) in SHAPINGS.items():
         path = getattr(args, f"latent_{kind}_like")
         if path:
             tokenizer, shaping[key] = shaped_like(run, tokenizer, kind, path, dataset, args.encode_batch_size)
@@ -257,7 +270,7 @@ def main(argv=None):
     start = run.resume()
     run.start({"model": cfg.to_dict(), "tokenizer": args.tokenizer, "init_from": args.init_from,
                "latent_mean": tokenizer.latent_mean.tolist(), "latent_std": tokenizer.latent_std.tolist(),
-               "latent_spectrum": shaping.get("latent_spectrum"), "latent_channels": shaping.get("latent_channels"),
+               **{key: shaping.get(key) for key, _, _, _ in SHAPINGS.values()},
                "dataset": {"path": args.data, "images": len(latents), "classes": dataset.classes,
                            "class_names": dataset.class_names}})
 

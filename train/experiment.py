@@ -26,8 +26,8 @@ The spectral intervention, `--dit-args "--latent-spectrum-like OUT/hieratok/seed
 singlescale` and its own `--output-dir` (the tokenizer linked in), trains DiTs on single-scale's latent given the
 paper recipe's power spectrum; they are recorded as "singlescale (spectrum of hieratok)", compared with both arms'
 DiTs like any arm's, and never pooled with plain ones (a plain DiT's folder is refused for them, and back).
-`--latent-channels-like` (another tokenizer's channel correlations) is recorded the same way: "ARM (channels of
-TARGET)".
+`--latent-channels-like` (another tokenizer's channel correlations) and `--latent-covariance-like` (all its
+second-order statistics) are recorded the same way: "ARM (channels of TARGET)", "ARM (covariance of TARGET)".
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ from hieratok.report import FIGURE_HEIGHT, curves_figure, front_figure  # noqa: 
 from hieratok.training.checkpoint import write_json  # noqa: E402
 from hieratok.training.data import DataError, build_dataset, eval_loader  # noqa: E402
 from hieratok.training.distributed import run_hardware  # noqa: E402
-from train.study import (ARMS, GEN_ARMS, GEN_BASELINE, KEY_ARMS, TIERS, budget, dit_budget, dit_label,  # noqa: E402
-                         export_steps, markdown, summarize, summarize_generation)
+from train.study import (ARMS, GEN_ARMS, GEN_BASELINE, KEY_ARMS, SHAPING_KINDS, TIERS, budget,  # noqa: E402
+                         dit_budget, dit_label, export_steps, markdown, summarize, summarize_generation)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -185,18 +185,18 @@ def dit_dir(args, arm: str, seed: int) -> Path:
 
 
 def dit_shaping(args) -> dict:
-    """The tokenizers whose power spectrum and channel correlations `--dit-args` gives the DiTs' latents
-    (`train/dit.py --latent-spectrum-like`, `--latent-channels-like`): {"latent_spectrum_like": PATH or None,
-    "latent_channels_like": PATH or None}, both None for plain DiTs."""
+    """The tokenizers whose power spectrum, channel correlations or second-order statistics `--dit-args` gives the
+    DiTs' latents (`train/dit.py --latent-spectrum-like`, `--latent-channels-like`, `--latent-covariance-like`):
+    {"latent_KIND_like": PATH or None} for each KIND of `SHAPING_KINDS`, all None for plain DiTs."""
     ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--latent-spectrum-like", default=None)
-    ap.add_argument("--latent-channels-like", default=None)
+    for kind in SHAPING_KINDS:
+        ap.add_argument(f"--latent-{kind}-like", default=None)
     return vars(ap.parse_known_args(shlex.split(args.dit_args))[0])
 
 
 def shaped_label(args, arm: str) -> str:
     s = dit_shaping(args)
-    return dit_label(arm, s["latent_spectrum_like"], s["latent_channels_like"])
+    return dit_label(arm, *(s[f"latent_{kind}_like"] for kind in SHAPING_KINDS))
 
 
 def train_dit(args, b: dict, db: dict, arm: str, seed: int) -> None:
@@ -233,10 +233,10 @@ def generation_record(args, b: dict, db: dict, arm: str, seed: int, real, classi
                       **evaluate_generator(path, out / "tokenizer", db, real, classifier)})
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "final" / "config.json").read_text())
-    # a DiT whose latent was given another tokenizer's spectrum or channel correlations is its own row: `dit_label`
+    # a DiT whose latent was given another tokenizer's second-order statistics is its own row: `dit_label`
     run_config = json.loads((out / "run_config.json").read_text())
-    return {"arm": shaped_label(args, arm), "tokenizer_arm": arm, "latent_spectrum": run_config.get("latent_spectrum"),
-            "latent_channels": run_config.get("latent_channels"),
+    return {"arm": shaped_label(args, arm), "tokenizer_arm": arm,
+            **{f"latent_{kind}": run_config.get(f"latent_{kind}") for kind in SHAPING_KINDS},
             "seed": seed, "budget": b, "dit_budget": db,
             "tokenizer": str(run_dir(args, arm, seed) / "final"), "config": config, "curve": curve, "final": curve[-1],
             "step_time_s": summary["wall_s"] / max(1, summary["step"]), "concurrent_runs": args.parallel,
@@ -352,9 +352,9 @@ def parse_args(argv=None):
     ap.add_argument("--dit-set", nargs="*", default=[], metavar="KEY=VALUE", help="DiT config overrides")
     ap.add_argument("--dit-args", default="",
                     help='passed to every DiT run, e.g. --dit-args="--mixed-precision no"; with '
-                         '"--latent-spectrum-like TOKENIZER" or "--latent-channels-like TOKENIZER" (the interventions) '
-                         'the DiTs are recorded as "ARM (spectrum of TARGET)" or "ARM (channels of TARGET)", their own '
-                         'rows, and want their own --output-dir')
+                         '"--latent-KIND-like TOKENIZER" (KIND spectrum, channels or covariance: the interventions) '
+                         'the DiTs are recorded as "ARM (KIND of TARGET)", their own rows, and want their own '
+                         '--output-dir')
     ap.add_argument("--stage1-args", nargs=argparse.REMAINDER, default=[],
                     help="anything after this is passed to every stage-1 run")
     args = ap.parse_args(argv)

@@ -47,13 +47,18 @@ GEN_ARMS = ["hieratok", "singlescale"]  # the default pair; `--dit-arms` takes a
 GEN_BASELINE = "singlescale"
 
 
-def dit_label(arm: str, spectrum_like: str | None = None, channels_like: str | None = None) -> str:
+SHAPING_KINDS = ("spectrum", "channels", "covariance")  # train/dit.py --latent-KIND-like
+
+
+def dit_label(arm: str, spectrum_like: str | None = None, channels_like: str | None = None,
+              covariance_like: str | None = None) -> str:
     """A DiT's name in a results file: its tokenizer's arm, and -- for a DiT trained on that latent given another
-    tokenizer's power spectrum or channel correlations (`train/dit.py --latent-spectrum-like PATH`,
-    `--latent-channels-like PATH`) -- whose, named by the arm of an experiment folder PATH (`.../ARM/seed-N/final`)
-    or else by PATH itself. Such an intervention is never pooled with, or mistaken for, its arm's plain DiTs, and has
-    no tokenizer record of its own (so no point on the front)."""
-    for kind, like in (("spectrum", spectrum_like), ("channels", channels_like)):
+    tokenizer's power spectrum, channel correlations or all its second-order statistics (`train/dit.py
+    --latent-spectrum-like PATH`, `--latent-channels-like PATH`, `--latent-covariance-like PATH`) -- whose, named by
+    the arm of an experiment folder PATH (`.../ARM/seed-N/final`) or else by PATH itself. Such an intervention is
+    never pooled with, or mistaken for, its arm's plain DiTs, and has no tokenizer record of its own (so no point on
+    the front)."""
+    for kind, like in zip(SHAPING_KINDS, (spectrum_like, channels_like, covariance_like)):
         if like:
             p = Path(like)
             target = p.parent.parent.name if p.name == "final" and p.parent.name.startswith("seed-") else str(p)
