@@ -34,6 +34,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from hieratok import DiT, HieraTok, dit_config
+from hieratok.hub import PAIRED_TOKENIZER
 from hieratok.latent import channel_stats
 from hieratok.metrics import channel_mix, channel_participation, cross_spectral_mix, latent_spectrum, spectral_gain
 from hieratok.training.checkpoint import atomic_file
@@ -297,6 +298,8 @@ def main(argv=None):
         run.maybe_checkpoint(step)
 
     run.finish(model)
+    if shaping and run.is_main:  # a shaped latent decodes only through its own copy: the DiT folder carries it
+        tokenizer.save_pretrained(run.out / "final" / PAIRED_TOKENIZER)
 
 
 if __name__ == "__main__":
