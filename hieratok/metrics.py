@@ -204,15 +204,45 @@ def _sym_power(c: torch.Tensor, power: float) -> torch.Tensor:
     return (v * e.clamp_min(1e-6).pow(power)) @ v.T
 
 
-def channel_mix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The (C, C) matrix M = R_t^(1/2) R_s^(-1/2) that gives standardised `source` latents (N, C, ...) the channel
-    correlations R_t of `target` latents (N', C, ...) -- whitening then colouring, both by symmetric roots, so that
-    each channel stays as close to itself as the two correlations allow -- and keeps every channel's variance (1).
-    Invertible; dividing it out (`torch.linalg.solve`) gives the source back."""
+def _standardised(latents: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) latents, float64 on CPU, each channel to mean 0 and variance 1 over latents and positions."""
+    z = latents.detach().double().cpu()
+    dims = (0, *range(2, z.dim()))
+    z = z - z.mean(dim=dims, keepdim=True)
+    return z / z.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+
+
+def _procrustes(ws: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """The orthogonal (unitary) (..., C, C) Q minimising |Q ws - wt| for paired whitened samples (..., C, P)."""
+    u, _, vh = torch.linalg.svd(wt @ ws.conj().transpose(-2, -1))
+    return u @ vh
+
+
+def _check_paired(source: torch.Tensor, target: torch.Tensor) -> None:
+    if source.shape != target.shape:
+        raise ValueError(f"paired latents are the same images' latents, of one shape; got {tuple(source.shape)} and "
+                         f"{tuple(target.shape)}")
+
+
+def channel_mix(source: torch.Tensor, target: torch.Tensor, paired: bool = False) -> torch.Tensor:
+    """A (C, C) matrix M that gives standardised `source` latents (N, C, ...) the channel correlations R_t of `target`
+    latents (N', C, ...) and keeps every channel's variance (1): whitening, an orthogonal Q, colouring,
+    M = R_t^(1/2) Q R_s^(-1/2) (symmetric roots). Every orthogonal Q gives R_t; which one decides *what* content
+    carries the target's strong modes. Unpaired, Q = I: each channel stays as close to itself as the two
+    correlations allow (what fits two normalisations of one latent). `paired` -- the two tokenizers' latents of the
+    same images, in the same order -- takes Q by orthogonal Procrustes on the whitened pairs, so that the mixed source
+    is as close to the target's latent of the same images as an R_t-correlated latent can be: between two tokenizers,
+    whose channel numbers need not mean the same thing, the target's modes then land on the source's content that
+    matches them (e.g. a strong luminance mode on the source's luminance). Invertible (`torch.linalg.solve`)."""
     rs, rt = channel_correlation(source), channel_correlation(target)
     if rs.shape != rt.shape:
         raise ValueError(f"the two latents' channel counts differ: {source.shape[1]} and {target.shape[1]}")
-    return (_sym_power(rt, 0.5) @ _sym_power(rs, -0.5)).float()
+    q = torch.eye(len(rs), dtype=rs.dtype)
+    if paired:
+        _check_paired(source, target)
+        flat = lambda z: _standardised(z).transpose(0, 1).flatten(1)  # noqa: E731  (C, N * positions)
+        q = _procrustes(_sym_power(rs, -0.5) @ flat(source), _sym_power(rt, -0.5) @ flat(target))
+    return (_sym_power(rt, 0.5) @ q @ _sym_power(rs, -0.5)).float()
 
 
 def cross_spectra(latents: torch.Tensor) -> torch.Tensor:
@@ -221,13 +251,15 @@ def cross_spectra(latents: torch.Tensor) -> torch.Tensor:
     orthonormal 2D DFT of a latent's C maps at frequency f (`torch.fft.fftfreq` order), S(f) = mean over latents of
     X(f) X(f)^H. Its diagonal is `latent_power(per_channel=True)`; its sum over f divided by h * w is the channels'
     zero-lag covariance (`channel_correlation`). Hermitian at each f, and S(-f) = conj(S(f))."""
+    x = _channel_dft(latents)
+    return x @ x.conj().transpose(-2, -1) / x.shape[-1]
+
+
+def _channel_dft(latents: torch.Tensor) -> torch.Tensor:
+    """(h, w, C, N): the orthonormal 2D DFT of every standardised channel map, frequency-major."""
     if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2 or latents.shape[1] < 2:
         raise ValueError(f"cross-spectra need (N >= 2, C >= 2, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
-    z = latents.detach().double().cpu()
-    mean = z.mean(dim=(0, 2, 3), keepdim=True)
-    std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    x = torch.fft.fft2((z - mean) / std, norm="ortho").permute(2, 3, 1, 0)   # (h, w, C, N)
-    return x @ x.conj().transpose(-2, -1) / z.shape[0]
+    return torch.fft.fft2(_standardised(latents), norm="ortho").permute(2, 3, 1, 0)
 
 
 def _herm_power(s: torch.Tensor, power: float, floor: float = 1e-6) -> torch.Tensor:
@@ -236,17 +268,25 @@ def _herm_power(s: torch.Tensor, power: float, floor: float = 1e-6) -> torch.Ten
     return (v * e.pow(power).unsqueeze(-2).to(v.dtype)) @ v.conj().transpose(-2, -1)
 
 
-def cross_spectral_mix(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The (h, w, C, C) complex64 matrices M(f) = S_t(f)^(1/2) S_s(f)^(-1/2) that give standardised `source`
+def cross_spectral_mix(source: torch.Tensor, target: torch.Tensor, paired: bool = False) -> torch.Tensor:
+    """The (h, w, C, C) complex64 matrices M(f) = S_t(f)^(1/2) Q(f) S_s(f)^(-1/2) that give standardised `source`
     latents (N, C, h, w) the `cross_spectra` of `target` latents -- every channel's power spectrum and every pair's
-    cross-spectrum, so every second-order statistic (each channel's variance, 1, included) -- by whitening then
-    colouring each frequency with Hermitian roots. Made conjugate-symmetric, M(-f) = conj(M(f)), so that a real map
-    stays real; invertible at every frequency, so the information in the latent is kept."""
-    ss, st = cross_spectra(source), cross_spectra(target)
-    if ss.shape != st.shape:
+    cross-spectrum, so every second-order statistic (each channel's variance, 1, included) -- by whitening, a unitary
+    Q(f) and colouring at each frequency (Hermitian roots). Q = I unpaired; `paired` (the same images' latents, as in
+    `channel_mix`) takes Q(f) by Procrustes on the whitened pairs, so that the target's strong modes land on the
+    source's matching content. Made conjugate-symmetric, M(-f) = conj(M(f)), so that a real map stays real;
+    invertible at every frequency, so the information in the latent is kept."""
+    xs, xt = _channel_dft(source), _channel_dft(target)
+    if xs.shape[:-1] != xt.shape[:-1]:
         raise ValueError(f"the two latents' channels or grids differ: {tuple(source.shape[1:])} and "
                          f"{tuple(target.shape[1:])}")
-    m = _herm_power(st, 0.5) @ _herm_power(ss, -0.5)
+    ss, st = xs @ xs.conj().transpose(-2, -1) / xs.shape[-1], xt @ xt.conj().transpose(-2, -1) / xt.shape[-1]
+    whiten_s = _herm_power(ss, -0.5)
+    q = torch.eye(ss.shape[-1], dtype=ss.dtype)
+    if paired:
+        _check_paired(source, target)
+        q = _procrustes(whiten_s @ xs, _herm_power(st, -0.5) @ xt)
+    m = _herm_power(st, 0.5) @ q @ whiten_s
     mirrored = m.flip(0, 1).roll((1, 1), dims=(0, 1)).conj()   # conj(M(-f)), in fftfreq order
     return ((m + mirrored) / 2).to(torch.complex64)
 

@@ -302,3 +302,29 @@ def test_a_covariance_mix_gives_the_latent_all_of_anothers_second_order_statisti
                 torch.full((s, s, c, c), float("nan"))):
         with pytest.raises(ValueError, match="covariance mix"):
             tok.with_covariance_mix(bad)
+
+
+def test_paired_mixes_put_the_targets_modes_on_the_sources_matching_content():
+    """Two tokenizers' channel numbers need not mean the same thing: given the same images' latents, the paired mixes
+    align content (a source whose channels are the target's, shuffled and rescaled, is mapped back onto the target),
+    where the unpaired ones only match the statistics."""
+    from hieratok.metrics import (channel_correlation, channel_mix, cross_spectra, cross_spectral_mix)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(400, 4, 8, 8, generator=g).cumsum(-1)
+    target = base + 2 * base[:, :1]                                   # one strong shared mode
+    perm, scale = torch.tensor([2, 0, 3, 1]), torch.tensor([0.5, -2.0, 3.0, 1.0]).view(1, 4, 1, 1)
+    source = target[:, perm] * scale + 0.01 * torch.randn(400, 4, 8, 8, generator=g)
+    std = lambda z: (z - z.mean((0, 2, 3), keepdim=True)) / z.std((0, 2, 3), keepdim=True, unbiased=False)  # noqa
+    s, t = std(source), std(target)
+    for paired, close in ((True, True), (False, False)):
+        m = channel_mix(source, target, paired=paired)
+        mixed = torch.einsum("dc,nchw->ndhw", m, s)
+        assert torch.allclose(channel_correlation(mixed), channel_correlation(target), atol=1e-3)
+        assert bool((mixed - t).abs().mean() < 0.05) == close
+        x = cross_spectral_mix(source, target, paired=paired)
+        xm = torch.fft.ifft2((x @ torch.fft.fft2(s).movedim(1, -1)[..., None])[..., 0].movedim(-1, 1)).real
+        want = cross_spectra(target)
+        assert (cross_spectra(xm) - want).abs().max() < 1e-3 * want.abs().max()
+        assert bool((xm - t).abs().mean() < 0.05) == close
+    with pytest.raises(ValueError, match="same images"):
+        channel_mix(source[:10], target, paired=True)

@@ -941,6 +941,11 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
         channel_participation(zt)["participation"], rel=1e-6)
     assert torch.allclose(channel_correlation(mixed.normalize_latent(z)), channel_correlation(zt), atol=0.05)
     assert info["participation_shaped"] == pytest.approx(info["participation_target"], rel=0.02)
+    # aligned on the same images: closer to the target's latent than the unaligned mix of the same correlations
+    from hieratok.metrics import channel_mix
+    from train.dit import same_image_correlation
+    unaligned = mixed.with_channel_mix(channel_mix(z, zt)).normalize_latent(z)
+    assert info["aligned"] and info["target_correlation"] >= same_image_correlation(unaligned, zt) - 1e-6
     assert torch.allclose(mixed.denormalize_latent(mixed.normalize_latent(z)), z, atol=1e-4)
     with pytest.raises(SystemExit):
         script.parse_args(["--data", "x", "--tokenizer", "t", "--output-dir", "o", "--latent-channels-like", "a",
@@ -961,6 +966,7 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
     info = json.loads((tmp_path / "d" / "run_config.json").read_text())
     assert info["latent_channels"] is None and info["latent_spectrum"] is None
     info = info["latent_covariance"]
+    assert info["aligned"] and -1 <= info["target_correlation"] <= 1
     for key in ("participation", "high_frequency"):
         assert info[f"{key}_shaped"] == pytest.approx(info[f"{key}_target"], rel=0.02, abs=1e-3)
     want = cross_spectra(zt)

@@ -16,7 +16,9 @@
    undoes the gain before decoding -- whether a latent's spectrum is what makes a DiT train fast on it, with the
    tokenizer, its decoder and the information in the latent unchanged. `--latent-channels-like TOKENIZER` instead
    mixes the standardised channels by an invertible matrix (`hieratok.metrics.channel_mix`): the other tokenizer's
-   channel correlations (how many channels the latent really uses), the same information.
+   channel correlations (how many channels the latent really uses), the same information -- aligned on the two
+   tokenizers' latents of the same images, so that the other's strong modes land on the matching content of this
+   latent (e.g. a strong luminance mode on this latent's luminance), not on whatever its channel numbers hold.
    `--latent-covariance-like TOKENIZER` mixes the channels at each spatial frequency by an invertible complex matrix
    (`hieratok.metrics.cross_spectral_mix`): the other tokenizer's cross-spectra -- every channel's power spectrum and
    every pair's cross-covariance at every lag, all of its latent's second-order statistics -- the same information.
@@ -155,11 +157,13 @@ def first_latents(tokenizer: HieraTok, dataset, images: int, batch_size: int, de
 # what a shaped latent is measured by: {key: (what, measure)}
 SHAPE_MEASURES = {"high_frequency": ("high-frequency share", lambda z: latent_spectrum(z)["high_frequency_fraction"]),
                   "participation": ("channel participation", lambda z: channel_participation(z)["participation"])}
-SHAPINGS = {  # --latent-KIND-like: the run_config key it lands in, how it is made and applied, what it moves
+SHAPINGS = {  # --latent-KIND-like: the run_config key it lands in, how it is made from the two tokenizers' latents
+    # of the same images (the mixes aligned on them: `channel_mix(paired=True)`) and applied, what it moves
     "spectrum": ("latent_spectrum", spectral_gain, HieraTok.with_spectral_gain, ("high_frequency",)),
-    "channels": ("latent_channels", channel_mix, HieraTok.with_channel_mix, ("participation",)),
-    "covariance": ("latent_covariance", cross_spectral_mix, HieraTok.with_covariance_mix,
-                   ("high_frequency", "participation")),
+    "channels": ("latent_channels", lambda z, zt: channel_mix(z, zt, paired=True), HieraTok.with_channel_mix,
+                 ("participation",)),
+    "covariance": ("latent_covariance", lambda z, zt: cross_spectral_mix(z, zt, paired=True),
+                   HieraTok.with_covariance_mix, ("high_frequency", "participation")),
 }
 
 
@@ -179,14 +183,24 @@ def shaped_like(run: Run, tokenizer: HieraTok, kind: str, path: str, dataset, ba
     _, make, apply, keys = SHAPINGS[kind]
     shaped = apply(tokenizer, make(z, zt))
     zs = shaped.normalize_latent(z.to(run.device)).cpu()
-    info = {"like": path, "images": len(z)}
+    info = {"like": path, "images": len(z), "aligned": kind != "spectrum"}
     for key in keys:
         what, measure = SHAPE_MEASURES[key]
         values = {"own": measure(z), "target": measure(zt), "shaped": measure(zs)}
         info.update({f"{key}_{k}": v for k, v in values.items()})
         run.info(f"latent {kind} like {path}: {what} {values['own']:.3f} -> {values['shaped']:.3f} (the target's "
                  f"{values['target']:.3f}; {len(z)} images)")
+    if info["aligned"]:  # how close the mixed latent is to the target's latent of the same images (1: the same)
+        info["target_correlation"] = same_image_correlation(zs, zt)
+        run.info(f"the shaped latent's correlation with the target's latent of the same images: "
+                 f"{info['target_correlation']:.3f}")
     return shaped, info
+
+
+def same_image_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The mean over channels of the Pearson correlation of two (N, C, h, w) latents of the same images."""
+    std = lambda z: (z - z.mean((0, 2, 3), keepdim=True)) / z.std((0, 2, 3), keepdim=True).clamp_min(1e-12)  # noqa
+    return float((std(a.double()) * std(b.double())).sum((0, 2, 3)).div(a[:, 0].numel() - 1).mean())
 
 
 # what `--set` may change on a DiT given with --init-from: how it is trained, not its architecture
