@@ -199,6 +199,27 @@ def map_channels(latents: torch.Tensor | None) -> dict | None:
     return channel_participation(latents)
 
 
+def channel_modes(latents: torch.Tensor, images: torch.Tensor, modes: int = 3) -> list[dict]:
+    """What a latent's strongest channel modes carry: for each of the `modes` largest eigen-directions of
+    `channel_correlation`, its share of the variance and the Pearson correlation, over images and positions, of the
+    standardised latent's projection on it with the images' (N, 3, H, W) luminance and two opponent colours
+    (red - green, blue - yellow), area-averaged to the latent grid. (An eigenvector's sign is arbitrary, so is r's.)"""
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(latents) or latents.dim() != 4:
+        raise ValueError(f"channel modes need (N, C, h, w) latents and their (N, 3, H, W) images, got "
+                         f"{tuple(latents.shape)} and {tuple(images.shape)}")
+    z = _standardised(latents)
+    e, v = torch.linalg.eigh(channel_correlation(latents))
+    p = torch.nn.functional.adaptive_avg_pool2d(images.detach().double().cpu(), latents.shape[-2:])
+    signals = {"luminance": 0.299 * p[:, 0] + 0.587 * p[:, 1] + 0.114 * p[:, 2], "red_green": p[:, 0] - p[:, 1],
+               "blue_yellow": p[:, 2] - (p[:, 0] + p[:, 1]) / 2}
+    out = []
+    for k in range(1, min(modes, len(e)) + 1):
+        proj = torch.einsum("nchw,c->nhw", z, v[:, -k]).flatten()
+        out.append({"share": float(e[-k] / e.sum()),
+                    **{n: float(torch.corrcoef(torch.stack([proj, t.flatten()]))[0, 1]) for n, t in signals.items()}})
+    return out
+
+
 def _sym_power(c: torch.Tensor, power: float) -> torch.Tensor:
     e, v = torch.linalg.eigh(c)
     return (v * e.clamp_min(1e-6).pow(power)) @ v.T

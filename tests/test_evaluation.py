@@ -268,7 +268,10 @@ def test_latent_spectrum_script_pairs_each_arms_spectrum_with_its_dits_speedup(i
     assert e["correlation_with_speedup"].get("probe") == rank_correlation(probe, [e["arms"][a]["speedup"]
                                                                                  for a in names])
     text = out.with_suffix(".md").read_text()
-    assert "Linear probe: multinomial logistic regression" in text
+    assert "Linear probe: multinomial logistic regression" in text and "| hieratok | " in text.split("mode 3")[1]
+    modes = r["tokenizers"]["hieratok"]["modes"]
+    assert len(modes) == 3 and modes[0]["share"] >= modes[1]["share"] >= modes[2]["share"] > 0
+    assert all(-1 <= m[k] <= 1 for m in modes for k in ("luminance", "red_green", "blue_yellow"))
     assert "| hieratok | 26.20 | 0.710 |" in text and "2.00x |" in text and "no DiT): interp" in text
     assert " of 4 |" in text and "with the channel participation" in text
     # tokenizers with different latents share no images to compare on

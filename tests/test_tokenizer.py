@@ -328,3 +328,15 @@ def test_paired_mixes_put_the_targets_modes_on_the_sources_matching_content():
         assert bool((xm - t).abs().mean() < 0.05) == close
     with pytest.raises(ValueError, match="same images"):
         channel_mix(source[:10], target, paired=True)
+
+
+def test_channel_modes_name_a_luminance_mode_where_a_latent_has_one():
+    from hieratok.metrics import channel_modes
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(50, 3, 16, 16, generator=g) * 2 - 1
+    lum = torch.nn.functional.avg_pool2d(0.299 * images[:, :1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:], 2)
+    z = 0.1 * torch.randn(50, 6, 8, 8, generator=g) + lum * torch.tensor([1.0, -1, 1, 1, 0, 0]).view(1, 6, 1, 1)
+    modes = channel_modes(z, images)
+    assert modes[0]["share"] > 0.5 and abs(modes[0]["luminance"]) > 0.95 and abs(modes[1]["luminance"]) < 0.2
+    with pytest.raises(ValueError, match="channel modes need"):
+        channel_modes(z, images[:10])

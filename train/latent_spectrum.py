@@ -1,6 +1,6 @@
 """How much of each tokenizer's latent energy sits at high spatial frequencies, how many of its channels it really
-uses, how linearly its classes separate, and -- given the controlled experiment's results -- whether any of these
-orders the arms as their DiTs' speed does.
+uses and what its strongest channel modes carry, how linearly its classes separate, and -- given the controlled
+experiment's results -- whether any of these orders the arms as their DiTs' speed does.
 
     python train/latent_spectrum.py --data ../shared/data/imagenette/val --images 1000 \\
         --tokenizer hieratok=runs/experiment/hieratok/seed-0/final \\
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hieratok import HieraTok
-from hieratok.metrics import channel_participation, latent_probe, latent_spectrum
+from hieratok.metrics import channel_modes, channel_participation, latent_probe, latent_spectrum
 from hieratok.stats import rank_correlation
 from hieratok.training.cli import named_paths
 from hieratok.training.data import DataError, build_dataset, eval_loader
@@ -59,7 +59,7 @@ def spectra(tokenizers: dict[str, HieraTok], x: torch.Tensor, batch_size: int = 
     for name, tok in tokenizers.items():
         z = torch.cat([tok.encode(b) for b in x.split(batch_size)])
         out[name] = {**latent_spectrum(z), "interval": bootstrap_interval(z, resamples),
-                     "channels": channel_participation(z)}
+                     "channels": channel_participation(z), "modes": channel_modes(z, x)}
         if labels is not None:
             try:
                 out[name]["probe"] = latent_probe(z, labels)
@@ -117,6 +117,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {s['high_frequency_fraction']:.3f} | {s['interval'][0]:.3f}-{s['interval'][1]:.3f}"
                      f" | {used} | {probe} | " + " | ".join("—" if p is None else f"{p:.3f}"
                                                             for p in s["radial_power"]) + " |")
+    lines += ["", "What each latent's three strongest channel modes carry: share of the variance, and the correlation "
+                  "(over images and positions; sign arbitrary) of the latent's projection on the mode with the image's "
+                  "luminance / red-green / blue-yellow, area-averaged to the latent grid:", "",
+              "| latent | mode 1 | mode 2 | mode 3 |", "|---|---|---|---|"]
+    for name, s in t.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * m['share']:.0f}%: r {m['luminance']:+.2f} / {m['red_green']:+.2f} / {m['blue_yellow']:+.2f}"
+            for m in s["modes"]) + " |")
     probes = [s["probe"] for s in t.values() if "probe" in s]
     if probes:
         lines += ["", f"Linear probe: multinomial logistic regression on the latent average-pooled to "
