@@ -950,6 +950,20 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
     with pytest.raises(SystemExit):
         script.parse_args(["--data", "x", "--tokenizer", "t", "--output-dir", "o", "--latent-channels-like", "a",
                            "--latent-spectrum-like", "b"])
+    # a resumed shaped run keeps the normalisation it started with, even where this code would now make another
+    AcceleratorState._reset_state(True)
+    argv = [str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set", "dim=64",
+                             "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "c2",
+                             "--latent-channels-like", tmp_path / "other", "--ckpt-every", 1]]
+    script.main(argv)
+    started = HieraTok.from_pretrained(tmp_path / "c2" / "tokenizer")
+    other_mix = started.latent_mix[torch.randperm(len(started.latent_mix))]   # as if made differently back then
+    started.with_channel_mix(other_mix).save_pretrained(tmp_path / "c2" / "tokenizer")
+    shutil.rmtree(tmp_path / "c2" / "final")
+    AcceleratorState._reset_state(True)
+    script.main(argv)   # resumes from the step-1 checkpoint
+    for copy in ("tokenizer", "final/tokenizer"):
+        assert torch.equal(HieraTok.from_pretrained(tmp_path / "c2" / copy).latent_mix, other_mix)
     # the covariance version: every second-order statistic at once (cross-spectra), both measures reported
     from hieratok.metrics import cross_spectra
     AcceleratorState._reset_state(True)

@@ -197,6 +197,21 @@ def shaped_like(run: Run, tokenizer: HieraTok, kind: str, path: str, dataset, ba
     return shaped, info
 
 
+def kept_normalisation(run: Run, tokenizer: HieraTok, shaped: bool) -> HieraTok:
+    """A resumed shaped run goes on with the latent normalisation it started with (its `tokenizer/` copy) where this
+    code would now compute another (e.g. a mix made differently since): the DiT's weights fit that one only."""
+    saved = run.out / PAIRED_TOKENIZER
+    resuming = run.args.resume != "none" and (run.args.resume != "latest" or bool(run.checkpoints()))
+    if not (shaped and resuming and (saved / "config.json").is_file()):
+        return tokenizer
+    kept = HieraTok.from_pretrained(saved).to(run.device).eval()
+    if kept.latent_differences(tokenizer):
+        run.info(f"resuming: keeping the latent normalisation this run started with ({saved}), not the one computed "
+                 f"now ({', '.join(kept.latent_differences(tokenizer))} differ)")
+        return kept
+    return tokenizer
+
+
 def same_image_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     """The mean over channels of the Pearson correlation of two (N, C, h, w) latents of the same images."""
     std = lambda z: (z - z.mean((0, 2, 3), keepdim=True)) / z.std((0, 2, 3), keepdim=True).clamp_min(1e-12)  # noqa
@@ -273,6 +288,7 @@ def main(argv=None):
         path = getattr(args, f"latent_{kind}_like")
         if path:
             tokenizer, shaping[key] = shaped_like(run, tokenizer, kind, path, dataset, args.encode_batch_size)
+    tokenizer = kept_normalisation(run, tokenizer, bool(shaping))
     if run.is_main:
         tokenizer.save_pretrained(run.out / "tokenizer")
     latents = LatentDataset(normalized(tokenizer, z), normalized(tokenizer, z_flip), labels)
