@@ -107,10 +107,7 @@ def latent_power(latents: torch.Tensor, per_channel: bool = False) -> torch.Tens
     channels -- or, with `per_channel`, over latents only: (C, h, w). Frequencies in `torch.fft.fftfreq` order."""
     if latents.dim() != 4 or min(latents.shape[-2:]) < 2 or latents.shape[0] < 2:
         raise ValueError(f"the latent spectrum needs (N >= 2, C, h >= 2, w >= 2) latents, got {tuple(latents.shape)}")
-    z = latents.detach().double().cpu()
-    mean = z.mean(dim=(0, 2, 3), keepdim=True)
-    std = (z - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    power = torch.fft.fft2((z - mean) / std, norm="ortho").abs().pow(2).mean(dim=0)
+    power = torch.fft.fft2(_standardised(latents), norm="ortho").abs().pow(2).mean(dim=0)
     return power if per_channel else power.mean(dim=0)
 
 
@@ -231,6 +228,14 @@ def _standardised(latents: torch.Tensor) -> torch.Tensor:
     dims = (0, *range(2, z.dim()))
     z = z - z.mean(dim=dims, keepdim=True)
     return z / z.pow(2).mean(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+
+
+def paired_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The mean over channels of the Pearson correlation of two (N, C, ...) latents of the same images (1: the same
+    latent up to each channel's scale and offset)."""
+    _check_paired(a, b)
+    dims = (0, *range(2, a.dim()))
+    return float((_standardised(a) * _standardised(b)).mean(dim=dims).mean())
 
 
 def _procrustes(ws: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:

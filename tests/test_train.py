@@ -943,9 +943,9 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
     assert info["participation_shaped"] == pytest.approx(info["participation_target"], rel=0.02)
     # aligned on the same images: closer to the target's latent than the unaligned mix of the same correlations
     from hieratok.metrics import channel_mix
-    from train.dit import same_image_correlation
+    from hieratok.metrics import paired_correlation
     unaligned = mixed.with_channel_mix(channel_mix(z, zt)).normalize_latent(z)
-    assert info["aligned"] and info["target_correlation"] >= same_image_correlation(unaligned, zt) - 1e-6
+    assert info["aligned"] and info["target_correlation"] >= paired_correlation(unaligned, zt) - 1e-6
     assert torch.allclose(mixed.denormalize_latent(mixed.normalize_latent(z)), z, atol=1e-4)
     with pytest.raises(SystemExit):
         script.parse_args(["--data", "x", "--tokenizer", "t", "--output-dir", "o", "--latent-channels-like", "a",

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from hieratok import DiT, HieraTok, dit_config
 from hieratok.hub import PAIRED_TOKENIZER
 from hieratok.latent import channel_stats
-from hieratok.metrics import channel_mix, channel_participation, cross_spectral_mix, latent_spectrum, spectral_gain
+from hieratok.metrics import (channel_mix, channel_participation, cross_spectral_mix, latent_spectrum,
+                              paired_correlation, spectral_gain)
 from hieratok.training.checkpoint import atomic_file
 from hieratok.training.cli import base_parser, init_from, load_pretrained, parse_overrides, setup_logging
 from hieratok.training.data import eval_loader, training_dataset
@@ -191,7 +192,7 @@ def shaped_like(run: Run, tokenizer: HieraTok, kind: str, path: str, dataset, ba
         run.info(f"latent {kind} like {path}: {what} {values['own']:.3f} -> {values['shaped']:.3f} (the target's "
                  f"{values['target']:.3f}; {len(z)} images)")
     if info["aligned"]:  # how close the mixed latent is to the target's latent of the same images (1: the same)
-        info["target_correlation"] = same_image_correlation(zs, zt)
+        info["target_correlation"] = paired_correlation(zs, zt)
         run.info(f"the shaped latent's correlation with the target's latent of the same images: "
                  f"{info['target_correlation']:.3f}")
     return shaped, info
@@ -210,12 +211,6 @@ def kept_normalisation(run: Run, tokenizer: HieraTok, shaped: bool) -> HieraTok:
                  f"now ({', '.join(kept.latent_differences(tokenizer))} differ)")
         return kept
     return tokenizer
-
-
-def same_image_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The mean over channels of the Pearson correlation of two (N, C, h, w) latents of the same images."""
-    std = lambda z: (z - z.mean((0, 2, 3), keepdim=True)) / z.std((0, 2, 3), keepdim=True).clamp_min(1e-12)  # noqa
-    return float((std(a.double()) * std(b.double())).sum((0, 2, 3)).div(a[:, 0].numel() - 1).mean())
 
 
 # what `--set` may change on a DiT given with --init-from: how it is trained, not its architecture
