@@ -751,8 +751,18 @@ def fsdp_launch(script: str, args: list, port: int, check: bool = True) -> subpr
                            "train/configs/fsdp.yaml", "--num_processes", "2", "--main_process_port", str(port),
                            script, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
     if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        assert proc.returncode == 0, launch_failure(proc)
     return proc
+
+
+def launch_failure(proc: subprocess.CompletedProcess) -> str:
+    """What a failed multi-process launch says: the tail of its output, and before it every line that names an
+    error or an abort wherever it sits -- a rank that dies in C++ (SIGABRT) writes its reason early, and the last few
+    thousand characters are then the other rank's traceback and the launcher's summary."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    telling = [line for line in lines if re.search(r"terminate|abort|Error|error:|exception", line)
+               and "GLHF" not in line]
+    return "\n".join(["lines naming an error:", *telling[:40], "-- tail:", proc.stdout[-1500:], proc.stderr[-3000:]])
 
 
 def test_fsdp_keeps_the_recipes_stop_gradient(image_folder, tmp_path):
