@@ -368,7 +368,10 @@ def latent_space(store: ModelStore, model: str = "HieraTok", scale: int = 16, so
             "single-scale's latent started far ahead and its samples stayed more recognisable, but it ended level "
             "with the unshaped one in FD-cls (docs/experiment.md). Channels used: the participation ratio of the "
             "channels' correlations (hieratok.metrics.channel_participation; all of them when no two channels say "
-            "the same thing): the paper recipe's photo latent uses about 8 of its 16, single-scale's all 16. " + note +
+            "the same thing): the paper recipe's photo latent uses about 8 of its 16 (one mode, the image's "
+            "luminance, holds 28% of its variance), single-scale's all 16. Given the paper recipe's channel "
+            "correlations by an invertible mix, a DiT on single-scale's latent reached single-scale's final FD-cls "
+            "2.04x sooner, the paper recipe's latent 2.18x (the experiment's tier, one seed). " + note +
             "\n\n" + "\n".join(rows))
     return LatentMap(fig, text)
 
