@@ -979,13 +979,14 @@ def test_dit_learns_a_latent_with_another_tokenizers_spectrum_and_decodes_it_unc
     AcceleratorState._reset_state(True)
     script.main([str(a) for a in ["--data", image_folder, "--batch-size", 12, "--steps", 2, *FAST, "--set", "dim=64",
                                   "depth=2", "heads=2", "--tokenizer", tiny_tokenizer, "--output-dir", tmp_path / "d",
-                                  "--latent-covariance-like", tmp_path / "other"]])
+                                  "--latent-covariance-like", tmp_path / "other", "--export-at", 1]])
     xmixed = HieraTok.from_pretrained(tmp_path / "d" / "tokenizer")
     # the DiT folder carries the copy it decodes through (what the app pairs a shipped DiT with)
     from hieratok.hub import paired_tokenizer
-    assert paired_tokenizer(tmp_path / "d" / "final") is not None
-    assert torch.equal(HieraTok.from_pretrained(paired_tokenizer(tmp_path / "d" / "final")).latent_xmix,
-                       xmixed.latent_xmix)
+    for folder in ("final", "exports/step-00000001"):   # an intermediate export as well as the final one
+        assert paired_tokenizer(tmp_path / "d" / folder) is not None, folder
+        assert torch.equal(HieraTok.from_pretrained(paired_tokenizer(tmp_path / "d" / folder)).latent_xmix,
+                           xmixed.latent_xmix)
     assert xmixed.config.latent_covariance_mix and not xmixed.config.latent_channel_mix
     info = json.loads((tmp_path / "d" / "run_config.json").read_text())
     assert info["latent_channels"] is None and info["latent_spectrum"] is None

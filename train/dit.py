@@ -319,11 +319,13 @@ def main(argv=None):
             (run.out / "samples").mkdir(parents=True, exist_ok=True)
             save_image(images.float().clamp(-1, 1) * 0.5 + 0.5, run.out / "samples" / f"step-{step + 1:08d}.png",
                        nrow=per_class)
-        run.maybe_export(step)
+        exported = run.maybe_export(step)
+        if exported and shaping and run.is_main:  # a shaped latent decodes only through its own copy
+            tokenizer.save_pretrained(exported / PAIRED_TOKENIZER)
         run.maybe_checkpoint(step)
 
     run.finish(model)
-    if shaping and run.is_main:  # a shaped latent decodes only through its own copy: the DiT folder carries it
+    if shaping and run.is_main:  # ... which every DiT folder of a shaped run carries
         tokenizer.save_pretrained(run.out / "final" / PAIRED_TOKENIZER)
 
 

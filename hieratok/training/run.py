@@ -310,20 +310,23 @@ class Run:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
-    def maybe_export(self, step: int):
+    def maybe_export(self, step: int) -> Path | None:
         """Export the EMA (or model) as `exports/step-N`, a from_pretrained directory, at the `--export-at` steps
         (every process takes part: under FSDP the shards are gathered), with the run's counters at that step in
-        `train_state.json` (step, images seen, wall time so far: what a model card says about a shipped export)."""
+        `train_state.json` (step, images seen, wall time so far: what a model card says about a shipped export).
+        Returns the folder where it exported, else None."""
         if step + 1 not in self.args.export_at:
-            return
+            return None
         model = self.whole(self._models[0], averaged=self.ema is not None)
+        folder = self.out / "exports" / f"step-{step + 1:08d}"
         if self.is_main:
-            def write(folder: Path):
-                model.save_pretrained(folder)
+            def write(tmp: Path):
+                model.save_pretrained(tmp)
                 counters = {**self.state.state_dict(), "wall_s": round(self.state.wall_s, 1)}
-                write_json(folder / EXPORT_STATE_FILE, {**counters, "planned_steps": self.args.steps})
-            write_dir(self.out / "exports" / f"step-{step + 1:08d}", write)
+                write_json(tmp / EXPORT_STATE_FILE, {**counters, "planned_steps": self.args.steps})
+            write_dir(folder, write)
         self.accelerator.wait_for_everyone()
+        return folder
 
     def maybe_checkpoint(self, step: int):
         if self.args.ckpt_every and (step + 1) % self.args.ckpt_every == 0 and step + 1 < self.args.steps:
