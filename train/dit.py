@@ -206,9 +206,9 @@ def kept_normalisation(run: Run, tokenizer: HieraTok, shaped: bool) -> HieraTok:
     if not (shaped and resuming and (saved / "config.json").is_file()):
         return tokenizer
     kept = HieraTok.from_pretrained(saved).to(run.device).eval()
-    if kept.latent_differences(tokenizer):
+    if differ := kept.latent_differences(tokenizer):
         run.info(f"resuming: keeping the latent normalisation this run started with ({saved}), not the one computed "
-                 f"now ({', '.join(kept.latent_differences(tokenizer))} differ)")
+                 f"now ({', '.join(differ)} differ)")
         return kept
     return tokenizer
 
